@@ -1,0 +1,18 @@
+"""Shared pytest setup: offline hubs, repo root on sys.path, a few threads.
+
+Run the suite from the repository root:  pytest -q
+"""
+import os
+import sys
+
+# Model hubs are unreachable in CI: anything that would download must fail fast with a clear message.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
