@@ -181,7 +181,7 @@ class PairStream:
         return torch.randperm(len(self.ds), generator=g)
 
     def next(self):
-        images, captions, bad_in_a_row = [], [], 0
+        images, captions = [], []
         while len(images) < self.batch:
             if self.pos >= len(self._perm):               # epoch done: new permutation
                 self.epoch, self.pos = self.epoch + 1, 0
@@ -189,14 +189,15 @@ class PairStream:
             item = self.ds.get(int(self._perm[self.pos]))
             self.pos += 1
             if item is None:
-                bad_in_a_row += 1
-                if bad_in_a_row >= len(self.ds):          # a whole pass without one usable pair
+                if len(self.ds.bad) == len(self.ds):        # every pair is known to be bad
                     raise ValueError(f"--data {self.ds.source!r}: no usable sample (skipped: {self.ds.skipped})")
                 continue
             images.append(item[0])
             captions.append(item[1])
-            bad_in_a_row = 0
         return torch.stack(images), captions
+
+    def stats(self):
+        return {f"skipped_{k}": v for k, v in self.ds.skipped.items()}
 
     def state_dict(self):
         return {"epoch": self.epoch, "pos": self.pos, "bad": dict(self.ds.bad)}
