@@ -1,0 +1,241 @@
+"""Tests for rewards.py (CPU, offline, tiny random open_clip CLIPs).  Run: pytest -q tests/test_rewards.py"""
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import open_clip
+import rewards
+from rewards import ClipReward, WeightedReward, make_reward, resize_short_side_center_crop
+
+
+def tiny_clip(image_size=32, patch_size=8, seed=0):
+    torch.manual_seed(seed)  # test-only: open_clip's init uses the global RNG
+    return open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=image_size, patch_size=patch_size, width=32,
+                                                        layers=1, head_width=16),
+                          text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+
+
+def tokenize(texts):
+    """Toy tokenizer: chars -> ids 1..97, EOT = 99 is the largest id (open_clip pools the text at the argmax)."""
+    out = torch.zeros(len(texts), 16, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [1 + ord(c) % 97 for c in t][:14] + [99]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+def make(resize="bilinear", image_size=32, patch_size=8, **kw):
+    mean, std = (rewards.RELEASED_CLIP_MEAN, rewards.RELEASED_CLIP_STD) if resize == "bilinear" else \
+        (rewards.OPENAI_MEAN, rewards.OPENAI_STD)
+    return ClipReward(tiny_clip(image_size, patch_size), tokenize, image_size=image_size, mean=mean, std=std,
+                      resize=resize, **kw)
+
+
+PROMPTS = ["a red cube", "a blue ball", "two cats"]
+
+
+def rand_images(b=3, h=40, w=40, seed=0, dtype=torch.float32):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("resize", rewards.RESIZE_MODES)
+def test_shapes_range_and_info(resize):
+    r = make(resize)
+    scores, info = r(rand_images(), PROMPTS)
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert (scores.abs() <= 100.0 + 1e-3).all()  # 100 x cosine
+    assert set(info) == {"clip_mean"} and abs(info["clip_mean"] - scores.mean().item()) < 1e-5
+    assert all(not p.requires_grad for p in r.model.parameters()) and not r.model.training
+
+
+@pytest.mark.parametrize("resize", rewards.RESIZE_MODES)
+def test_image_gradient_matches_finite_difference(resize):
+    r = make(resize)
+    r.model.double()
+    x = rand_images(b=2, h=40, w=48, dtype=torch.float64).requires_grad_(True)
+    prompts = PROMPTS[:2]
+    scores, _ = r(x, prompts)
+    scores.sum().backward()
+    grad = x.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # central difference along one pixel direction (a central pixel, so the centre crop keeps it)
+    for idx in [(0, 1, 20, 24), (1, 2, 17, 30)]:
+        h = 1e-6
+        xp, xm = x.detach().clone(), x.detach().clone()
+        xp[idx] += h
+        xm[idx] -= h
+        with torch.no_grad():
+            fd = (r(xp, prompts)[0].double().sum() - r(xm, prompts)[0].double().sum()) / (2 * h)
+        assert grad[idx].item() != 0.0
+        assert abs(fd.item() - grad[idx].item()) <= 1e-4 * max(1.0, abs(grad[idx].item())), (fd, grad[idx])
+
+
+def test_gradient_reaches_decoder_parameters():
+    r = make("bilinear")
+    torch.manual_seed(1)
+    decoder = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    z = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    x = decoder(z)  # (B,3,16,16) in "[-1,1]"
+    images01 = ((x + 1) / 2).clamp(0, 1)
+    scores, _ = r(images01, PROMPTS)
+    (-scores.mean()).backward()
+    for p in decoder.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in r.model.parameters())  # the reward model stays frozen
+
+
+def test_text_cache_hit_and_values():
+    r = make("bilinear")
+    calls = []
+    orig = r.model.encode_text
+
+    def counting(tokens):
+        calls.append(tokens.shape[0])
+        return orig(tokens)
+
+    r.model.encode_text = counting
+    x = rand_images()
+    s1, _ = r(x, PROMPTS)
+    s2, _ = r(x, list(PROMPTS))  # same prompts again: all served from the cache
+    assert calls == [3] and r.cache_misses == 3 and r.cache_hits == 3
+    assert torch.allclose(s1, s2)
+    # a new prompt mixed with cached ones: only the new one is encoded, and repeated prompts are encoded once
+    r(rand_images(b=4), ["a red cube", "new prompt", "new prompt", "two cats"])
+    assert calls == [3, 1]
+    # cached features equal a fresh computation
+    with torch.no_grad():
+        fresh = orig(tokenize(["a blue ball"]))
+        fresh = fresh / fresh.norm(dim=-1, keepdim=True)
+    assert torch.allclose(r.text_features(["a blue ball"]), fresh, atol=1e-6)
+
+
+def test_text_cache_is_bounded():
+    r = make("bilinear", text_cache_size=2)
+    r(rand_images(), PROMPTS)
+    assert len(r._text_cache) == 2 and "a red cube" not in r._text_cache  # least recently used evicted
+
+
+def test_non_finite_raises_naming_the_reward():
+    r = make("bilinear", name="my_clip")
+    x = rand_images()
+    x[1, 0, 3, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="my_clip"):
+        r(x, PROMPTS)
+
+
+def test_bad_inputs_are_rejected():
+    r = make("bilinear")
+    with pytest.raises(ValueError, match="one prompt string per image"):
+        r(rand_images(), PROMPTS[:2])
+    with pytest.raises(ValueError, match="float"):
+        r((rand_images() * 255).to(torch.uint8), PROMPTS)
+    with pytest.raises(ValueError, match="resize"):
+        make("nearest")
+
+
+def test_weighted_reward_equals_manual_sum_and_skips_zero_weight():
+    a, b = make("bilinear", name="a"), make("bicubic_crop", name="b")
+
+    def must_not_run(images01, prompts):
+        raise AssertionError("a weight-0 component was evaluated")
+
+    x = rand_images().requires_grad_(True)
+    total, info = WeightedReward({"a": (a, 1.0), "b": (b, 0.5), "z": (must_not_run, 0.0)})(x, PROMPTS)
+    manual = a(x, PROMPTS)[0] + 0.5 * b(x, PROMPTS)[0]
+    assert torch.allclose(total, manual, atol=1e-5)
+    assert abs(info["a"] - a(x, PROMPTS)[0].mean().item()) < 1e-5 and "z" not in info
+    assert abs(info["reward_total"] - manual.mean().item()) < 1e-4
+    total.sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="every weight is 0"):
+        WeightedReward({"a": (a, 0.0)})
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("name,needle", [("clip", "open_clip_pytorch_model.bin"),
+                                         ("hpsv2", "HPS_v2.1_compressed.pt")])
+def test_offline_fails_fast_with_instructions(empty_hub_cache, name, needle):
+    reward = make_reward(name)  # lazy: nothing happens yet
+    t0 = time.time()
+    with pytest.raises(FileNotFoundError) as e:
+        reward(rand_images(b=1), ["a cat"])
+    assert time.time() - t0 < 10.0
+    msg = str(e.value)
+    assert needle in msg and "path=" in msg and name in msg
+
+
+def test_missing_local_path_and_unknown_name():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_reward("hpsv2", path="/nonexistent/HPS_v2.1_compressed.pt").load()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_reward("clip", path="/nonexistent/ViT-L-14.pt").load()
+    with pytest.raises(ValueError, match="unknown reward"):
+        make_reward("imagereward")
+
+
+def test_local_checkpoint_loads_through_open_clip(tmp_path, monkeypatch):
+    """The loader path (file -> strict open_clip load -> ClipReward) on a tiny architecture."""
+    src = tiny_clip(seed=3)
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
+    monkeypatch.setattr(rewards.open_clip, "create_model",
+                        lambda arch, pretrained=None, force_quick_gelu=False: tiny_clip(seed=4))
+    model = rewards._build_open_clip("tiny", str(path), quick_gelu=False)
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def _pil_reference(u8, size):
+    """HPS preprocess_val without normalisation: PIL bicubic short side -> size, centre crop, ToTensor."""
+    from PIL import Image
+    from torchvision import transforms as T
+    pil = Image.fromarray(u8.permute(1, 2, 0).numpy())
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                      T.ToTensor()])(pil)
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (256, 320), (300, 256)])
+def test_hps_tensor_path_matches_pil_path(hw):
+    """ranke.md D6 parity: tensor path vs PIL path on the same image, within uint8 quantisation."""
+    h, w = hw
+    g = torch.Generator().manual_seed(h + w)
+    smooth = F.interpolate(torch.rand(1, 3, h // 8 + 1, w // 8 + 1, generator=g), size=(h, w), mode="bilinear")
+    u8 = (smooth * 255).round().clamp(0, 255).to(torch.uint8)[0]  # (3,H,W)
+    ref = _pil_reference(u8, 224)
+    out = resize_short_side_center_crop(u8[None].float() / 255, 224)[0]
+    assert out.shape == ref.shape == (3, 224, 224)
+    d = (out - ref).abs()
+    assert d.max() <= 1.5 / 255 and d.mean() <= 0.5 / 255, (d.max() * 255, d.mean() * 255)
+    # pixel noise: PIL clamps bicubic overshoot to [0,255] (the tensor path keeps it, for the gradient), so only
+    # the mean difference stays at quantisation level
+    noise = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+    dn = (resize_short_side_center_crop(noise[None].float() / 255, 224)[0] - _pil_reference(noise, 224)).abs()
+    assert dn.mean() <= 0.6 / 255
+    # score level: a CLIP at 224 px, scores from both paths agree closely (x100 scale)
+    r = make("bicubic_crop", image_size=224, patch_size=32)
+    s_tensor = r(u8[None].float() / 255, ["a photo"])[0]
+    s_pil = r(ref[None], ["a photo"])[0]  # already 224: resize and crop are the identity
+    assert abs(s_tensor.item() - s_pil.item()) < 0.05
+
+
+def test_bilinear_mode_normalises_before_resizing():
+    """Released CLIP order (normalise, then resize) equals resize-then-normalise up to float rounding."""
+    r = make("bilinear")
+    x = rand_images(h=64, w=64, dtype=torch.float32)
+    a = r.preprocess(x)
+    mean = torch.tensor(rewards.RELEASED_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(rewards.RELEASED_CLIP_STD).view(1, 3, 1, 1)
+    b = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) - mean) / std
+    assert a.shape == (3, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
+    assert np.allclose(rewards.RELEASED_CLIP_MEAN, rewards.OPENAI_MEAN, atol=1e-4)  # 4-decimal rounding
+    assert rewards.RELEASED_CLIP_MEAN != rewards.OPENAI_MEAN
