@@ -1,0 +1,154 @@
+"""Tests for shift.py (LCS KL, entropy, floor).  Run: pytest -q tests/test_shift.py"""
+import math
+import subprocess
+import sys
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from shift import (entropy_bits, histogram_from_images, histogram_from_sampler, lcs_kl, real_floor, report,
+                   token_counts, token_histogram)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_histogram_pooled_and_per_position_by_hand():
+    tokens = torch.tensor([[0, 1, 1], [2, 1, 0]])  # M=2 images, N=3 positions, K=4
+    h = token_histogram(tokens, 4)
+    assert torch.allclose(h, torch.tensor([2, 3, 1, 0], dtype=torch.float64) / 6)
+    hp = token_histogram(tokens, 4, per_position=True)  # (N, K)
+    expect = torch.tensor([[0.5, 0, 0.5, 0], [0, 1, 0, 0], [0.5, 0.5, 0, 0]], dtype=torch.float64)
+    assert hp.shape == (3, 4) and torch.allclose(hp, expect)
+    assert torch.equal(token_counts(tokens, 4), torch.tensor([2, 3, 1, 0]))
+    # pooled histogram = mean of the per-position ones when every image has N tokens
+    assert torch.allclose(hp.mean(0), h)
+
+
+def test_histogram_rejects_bad_ids():
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        token_histogram(torch.tensor([[0, 4]]), 4)
+    with pytest.raises(ValueError, match="integer"):
+        token_histogram(torch.tensor([[0.0, 1.0]]), 4)
+    with pytest.raises(ValueError, match="shapes differ"):
+        lcs_kl(torch.ones(4), torch.ones(5))
+
+
+def test_kl_identical_is_zero():
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(64, generator=g, dtype=torch.float64)
+    assert abs(float(lcs_kl(h, h))) < 1e-12
+    assert abs(float(lcs_kl(h, 3.0 * h))) < 1e-12  # counts vs probabilities: both are renormalised
+
+
+def test_kl_two_bin_examples_by_hand():
+    # KL((1/2,1/2) || (1/4,3/4)) = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3)
+    assert abs(float(lcs_kl(torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75]))) - 0.5 * math.log(4 / 3)) < 1e-9
+    # KL((1,0) || (1/2,1/2)) = ln 2 (the empty model bin contributes 0 log 0 = ~0 after eps)
+    assert abs(float(lcs_kl(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5]))) - math.log(2)) < 1e-8
+    # direction matters: model first, real second
+    a, b = torch.tensor([0.9, 0.1], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    expect_ab = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert abs(float(lcs_kl(a, b)) - expect_ab) < 1e-9 and abs(float(lcs_kl(b, a)) - expect_ab) > 1e-3
+    # an empty REAL bin is penalised heavily, not hidden, by eps = 1e-10: 1/2 ln(1/2 / ~1e-10)
+    big = float(lcs_kl(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])))
+    assert abs(big - (0.5 * math.log(0.5 / 1e-10) + 0.5 * math.log(0.5))) < 1e-6
+
+
+def test_per_position_kl_shape():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 8, (50, 4), generator=g)
+    b = torch.randint(0, 8, (50, 4), generator=g)
+    kl = lcs_kl(token_histogram(a, 8, True), token_histogram(b, 8, True))
+    assert kl.shape == (4,) and (kl >= 0).all()
+    assert torch.allclose(kl[2], lcs_kl(token_histogram(a[:, 2], 8), token_histogram(b[:, 2], 8)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0, 100), min_size=2, max_size=20), st.data())
+def test_kl_nonnegative(p, data):
+    q = data.draw(st.lists(st.floats(0, 100), min_size=len(p), max_size=len(p)))
+    p, q = torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64)
+    if p.sum() == 0 or q.sum() == 0:
+        p, q = p + 1.0, q + 1.0
+    kl = float(lcs_kl(p, q))
+    assert kl >= -1e-12 and math.isfinite(kl)
+
+
+@pytest.mark.parametrize("K", [2, 16, 16384])
+def test_entropy_uniform_is_log2_K(K):
+    assert abs(float(entropy_bits(torch.ones(K))) - math.log2(K)) < 1e-9
+    delta = torch.zeros(K)
+    delta[0] = 1.0
+    assert abs(float(entropy_bits(delta))) < 1e-12  # 0 log 0 = 0
+    # KL to uniform = ln K - H(nats)
+    g = torch.Generator().manual_seed(K)
+    p = torch.rand(K, generator=g, dtype=torch.float64)
+    h_nats = float(entropy_bits(p)) * math.log(2)
+    assert abs(float(lcs_kl(p, torch.ones(K, dtype=torch.float64), eps=0.0)) - (math.log(K) - h_nats)) < 1e-9
+
+
+def test_real_floor_shrinks_with_sample_count():
+    K = 64
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(K, generator=g), 0)  # one fixed "real" token distribution
+
+    def mean_floor(n_images, repeats=5):
+        vals = []
+        for _ in range(repeats):
+            a = torch.multinomial(p, n_images * 16, replacement=True, generator=g).view(n_images, 16)
+            b = torch.multinomial(p, n_images * 16, replacement=True, generator=g).view(n_images, 16)
+            vals.append(real_floor(a, b, K))
+        return sum(vals) / len(vals)
+
+    small, large = mean_floor(20), mean_floor(640)
+    assert large < small / 5, (small, large)  # ~ (K-1)/(2n): 32x more tokens -> ~32x smaller
+    assert 0 < large < 3 * (K - 1) / (2 * 640 * 16) * 2
+
+
+def test_helpers_from_images_and_sampler(tmp_path):
+    from PIL import Image
+    import numpy as np
+    K = 8
+
+    def encode_indices(x):  # fake VQ: token = quantised mean brightness of each 2x2 quadrant
+        assert x.shape[1:] == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+        q = torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 8).flatten(1)  # (B, 4)
+        return ((q + 1) / 2 * (K - 1)).round().long()
+
+    paths = []
+    for i, v in enumerate([0, 255, 255]):
+        p = str(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((20, 24, 3), v, np.uint8)).save(p)
+        paths.append(p)
+    h, tokens = histogram_from_images(encode_indices, paths, K, image_size=16, batch_size=2)
+    assert tokens.shape == (3, 4) and h[0] == pytest.approx(1 / 3) and h[K - 1] == pytest.approx(2 / 3)
+    h2, _ = histogram_from_images(encode_indices, [torch.full((3, 3, 16, 16), -1.0)], K)
+    assert h2[0] == 1.0
+
+    calls = []
+
+    def sample_tokens(prompts):
+        calls.append(len(prompts))
+        return torch.tensor([[len(p) % K] * 4 for p in prompts])
+
+    h3, t3 = histogram_from_sampler(sample_tokens, ["a", "bb", "ccc", "a", "bb"], K, batch_size=2)
+    assert calls == [2, 2, 1] and t3.shape == (5, 4)
+    assert h3[1] == pytest.approx(0.4) and h3[2] == pytest.approx(0.4) and h3[3] == pytest.approx(0.2)
+
+
+def test_report_and_cli(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 32, (40, 16), generator=g)
+    model = torch.randint(0, 16, (40, 16), generator=g)  # uses only half the codebook
+    r = report(model, real, 32)
+    assert r["lcs_kl_nats"] > 5 * r["real_floor_nats"] > 0
+    assert r["entropy_model_bits"] < r["entropy_real_bits"] <= 5.0
+    torch.save(model, tmp_path / "m.pt")
+    torch.save(real, tmp_path / "r.pt")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "shift.py"), "--tokens_model", str(tmp_path / "m.pt"),
+                          "--tokens_real", str(tmp_path / "r.pt"), "--K", "32"],
+                         capture_output=True, text=True, check=True).stdout
+    kl_line = [l for l in out.splitlines() if "lcs_kl_nats" in l][0]
+    assert abs(float(kl_line.split()[-1]) - r["lcs_kl_nats"]) < 1e-5
