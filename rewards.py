@@ -163,7 +163,7 @@ class ClipReward:
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoint resolution (local file, hf://owner/repo/file, or an open_clip tag) with fast, informative failures.
 
-def _hub_download(spec, what, kwarg):
+def _hub_download(spec, what, kwarg, flag):
     """hf://owner/repo/filename -> local path via huggingface_hub; offline -> FileNotFoundError saying what to do."""
     owner, repo, filename = spec[len("hf://"):].split("/", 2)
     try:
@@ -173,7 +173,7 @@ def _hub_download(spec, what, kwarg):
         raise FileNotFoundError(
             f"{what}: could not fetch {spec} ({type(e).__name__}: {e}). Download "
             f"https://huggingface.co/{owner}/{repo}/resolve/main/{filename} on a machine with network access and "
-            f"pass its local path: make_reward(..., {kwarg}='/path/to/{filename}')") from e
+            f"pass its local path: make_reward(..., {kwarg}='/path/to/{filename}') (train.py: {flag} PATH)") from e
 
 
 def _is_torchscript(path):
@@ -197,7 +197,7 @@ def _resolve_clip_l14(path):
     """Local file for OpenAI CLIP ViT-L/14 (open_clip's 'openai' tag when path is None)."""
     if path is not None:
         if path.startswith("hf://"):
-            return _hub_download(path, "clip reward", "path")
+            return _hub_download(path, "clip reward", "path", "--clip_path")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"clip reward: checkpoint {path!r} not found; pass a local ViT-L-14 file "
                                     "(open_clip_pytorch_model.bin or OpenAI's ViT-L-14.pt)")
@@ -210,7 +210,7 @@ def _resolve_clip_l14(path):
             "clip reward: could not download OpenAI CLIP ViT-L/14 weights "
             f"({type(e).__name__}: {e}). Download https://huggingface.co/timm/vit_large_patch14_clip_224.openai/"
             f"resolve/main/open_clip_pytorch_model.bin (or OpenAI's ViT-L-14.pt: {cfg['url']}) and pass "
-            "make_reward('clip', path='/path/to/that/file')") from e
+            "make_reward('clip', path='/path/to/that/file') (train.py: --clip_path PATH)") from e
 
 
 def _load_clip(path):
@@ -225,13 +225,13 @@ def _load_clip(path):
 def _load_hpsv2(path):
     spec = HPS_HUB_FILE if path is None else path
     if spec.startswith("hf://"):
-        ckpt = _hub_download(spec, "hpsv2 reward", "path")
+        ckpt = _hub_download(spec, "hpsv2 reward", "path", "--hps_path")
     elif os.path.isfile(spec):
         ckpt = spec
     else:
         raise FileNotFoundError(f"hpsv2 reward: checkpoint {spec!r} not found; download "
                                 "https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt and pass "
-                                "make_reward('hpsv2', path='/path/to/HPS_v2.1_compressed.pt')")
+                                "make_reward('hpsv2', path='/path/to/HPS_v2.1_compressed.pt') (train.py: --hps_path PATH)")
     model = _build_open_clip("ViT-H-14", ckpt, quick_gelu=False)  # HPS: laion2B ViT-H-14 (plain GELU) fine-tuned
     # DEVIATION(RankE@2798acc, D6): the released HPS reward ran under torch.no_grad on PIL uint8 images (so its
     # reward-backprop term had zero gradient) and under fp16 autocast. Here: a differentiable tensor path (bicubic
