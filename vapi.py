@@ -46,6 +46,8 @@ VAPI_PRESET = dict(
     kl_estimator="k3",               # exp(ref - logp) - (ref - logp) - 1 on the sampled tokens
     clip_eps=0.2,                    # --clip-range
     adv_clip=5.0,                    # --adv-clip-max
+    # DEVIATION: advantages via ranke.group_advantages, (r - mean) / std with groups of std <= 1e-4 set to 0;
+    # VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise).
     reward_rec_weight=1.0,           # --reward-rec-weight, MSE (--reward-rec-type l2) in [-1, 1]
     reward_perceptual_weight=1.0,    # --reward-perceptual-weight, LPIPS-VGG in eval mode
     temperature=1.0, top_k=0, top_p=1.0,   # position-wise sampling: plain softmax
@@ -95,7 +97,9 @@ def positionwise_logprobs(logits, samples, temperature=1.0):
 def positionwise_sample(logits, G, generator, temperature=1.0):
     """Rollouts without autoregression (backbones.md §3.2 step 5): G sequences drawn independently per position from
     softmax(logits / T). logits: (B,N,V) -> (tokens (B*G,N) int64 image-major, their log-probs (B*G,N), detached:
-    the "old" log-probs). No top-k/top-p: every released script samples the full softmax."""
+    the "old" log-probs). No top-k/top-p: every released script samples the full softmax.
+    DEVIATION: VA-pi draws from a separate eval-mode forward and trains on a train-mode one (defect 5); here the
+    caller passes the detached logits of the one training forward, so old and new log-probs coincide."""
     _require(logits.dim() == 3, f"logits must be (B, N, V), got {tuple(logits.shape)}")
     _require(isinstance(G, int) and G >= 1, f"G must be an int >= 1, got {G!r}")
     _require(temperature > 0, f"temperature must be > 0, got {temperature}")
