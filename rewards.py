@@ -5,7 +5,8 @@ Every reward has one signature (style.md convention 13):
     scores, info = reward_fn(images01, prompts)
     images01: (B, 3, H, W) float in [0, 1]  (the caller maps decoder output x in [-1, 1] by (x + 1) / 2 and clamps)
     prompts:  list of B strings, prompts[i] describes images01[i]
-    scores:   (B,) float32 (float64 for a float64 model), differentiable w.r.t. images01;  info: dict of plain floats (batch means)
+    scores:   (B,) float32 (float64 for a float64 model), differentiable w.r.t. images01
+    info:     dict of plain floats (batch means)
 
 - ClipReward:     100 x cosine(image, text) of any open_clip CLIP model (the generic machinery).
 - make_reward:    "clip"  = OpenAI CLIP ViT-L/14 (training reward of the CLIP runs),
@@ -184,7 +185,7 @@ def _is_torchscript(path):
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
-def _build_open_clip(arch, ckpt_path, *, quick_gelu):
+def load_open_clip(arch, ckpt_path, *, quick_gelu):
     """open_clip architecture `arch` with weights from a local file, strict key check."""
     model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
     # weights_only=False only for TorchScript archives, which torch.load cannot open otherwise (torch.jit.load
@@ -217,7 +218,7 @@ def _load_clip(path):
     # DEVIATION(RankE@2798acc): the released reward uses HF transformers CLIPModel openai/clip-vit-large-patch14;
     # we use open_clip's port of the same OpenAI weights (QuickGELU, argmax/EOT text pooling). Same function up to
     # float32 rounding; the text side is truncated to 77 tokens with EOT kept, as CLIPProcessor(truncation=True).
-    model = _build_open_clip("ViT-L-14", _resolve_clip_l14(path), quick_gelu=True)
+    model = load_open_clip("ViT-L-14", _resolve_clip_l14(path), quick_gelu=True)
     return ClipReward(model, open_clip.get_tokenizer("ViT-L-14"), image_size=224, mean=RELEASED_CLIP_MEAN,
                       std=RELEASED_CLIP_STD, scale=100.0, name="clip", resize="bilinear")
 
@@ -231,8 +232,9 @@ def _load_hpsv2(path):
     else:
         raise FileNotFoundError(f"hpsv2 reward: checkpoint {spec!r} not found; download "
                                 "https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt and pass "
-                                "make_reward('hpsv2', path='/path/to/HPS_v2.1_compressed.pt') (train.py: --hps_path PATH)")
-    model = _build_open_clip("ViT-H-14", ckpt, quick_gelu=False)  # HPS: laion2B ViT-H-14 (plain GELU) fine-tuned
+                                "make_reward('hpsv2', path='/path/to/HPS_v2.1_compressed.pt') "
+                                "(train.py: --hps_path PATH)")
+    model = load_open_clip("ViT-H-14", ckpt, quick_gelu=False)  # HPS: laion2B ViT-H-14 (plain GELU) fine-tuned
     # DEVIATION(RankE@2798acc, D6): the released HPS reward ran under torch.no_grad on PIL uint8 images (so its
     # reward-backprop term had zero gradient) and under fp16 autocast. Here: a differentiable tensor path (bicubic
     # short side -> 224, centre crop, OpenAI mean/std, no uint8 round trip) in the model's dtype (fp32 unless the
@@ -264,7 +266,7 @@ class LazyReward:
 
 def make_reward(name, path=None):
     """"clip" -> OpenAI CLIP ViT-L/14 (path: local file, hf://owner/repo/file, or None = open_clip 'openai' tag);
-    "hpsv2" -> HPS v2.1 (path: local HPS_v2.1_compressed.pt or hf://..., None = hf://xswu/HPSv2/HPS_v2.1_compressed.pt).
+    "hpsv2" -> HPS v2.1 (path: local HPS_v2.1_compressed.pt, hf://..., or None = HPS_HUB_FILE).
     Returns a LazyReward: nothing is read or downloaded until the first call or .load()."""
     return LazyReward(name, path)
 

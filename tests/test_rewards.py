@@ -76,7 +76,8 @@ def test_image_gradient_matches_finite_difference(resize):
 def test_gradient_reaches_decoder_parameters():
     r = make("bilinear")
     torch.manual_seed(1)
-    decoder = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    decoder = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(),
+                                  torch.nn.Conv2d(8, 3, 3, padding=1))
     z = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     x = decoder(z)  # (B,3,16,16) in "[-1,1]"
     images01 = ((x + 1) / 2).clamp(0, 1)
@@ -190,9 +191,16 @@ def test_local_checkpoint_loads_through_open_clip(tmp_path, monkeypatch):
     torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
     monkeypatch.setattr(rewards.open_clip, "create_model",
                         lambda arch, pretrained=None, force_quick_gelu=False: tiny_clip(seed=4))
-    model = rewards._build_open_clip("tiny", str(path), quick_gelu=False)
+    model = rewards.load_open_clip("tiny", str(path), quick_gelu=False)
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_torchscript_detection(tmp_path):
+    """OpenAI's ViT-L-14.pt is TorchScript (needs torch.jit.load inside torch.load); state-dict pickles are not."""
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "j.pt"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "s.pt")
+    assert rewards._is_torchscript(str(tmp_path / "j.pt")) and not rewards._is_torchscript(str(tmp_path / "s.pt"))
 
 
 def _pil_reference(u8, size):
