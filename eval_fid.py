@@ -1,0 +1,477 @@
+"""Evaluation of RankE (arXiv 2605.21195; ranke.md §11): COCO-30K FID + CLIP score, HPSv2.1 benchmark, GenEval
+sampling, and the toy world's metrics (FID in the toy feature space, toy CLIP, attribute check, LCS).
+
+- frechet_distance / feature_stats: FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64, scipy sqrtm.
+- InceptionFeatures: clean-fid's "clean" mode, reimplemented without the clean-fid package: the StyleGAN2-ADA
+  TorchScript port of the TF FID Inception (inception-2015-12-05.pt, the file clean-fid itself downloads), inputs
+  resized per channel with PIL float bicubic to 299 (no uint8 rounding), (x - 128) / 128, pool3 2048-d.
+  Adapted from: clean-fid cleanfid/resize.py (make_resizer "PIL", quantize_after=False), features.py InceptionV3W.
+- COCO-30K: captions csv (header Prompt) cycled to n; one sample per caption through a user generate(captions)
+  callable; images/{idx:06d}.png (resumable); centre-crop-long-edge + Lanczos to eval_res for both image sets;
+  reference = whole reference folder (val2014, 40,504 images), statistics cached in a .npz keyed by the folder's
+  file list + settings (the released script recomputes them on every call: same numbers, less time).
+- CLIP score: OpenAI CLIP ViT-B/32, caption prefixed "A photo depicts ", bicubic resize to 224, mean cosine x 100.
+- HPSv2: HPDv2 benchmark, 4 styles, HPS v2.1 (rewards.make_reward("hpsv2")), raw scores (not x100), mean per style.
+
+Run the self-check (closed-form Gaussians):  python eval_fid.py
+COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014/val2014 --inception inception-2015-12-05.pt
+HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
+Tests:  pytest tests/test_eval_fid.py
+Depends on: numpy, scipy, PIL, tqdm, torch; siblings rewards.py (CLIP models) and shift.py (LCS, toy eval).
+Symbols: M images, F feature width (2048 Inception), S eval resolution, K codebook size, N image tokens.
+"""
+import argparse
+import csv
+import glob
+import hashlib
+import itertools
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import linalg
+from tqdm import tqdm
+
+import rewards
+import shift
+
+IMAGE_EXTS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # clean-fid's list
+CLIP_SCORE_PREFIX = "A photo depicts "  # ranke.md §11 (GigaGAN protocol, arXiv 2104.08718)
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+
+
+# --------------------------------------------------------------------------------------------------- Frechet distance
+def feature_stats(features):
+    """features (M, F) -> (mu (F,), sigma (F, F)) in float64; sigma is the unbiased covariance (np.cov)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"feature_stats needs (M >= 2, F) features, got shape {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, s1, mu2, s2, eps=1e-6):
+    """d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)), float64 (Heusel et al. 2017).
+    If S1 S2 is singular, eps*I is added to both covariances (the standard fallback, with a warning); an
+    imaginary part of the square root beyond numerical noise is an error."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {s1.shape} / {s2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"frechet_distance: S1 S2 is singular; adding {eps} * I to both covariances")
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: sqrtm has imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+# --------------------------------------------------------------------------------------------------- images
+def to_uint8(x):
+    """Decoder output in [-1, 1] (B,3,H,W) -> uint8: clamp(127.5 x + 128, 0, 255) (ranke.md §11, LlamaGen)."""
+    return (127.5 * x.float() + 128.0).clamp(0, 255).to(torch.uint8)
+
+
+def center_crop_resize(img, res):
+    """PIL image -> centre crop of the long edge to a square, PIL Lanczos resize to res x res (GigaGAN protocol)."""
+    img = img.convert("RGB")
+    s = min(img.size)
+    left, top = int(round((img.width - s) / 2.0)), int(round((img.height - s) / 2.0))  # torchvision center_crop
+    img = img.crop((left, top, left + s, top + s))
+    return img if img.size == (res, res) else img.resize((res, res), Image.LANCZOS)
+
+
+def list_images(folder):
+    """Every image file under folder (recursive), sorted, as clean-fid lists a folder."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder!r} does not exist")
+    files = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_EXTS))
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) found under {folder!r}")
+    return files
+
+
+def save_png(array_hwc, path):
+    """uint8 (H, W, 3) -> PNG, written atomically (tmp file then os.replace)."""
+    tmp = path + ".tmp"
+    Image.fromarray(array_hwc).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class _Folder(torch.utils.data.Dataset):
+    """path -> crop + Lanczos to res -> uint8 (3, res, res), or the extractor's own `prepare` of that array."""
+
+    def __init__(self, paths, res, prepare=None):
+        self.paths, self.res, self.prepare = list(paths), res, prepare
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        a = np.asarray(center_crop_resize(Image.open(self.paths[i]), self.res))  # (S, S, 3) uint8
+        return self.prepare(a) if self.prepare is not None else torch.from_numpy(a.copy()).permute(2, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------------- Inception
+class InceptionFeatures:
+    """FID Inception features in clean-fid's "clean" mode. weights_path: local inception-2015-12-05.pt."""
+    URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+    extractor_id = "inception-2015-12-05/clean"
+
+    def __init__(self, weights_path, device="cpu"):
+        if weights_path is None or not os.path.isfile(weights_path):
+            raise FileNotFoundError(
+                f"FID Inception weights not found at {weights_path!r}. Download {self.URL} (the TorchScript file "
+                "clean-fid uses, 91 MB) and pass its path (eval_fid.py --inception PATH).")
+        self.device = torch.device(device)
+        self.net = torch.jit.load(weights_path, map_location=self.device).eval()
+        if not hasattr(self.net, "layers"):
+            raise RuntimeError(f"{weights_path} is not the StyleGAN2-ADA FID Inception (no .layers submodule)")
+
+    @staticmethod
+    def prepare(u8_hwc):
+        """uint8 (H, W, 3) -> float32 (3, 299, 299) in [0, 255]: PIL bicubic per channel on floats (no rounding)."""
+        chans = [np.asarray(Image.fromarray(u8_hwc[:, :, c].astype(np.float32))
+                            .resize((299, 299), Image.BICUBIC)) for c in range(3)]
+        return torch.from_numpy(np.stack(chans, 0).astype(np.float32))
+
+    @torch.no_grad()
+    def __call__(self, images):
+        """uint8 (B, 3, H, W) (resized here) or float (B, 3, 299, 299) from prepare() -> (B, 2048) float32."""
+        if images.dtype == torch.uint8:
+            images = torch.stack([self.prepare(x.permute(1, 2, 0).cpu().numpy()) for x in images])
+        if images.shape[1:] != (3, 299, 299):
+            raise ValueError(f"InceptionFeatures expects uint8 images or prepared (B,3,299,299), got {images.shape}")
+        x = (images.to(self.device, torch.float32) - 128.0) / 128.0
+        return self.net.layers(x).reshape(images.shape[0], 2048).float().cpu()
+
+
+@torch.no_grad()
+def folder_features(paths, feature_fn, eval_res, *, batch_size=50, num_workers=4, desc="features"):
+    """Image files -> (M, F) float64 features (crop + Lanczos to eval_res first, as for both FID sets)."""
+    data = _Folder(paths, eval_res, getattr(feature_fn, "prepare", None))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    feats = [np.asarray(feature_fn(b), np.float64) for b in tqdm(loader, desc=desc)]
+    return np.concatenate(feats)
+
+
+def reference_stats(ref_dir, feature_fn, *, eval_res, cache_dir, extractor_id=None, batch_size=50, num_workers=4):
+    """(mu, sigma) of a reference folder, cached in cache_dir as .npz keyed by (folder, its file names + sizes,
+    eval_res, extractor id): a second call loads, any change of files or settings recomputes."""
+    extractor_id = extractor_id or getattr(feature_fn, "extractor_id", None)
+    if not extractor_id:
+        raise ValueError("reference_stats: pass extractor_id (a string naming the feature extractor) so cached "
+                         "statistics of different extractors are never mixed")
+    paths = list_images(ref_dir)
+    root = os.path.abspath(ref_dir)
+    key = json.dumps({"ref_dir": root, "eval_res": eval_res, "extractor": extractor_id, "mode": "crop+lanczos",
+                      "files": [(os.path.relpath(p, root), os.path.getsize(p)) for p in paths]})
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"ref_{os.path.basename(root)}_{eval_res}_{digest}.npz")
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            return z["mu"], z["sigma"]
+    mu, sigma = feature_stats(folder_features(paths, feature_fn, eval_res, batch_size=batch_size,
+                                              num_workers=num_workers, desc=f"reference {os.path.basename(root)}"))
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma, n=len(paths), key=key)
+    os.replace(path + ".tmp", path)
+    return mu, sigma
+
+
+# --------------------------------------------------------------------------------------------------- COCO-30K
+def read_captions(csv_path, n=30000):
+    """Captions csv with a header column "Prompt" (LlamaGen's coco_captions.csv, 29,587 rows), cycled to n."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "Prompt" not in reader.fieldnames:
+            raise ValueError(f"{csv_path}: expected a header with a 'Prompt' column, got {reader.fieldnames}")
+        caps = [row["Prompt"].replace("\n", " ").strip() for row in reader]
+    if not caps:
+        raise ValueError(f"{csv_path}: no captions")
+    return list(itertools.islice(itertools.cycle(caps), n))
+
+
+def _check_batch(images, n):
+    if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[:2] != (n, 3):
+        raise ValueError(f"generate must return a uint8 tensor ({n}, 3, H, W), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+                         " (use eval_fid.to_uint8 on [-1,1] decoder output)")
+    return images.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
+
+
+def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=True):
+    """One image per caption: out_dir/images/{idx:06d}.png + out_dir/captions.txt. Resumable: indices whose PNG
+    exists are skipped, only the missing ones are generated (in index order, batch_size at a time).
+    generate: callable list[str] -> uint8 (B, 3, H, W), sampler settings fixed inside (ranke.md §11: LlamaGen
+    CFG 6.0, T 1, top-k 1000, top-p 1.0). Returns the number of images generated by this call."""
+    img_dir = os.path.join(out_dir, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "captions.txt.tmp"), "w", encoding="utf-8") as f:
+        f.write("\n".join(c.replace("\n", " ") for c in captions) + "\n")
+    os.replace(os.path.join(out_dir, "captions.txt.tmp"), os.path.join(out_dir, "captions.txt"))
+    todo = [i for i in range(len(captions)) if not os.path.isfile(os.path.join(img_dir, f"{i:06d}.png"))]
+    for s in tqdm(range(0, len(todo), batch_size), desc="sampling", disable=not progress):
+        idx = todo[s:s + batch_size]
+        arrays = _check_batch(generate([captions[i] for i in idx]), len(idx))
+        for i, a in zip(idx, arrays):
+            save_png(a, os.path.join(img_dir, f"{i:06d}.png"))
+    return len(todo)
+
+
+def fake_paths(out_dir, n):
+    paths = [os.path.join(out_dir, "images", f"{i:06d}.png") for i in range(n)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {n} samples missing (first: {missing[0]}); run sample_to_folder")
+    return paths
+
+
+def prefixed(tokenize, prefix=CLIP_SCORE_PREFIX):
+    """Tokenizer wrapper: "A photo depicts " + caption. With OpenAI BPE this equals the released insertion of the
+    prefix's 3 tokens after the start token, cut to 77 tokens with EOT forced in the last column."""
+    return lambda captions: tokenize([prefix + c for c in captions])
+
+
+def make_clip_score(path=None):
+    """Eval CLIP score: OpenAI CLIP ViT-B/32 (open_clip; path = local file or None for the 'openai' tag).
+    Returns a rewards.ClipReward: (images01, captions) -> (B,) 100 x cosine, bicubic resize to 224 (§11)."""
+    # DEVIATION(RankE@2798acc): the released eval runs OpenAI's `clip` package on GPU (fp16 weights); open_clip's
+    # port of the same weights runs here in fp32 (differences at the 1e-3 level of the cosine).
+    if path is None:
+        try:
+            path = rewards.open_clip.download_pretrained(rewards.open_clip.get_pretrained_cfg("ViT-B-32", "openai"))
+        except Exception as e:
+            raise FileNotFoundError(
+                f"CLIP score: could not download OpenAI CLIP ViT-B/32 ({type(e).__name__}: {e}). Download "
+                "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_pytorch_model.bin"
+                " and pass its path (eval_fid.py --clip PATH)") from e
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP score: weights {path!r} not found (OpenAI CLIP ViT-B/32 file expected)")
+    model = rewards.load_open_clip("ViT-B-32", path, quick_gelu=True)
+    tok = rewards.open_clip.get_tokenizer("ViT-B-32")
+    return rewards.ClipReward(model, prefixed(tok), image_size=224, mean=rewards.OPENAI_MEAN, std=rewards.OPENAI_STD,
+                              scale=100.0, name="clip_score", resize="bicubic")
+
+
+@torch.no_grad()
+def clip_score_folder(paths, captions, clip_fn, eval_res, *, batch_size=50, num_workers=4, device="cpu"):
+    """Mean CLIP score x 100 over image files (crop + Lanczos to eval_res, then clip_fn's own preprocessing)."""
+    if len(paths) != len(captions):
+        raise ValueError(f"{len(paths)} images but {len(captions)} captions")
+    loader = torch.utils.data.DataLoader(_Folder(paths, eval_res), batch_size=batch_size, num_workers=num_workers)
+    scores, i = [], 0
+    for u8 in tqdm(loader, desc="CLIP score"):
+        scores.append(clip_fn(u8.to(device).float() / 255.0, captions[i:i + len(u8)])[0].double().cpu())
+        i += len(u8)
+    return float(torch.cat(scores).mean())
+
+
+def evaluate_coco(fake_dir, ref_dir, *, inception, clip_fn=None, n=30000, eval_res=256, cache_dir=".cache/fid",
+                  batch_size=50, num_workers=4, device="cpu"):
+    """FID (fake_dir/images vs the whole ref_dir) and, if clip_fn is given, CLIP score with fake_dir/captions.txt."""
+    paths = fake_paths(fake_dir, n)
+    mu_r, s_r = reference_stats(ref_dir, inception, eval_res=eval_res, cache_dir=cache_dir, batch_size=batch_size,
+                                num_workers=num_workers)
+    mu_f, s_f = feature_stats(folder_features(paths, inception, eval_res, batch_size=batch_size,
+                                              num_workers=num_workers, desc="samples"))
+    out = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "n": n, "eval_res": eval_res}
+    if clip_fn is not None:
+        with open(os.path.join(fake_dir, "captions.txt"), encoding="utf-8") as f:
+            caps = f.read().splitlines()[:n]
+        out["clip_score"] = clip_score_folder(paths, caps, clip_fn, eval_res, batch_size=batch_size,
+                                              num_workers=num_workers, device=device)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- HPSv2 / GenEval
+def _hps_prompts(prompts_dir, style):
+    path = os.path.join(prompts_dir, f"{style}.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HPDv2 benchmark prompts {path} not found (files anime.json, concept-art.json, "
+                                "paintings.json, photo.json of the hpsv2 benchmark, each a JSON list of prompts)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32):
+    """1 image per HPDv2 prompt per style: out_dir/{style}/{idx:05d}.png (resumable, like sample_to_folder)."""
+    made = 0
+    for style in HPS_STYLES:
+        prompts, d = _hps_prompts(prompts_dir, style), os.path.join(out_dir, style)
+        os.makedirs(d, exist_ok=True)
+        todo = [i for i in range(len(prompts)) if not os.path.isfile(os.path.join(d, f"{i:05d}.png"))]
+        for s in tqdm(range(0, len(todo), batch_size), desc=f"HPS {style}"):
+            idx = todo[s:s + batch_size]
+            for i, a in zip(idx, _check_batch(generate([prompts[i] for i in idx]), len(idx))):
+                save_png(a, os.path.join(d, f"{i:05d}.png"))
+        made += len(todo)
+    return made
+
+
+def hps_pil_preprocess(img, size=224):
+    """HPS preprocess_val on PIL: bicubic resize of the short side to size, centre crop -> float (3,S,S) in [0,1]."""
+    img = img.convert("RGB")
+    w, h = img.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    a = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="cpu"):
+    """HPS v2.1 on the HPDv2 benchmark: {style: mean raw score, "average": mean over all images} (not x100).
+    reward_fn: rewards.make_reward("hpsv2"); images go through the official PIL preprocessing first, so the
+    reward's tensor resize/crop is the identity and the scores match the PIL-based hpsv2 package."""
+    out, all_scores = {}, []
+    for style in HPS_STYLES:
+        prompts, scores = _hps_prompts(prompts_dir, style), []
+        for s in tqdm(range(0, len(prompts), batch_size), desc=f"HPS {style}"):
+            names = [os.path.join(image_dir, style, f"{i:05d}") for i in range(s, min(s + batch_size, len(prompts)))]
+            files = [next((p + e for e in (".png", ".jpg") if os.path.isfile(p + e)), None) for p in names]
+            if None in files:
+                raise FileNotFoundError(f"missing {names[files.index(None)]}.png/.jpg (run sample_hps_benchmark)")
+            x = torch.stack([hps_pil_preprocess(Image.open(p)) for p in files]).to(device)
+            scores.append(reward_fn(x, prompts[s:s + len(files)])[0].double().cpu() / 100.0)  # raw HPS, not x100
+        scores = torch.cat(scores)
+        out[style] = float(scores.mean())
+        all_scores.append(scores)
+    out["average"] = float(torch.cat(all_scores).mean())  # = mean of style means when counts are equal
+    return out
+
+
+def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_size=32):
+    """GenEval sampling layout: out_dir/{i:05d}/metadata.jsonl + samples/{k:04d}.png, n_per_prompt images per
+    prompt (553 prompts x 4, ranke.md §11). Resumable. Scoring then runs GenEval's own detector scripts
+    (evaluation/evaluate_images.py, summary_scores.py), which need Mask2Former and are not reimplemented here."""
+    with open(metadata_jsonl, encoding="utf-8") as f:
+        metas = [json.loads(line) for line in f if line.strip()]
+    jobs = []
+    for i, meta in enumerate(metas):
+        d = os.path.join(out_dir, f"{i:05d}")
+        os.makedirs(os.path.join(d, "samples"), exist_ok=True)
+        with open(os.path.join(d, "metadata.jsonl"), "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        jobs += [(meta["prompt"], os.path.join(d, "samples", f"{k:04d}.png")) for k in range(n_per_prompt)
+                 if not os.path.isfile(os.path.join(d, "samples", f"{k:04d}.png"))]
+    for s in tqdm(range(0, len(jobs), batch_size), desc="GenEval"):
+        chunk = jobs[s:s + batch_size]
+        for (_, path), a in zip(chunk, _check_batch(generate([p for p, _ in chunk]), len(chunk))):
+            save_png(a, path)
+    return len(jobs)
+
+
+# --------------------------------------------------------------------------------------------------- toy world
+@torch.no_grad()
+def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, feature_fn, check, encode_indices,
+                 K, real_images_b=None, batch_size=64):
+    """Toy-world metrics for one policy (fields of toy.ToyBundle, CONTRACT.md):
+    sample_tokens: list[str] -> (B, N) int64 (the policy sampler with fixed eval settings and generator);
+    captions (M) and real_images (M,3,S,S) in [-1,1]: a held-out batch of ToyWorld.sample;
+    decode: (B, N) -> (B,3,S,S) in [-1,1] (vq.decode_indices); eval_clip_fn(images01, captions) -> (B,);
+    feature_fn(images01) -> (B, F); check(images [-1,1], captions) -> (B,) in [0,1] (ToyWorld.check);
+    encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: optional disjoint real set for the
+    LCS floor (else two halves of real_images). Returns a dict of floats."""
+    if len(captions) != real_images.shape[0]:
+        raise ValueError(f"{len(captions)} captions but {real_images.shape[0]} real images")
+    tok, feats, clip, acc = [], [], [], []
+    for s in range(0, len(captions), batch_size):
+        caps = list(captions[s:s + batch_size])
+        z = sample_tokens(caps)  # (B, N)
+        x = decode(z).clamp(-1, 1)  # (B,3,S,S)
+        x01 = (x + 1) / 2
+        tok.append(z.cpu())
+        feats.append(np.asarray(feature_fn(x01).cpu(), np.float64))
+        clip.append(eval_clip_fn(x01, caps).double().cpu())
+        acc.append(torch.as_tensor(check(x, caps)).double().cpu())
+    real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size] + 1) / 2).cpu(), np.float64)
+                  for s in range(0, real_images.shape[0], batch_size)]
+    enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size]).cpu()  # noqa: E731
+                                  for s in range(0, imgs.shape[0], batch_size)])
+    mu_f, s_f = feature_stats(np.concatenate(feats))
+    mu_r, s_r = feature_stats(np.concatenate(real_feats))
+    lcs = shift.report(torch.cat(tok), enc(real_images), K, None if real_images_b is None else enc(real_images_b))
+    return {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(clip).mean()),
+            "check": float(torch.cat(acc).mean()), **lcs, "n": len(captions)}
+
+
+@torch.no_grad()
+def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64):
+    """evaluate_toy on a toy.ToyBundle: n captioned real scenes of `split` (plus n more, disjoint, for the LCS
+    floor) drawn with `generator`; sample_tokens: list[str] -> (B, N) (e.g. policy.sample + bundle.text_encoder)."""
+    real, captions = bundle.world.sample(n, generator, split)
+    real_b, _ = bundle.world.sample(n, generator, split)
+    return evaluate_toy(sample_tokens, captions, real, decode=bundle.vq.decode_indices,
+                        eval_clip_fn=bundle.eval_clip_fn, feature_fn=bundle.feature_fn, check=bundle.world.check,
+                        encode_indices=bundle.vq.encode_indices, K=bundle.vq.cfg.codebook_size, real_images_b=real_b,
+                        batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _self_check():
+    # Diagonal Gaussians: FD = ||mu1-mu2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2)); and FD of sampled features.
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
+    s1, s2 = rng.uniform(0.5, 2, 8), rng.uniform(0.5, 2, 8)
+    closed = float(((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum())
+    fd = frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    x = rng.normal(size=(20000, 8)) * np.sqrt(s1) + mu1
+    y = rng.normal(size=(20000, 8)) * np.sqrt(s2) + mu2
+    print(f"closed form {closed:.6f} | frechet_distance {fd:.6f} | from 20k samples each "
+          f"{frechet_distance(*feature_stats(x), *feature_stats(y)):.4f} | FD(x, x) = "
+          f"{frechet_distance(*feature_stats(x), *feature_stats(x)):.2e}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="RankE evaluation (ranke.md §11); no subcommand = self-check")
+    sub = ap.add_subparsers(dest="cmd")
+    c = sub.add_parser("coco", help="FID + CLIP score of fake_dir/images/*.png (made by sample_to_folder)")
+    c.add_argument("--fake_dir", required=True)
+    c.add_argument("--ref_dir", required=True, help="reference folder, e.g. coco2014/val2014 (all images used)")
+    c.add_argument("--inception", required=True, help=f"local inception-2015-12-05.pt ({InceptionFeatures.URL})")
+    c.add_argument("--clip", default=None, help="local OpenAI ViT-B/32 weights (default: open_clip 'openai' tag)")
+    c.add_argument("--no_clip", action="store_true", help="skip the CLIP score")
+    c.add_argument("--n", type=int, default=30000)
+    c.add_argument("--eval_res", type=int, default=256, help="256 LlamaGen, 384 Janus")
+    c.add_argument("--cache_dir", default=".cache/fid", help="where reference statistics are cached")
+    c.add_argument("--batch_size", type=int, default=50)
+    c.add_argument("--num_workers", type=int, default=4)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    h = sub.add_parser("hps", help="HPS v2.1 on the HPDv2 benchmark folder layout {style}/{idx:05d}.png")
+    h.add_argument("--image_dir", required=True)
+    h.add_argument("--prompts_dir", required=True, help="folder with anime.json, concept-art.json, ... prompt lists")
+    h.add_argument("--hps", default=None, help="local HPS_v2.1_compressed.pt (default: hf://xswu/HPSv2/...)")
+    h.add_argument("--batch_size", type=int, default=20)
+    h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.cmd is None:
+        return _self_check()
+    if args.cmd == "coco":
+        clip_fn = None if args.no_clip else make_clip_score(args.clip)
+        res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),
+                            clip_fn=clip_fn, n=args.n, eval_res=args.eval_res, cache_dir=args.cache_dir,
+                            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
+    else:
+        res = hps_benchmark(args.image_dir, args.prompts_dir, rewards.make_reward("hpsv2", path=args.hps),
+                            batch_size=args.batch_size, device=args.device)
+    print(json.dumps(res, indent=1))
+    out_json = os.path.join(args.fake_dir if args.cmd == "coco" else args.image_dir, f"scores_{args.cmd}.json")
+    with open(out_json + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(out_json + ".tmp", out_json)
+
+
+if __name__ == "__main__":
+    main()

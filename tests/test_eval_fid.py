@@ -1,0 +1,347 @@
+"""Tests for eval_fid.py (CPU, offline, fake generators / extractors).  Run: pytest -q tests/test_eval_fid.py"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval_fid as ef
+
+
+# ------------------------------------------------------------------------------------------- Frechet distance
+def test_frechet_distance_closed_form_diagonal():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    s1, s2 = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    closed = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert ef.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(closed, rel=1e-10)
+    # 1-D: (m1 - m2)^2 + (sd1 - sd2)^2
+    assert ef.frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+def test_frechet_distance_rotation_invariant_full_covariance():
+    """Rotating both Gaussians by the same orthogonal Q leaves FD unchanged (non-diagonal sqrtm path)."""
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.2, 2, 6), rng.uniform(0.2, 2, 6)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    rot = ef.frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T)
+    assert rot == pytest.approx(ef.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frechet_distance_symmetric_nonnegative_and_zero_on_self(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 12))
+    y = rng.normal(size=(150, 12)) @ rng.normal(size=(12, 12)) * 0.5 + 0.3
+    a, b = ef.feature_stats(x), ef.feature_stats(y)
+    assert a[0].dtype == np.float64 and a[1].shape == (12, 12)
+    d_ab, d_ba = ef.frechet_distance(*a, *b), ef.frechet_distance(*b, *a)
+    assert d_ab > 0 and d_ab == pytest.approx(d_ba, rel=1e-6)
+    assert abs(ef.frechet_distance(*a, *a)) < 1e-8
+    # rank-deficient covariances (fewer samples than dims) still give a finite, non-negative value
+    z = ef.feature_stats(rng.normal(size=(5, 12)))
+    assert np.isfinite(ef.frechet_distance(*z, *a)) and ef.frechet_distance(*z, *a) > 0
+
+
+def test_frechet_distance_bad_shapes():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ef.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="M >= 2"):
+        ef.feature_stats(np.zeros((1, 4)))
+
+
+# ------------------------------------------------------------------------------------------- images / sampling
+def test_to_uint8_and_center_crop_resize():
+    x = torch.tensor([-1.0, -0.99, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
+    assert ef.to_uint8(x).flatten().tolist() == [0, 1, 128, 255, 255]  # clamp(127.5 x + 128), truncated
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, 10:30] = 200  # the centre 20 columns
+    out = ef.center_crop_resize(Image.fromarray(a), 20)
+    assert out.size == (20, 20) and (np.asarray(out) == 200).all()
+    assert ef.center_crop_resize(Image.fromarray(a), 8).size == (8, 8)
+
+
+def test_read_captions_cycles_and_checks_header(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("Prompt\nfirst caption\n\"with, comma\"\nthird\n", encoding="utf-8")
+    caps = ef.read_captions(str(p), n=7)
+    assert caps == ["first caption", "with, comma", "third"] * 2 + ["first caption"]
+    bad = tmp_path / "b.csv"
+    bad.write_text("caption\nx\n")
+    with pytest.raises(ValueError, match="Prompt"):
+        ef.read_captions(str(bad))
+
+
+def make_generate(calls):
+    def generate(captions):
+        calls.append(list(captions))
+        vals = torch.tensor([len(c) * 10 % 256 for c in captions], dtype=torch.uint8)
+        return vals.view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()  # (B,3,8,8) uint8
+    return generate
+
+
+def test_sample_to_folder_is_resumable(tmp_path):
+    caps = [f"caption number {'x' * i}" for i in range(7)]
+    calls = []
+    gen = make_generate(calls)
+    assert ef.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 7
+    assert [len(c) for c in calls] == [3, 3, 1]
+    files = sorted(os.listdir(tmp_path / "images"))
+    assert files == [f"{i:06d}.png" for i in range(7)]
+    assert (tmp_path / "captions.txt").read_text().splitlines() == caps
+    img = np.asarray(Image.open(tmp_path / "images" / "000004.png"))
+    assert img.shape == (8, 8, 3) and (img == len(caps[4]) * 10 % 256).all()
+    # remove two samples: a second run generates exactly those, nothing else
+    os.remove(tmp_path / "images" / "000002.png")
+    os.remove(tmp_path / "images" / "000005.png")
+    calls.clear()
+    assert ef.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 2
+    assert calls == [[caps[2], caps[5]]]
+    calls.clear()
+    assert ef.sample_to_folder(gen, caps, str(tmp_path), progress=False) == 0 and calls == []
+    assert len(ef.fake_paths(str(tmp_path), 7)) == 7
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ef.fake_paths(str(tmp_path), 8)
+
+
+def test_generate_output_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        ef.sample_to_folder(lambda c: torch.zeros(len(c), 3, 8, 8), ["a"], str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"\(2, 3, H, W\)"):
+        ef.sample_to_folder(lambda c: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a", "b"], str(tmp_path),
+                            progress=False)
+
+
+# ------------------------------------------------------------------------------------------- reference stats cache
+class CountingFeatures:
+    """Fake extractor: per-channel means and a few pixels of the (B,3,S,S) uint8 batch."""
+    extractor_id = "fake-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, u8):
+        self.calls += 1
+        x = u8.double() / 255
+        return torch.cat([x.mean((2, 3)), x[:, :, 0, :3].flatten(1)], 1)  # (B, 12)
+
+
+def write_ref_folder(folder, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        h, w = rng.integers(10, 20, size=2)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(folder, f"{i}.jpg"))
+
+
+def test_reference_stats_cached_and_invalidated(tmp_path):
+    ref, cache = str(tmp_path / "ref"), str(tmp_path / "cache")
+    write_ref_folder(ref)
+    fx = CountingFeatures()
+    kw = dict(cache_dir=cache, batch_size=4, num_workers=0)
+    mu, sigma = ef.reference_stats(ref, fx, eval_res=8, **kw)
+    assert fx.calls == 2 and mu.shape == (12,) and sigma.shape == (12, 12)
+    mu2, sigma2 = ef.reference_stats(ref, fx, eval_res=8, **kw)  # cache hit: the extractor is not called
+    assert fx.calls == 2 and np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
+    ef.reference_stats(ref, fx, eval_res=6, **kw)  # other eval_res -> recompute
+    assert fx.calls == 4
+    ef.reference_stats(ref, fx, eval_res=8, extractor_id="fake-v2", **kw)  # other extractor -> recompute
+    assert fx.calls == 6
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(os.path.join(ref, "new.png"))  # folder changed
+    ef.reference_stats(ref, fx, eval_res=8, **kw)
+    assert fx.calls == 8
+    ef.reference_stats(ref, fx, eval_res=8, **kw)
+    assert fx.calls == 8
+    assert not [f for f in os.listdir(cache) if f.endswith(".tmp")]
+    # the cached numbers are the statistics of the features
+    feats = ef.folder_features(ef.list_images(ref), CountingFeatures(), 8, batch_size=3, num_workers=0)
+    assert np.allclose(ef.reference_stats(ref, fx, eval_res=8, **kw)[0], feats.mean(0))
+
+
+def test_evaluate_coco_with_fake_extractor(tmp_path):
+    ref = str(tmp_path / "ref")
+    write_ref_folder(ref, n=8)
+    caps = [f"c{i}" for i in range(5)]
+    ef.sample_to_folder(make_generate([]), caps, str(tmp_path / "fake"), progress=False)
+    seen = []
+
+    def clip_fn(images01, captions):
+        seen.extend(captions)
+        assert images01.shape[1:] == (3, 8, 8) and images01.max() <= 1
+        return torch.full((len(captions),), 30.0), {}
+
+    res = ef.evaluate_coco(str(tmp_path / "fake"), ref, inception=CountingFeatures(), clip_fn=clip_fn, n=5,
+                           eval_res=8, cache_dir=str(tmp_path / "cache"), batch_size=2, num_workers=0)
+    assert res["fid"] > 0 and res["clip_score"] == pytest.approx(30.0) and seen == caps
+
+
+# ------------------------------------------------------------------------------------------- CLIP score
+def test_clip_score_prefix_applied():
+    seen = []
+    tok = ef.prefixed(lambda caps: seen.extend(caps) or torch.zeros(len(caps), 77, dtype=torch.long))
+    tok(["a dog on a bench", "two cats"])
+    assert seen == ["A photo depicts a dog on a bench", "A photo depicts two cats"]
+
+
+def test_prefix_matches_released_token_insertion():
+    """Tokenising prefix + caption == the released insertion of the prefix's 3 tokens after SOT, cut to 77 with
+    EOT forced in the last column (evaluation.py compute_clip_score), for short and over-long captions."""
+    import open_clip
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    caps = ["a man riding a wave on a surfboard", " ".join(["zebra"] * 73), " ".join(["giraffe"] * 120),
+            " ".join(["cat"] * 72)]
+    tokens = tok(caps)  # truncated, EOT forced
+    pre = tok(["A photo depicts "])[:, 1:4].expand(len(caps), -1)
+    released = torch.cat([tokens[:, :1], pre, tokens[:, 1:]], 1)[:, :77]
+    last = released[:, 76:77].clone()
+    last[last > 0] = 49407
+    released = torch.cat([released[:, :76], last], 1)
+    assert torch.equal(ef.prefixed(tok)(caps), released)
+
+
+def test_clip_score_folder_means_scores(tmp_path):
+    caps = ["a", "bb", "ccc"]
+    ef.sample_to_folder(make_generate([]), caps, str(tmp_path), progress=False)
+    fn = lambda x, c: (x.mean((1, 2, 3)) * 100, {})  # noqa: E731
+    got = ef.clip_score_folder(ef.fake_paths(str(tmp_path), 3), caps, fn, 8, batch_size=2, num_workers=0)
+    assert got == pytest.approx(np.mean([10, 20, 30]) / 255 * 100, rel=1e-5)
+
+
+def test_clip_score_offline_fails_fast(monkeypatch, tmp_path):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="ViT-B/32.*--clip"):
+        ef.make_clip_score()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ef.make_clip_score(str(tmp_path / "none.pt"))
+
+
+# ------------------------------------------------------------------------------------------- Inception plumbing
+class _FakeLayers(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)).repeat(1, 683)[:, :2048].reshape(-1, 2048, 1, 1)
+
+
+class _FakeInception(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _FakeLayers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_inception_features_clean_preprocessing(tmp_path):
+    path = str(tmp_path / "inception-2015-12-05.pt")
+    torch.jit.script(_FakeInception()).save(path)
+    fx = ef.InceptionFeatures(path)
+    u8 = torch.full((2, 3, 37, 37), 200, dtype=torch.uint8)
+    u8[1] = 64
+    f = fx(u8)  # resized to 299 by PIL float bicubic, then (x - 128) / 128
+    assert f.shape == (2, 2048)
+    assert torch.allclose(f[0], torch.full((2048,), (200 - 128) / 128), atol=1e-4)
+    assert torch.allclose(f[1], torch.full((2048,), (64 - 128) / 128), atol=1e-4)
+    prepared = fx.prepare(np.full((37, 37, 3), 200, np.uint8))
+    assert prepared.shape == (3, 299, 299) and prepared.dtype == torch.float32
+    with pytest.raises(FileNotFoundError, match="nvlabs-fi-cdn.*--inception"):
+        ef.InceptionFeatures(str(tmp_path / "missing.pt"))
+
+
+# ------------------------------------------------------------------------------------------- HPSv2 / GenEval
+def test_hps_benchmark_layout_and_raw_scale(tmp_path):
+    prompts_dir, img_dir = tmp_path / "prompts", tmp_path / "imgs"
+    prompts_dir.mkdir()
+    for k, style in enumerate(ef.HPS_STYLES):
+        (prompts_dir / f"{style}.json").write_text(json.dumps([f"{style} {i}" for i in range(3 + k % 2)]))
+    calls = []
+    assert ef.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir), batch_size=2) == 14
+    assert ef.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir)) == 0  # resumable
+    seen = []
+
+    def fake_hps(x, prompts):
+        assert x.shape[1:] == (3, 224, 224)
+        seen.extend(prompts)
+        return x.mean((1, 2, 3)) * 100.0, {}  # x100 like rewards.make_reward("hpsv2")
+
+    res = ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps, batch_size=2)
+    expect = {s: np.mean([len(f"{s} {i}") * 10 % 256 / 255 for i in range(3 + k % 2)])
+              for k, s in enumerate(ef.HPS_STYLES)}
+    for s in ef.HPS_STYLES:
+        assert res[s] == pytest.approx(expect[s], abs=2e-3)  # raw, not x100
+    allv = [len(f"{s} {i}") * 10 % 256 / 255 for k, s in enumerate(ef.HPS_STYLES) for i in range(3 + k % 2)]
+    assert res["average"] == pytest.approx(np.mean(allv), abs=2e-3)
+    assert seen[:3] == ["anime 0", "anime 1", "anime 2"]
+
+
+def test_hps_pil_preprocess_crops_centre():
+    a = np.zeros((300, 400, 3), np.uint8)
+    a[:, 50:350] = 255  # the central 300 columns survive the crop
+    x = ef.hps_pil_preprocess(Image.fromarray(a))
+    assert x.shape == (3, 224, 224) and x[:, :, 2:-2].min() > 0.99
+
+
+def test_sample_geneval_layout(tmp_path):
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps({"tag": "single_object", "prompt": p}) for p in ["a cat", "a dog"]))
+    calls = []
+    assert ef.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2,
+                             batch_size=3) == 4
+    assert calls == [["a cat", "a cat", "a dog"], ["a dog"]]
+    assert json.loads((tmp_path / "out" / "00001" / "metadata.jsonl").read_text())["prompt"] == "a dog"
+    assert sorted(os.listdir(tmp_path / "out" / "00000" / "samples")) == ["0000.png", "0001.png"]
+    assert ef.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2) == 0
+
+
+# ------------------------------------------------------------------------------------------- toy
+def test_evaluate_toy_with_fake_world():
+    K, N, M = 16, 4, 40
+    g = torch.Generator().manual_seed(0)
+    real_tokens = torch.randint(0, K, (M, N), generator=g)
+
+    def decode(z):  # (B, N) -> (B,3,2,2) in [-1,1]; encode(decode(z)) == z
+        return (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)
+
+    def encode_indices(x):
+        return ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()
+
+    captions = [str(i) for i in range(M)]
+    real_images = decode(real_tokens)
+    common = dict(decode=decode, eval_clip_fn=lambda x, c: x.mean((1, 2, 3)) * 100,
+                  feature_fn=lambda x: x.flatten(1)[:, :4].double(), check=lambda x, c: torch.ones(len(c)),
+                  encode_indices=encode_indices, K=K, batch_size=16)
+    exact = ef.evaluate_toy(lambda caps: real_tokens[[int(c) for c in caps]], captions, real_images, **common)
+    assert abs(exact["fid"]) < 1e-6 and exact["lcs_kl_nats"] < 1e-9 and exact["check"] == 1.0 and exact["n"] == M
+    assert exact["entropy_model_bits"] == pytest.approx(exact["entropy_real_bits"])
+    collapsed = ef.evaluate_toy(lambda caps: torch.zeros(len(caps), N, dtype=torch.long), captions, real_images,
+                                **common)
+    assert collapsed["lcs_kl_nats"] > 1.0 and collapsed["entropy_model_bits"] == 0.0 and collapsed["fid"] > 0.1
+    assert collapsed["real_floor_nats"] == exact["real_floor_nats"] > 0
+
+
+def test_evaluate_toy_bundle_uses_bundle_fields():
+    from types import SimpleNamespace
+    K, N = 8, 4
+    sampled = []
+
+    class World:
+        def sample(self, n, generator, split="train"):
+            sampled.append(split)
+            z = torch.randint(0, K, (n, N), generator=generator)
+            return vq.decode_indices(z), [f"c{i}" for i in range(n)]
+
+        def check(self, x, caps):
+            return torch.full((len(caps),), 0.5)
+
+    decode = lambda z: (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)  # noqa: E731
+    encode = lambda x: ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()  # noqa: E731
+    vq = SimpleNamespace(cfg=SimpleNamespace(codebook_size=K), decode_indices=decode, encode_indices=encode)
+    bundle = SimpleNamespace(world=World(), vq=vq, eval_clip_fn=lambda x, c: torch.full((len(c),), 20.0),
+                             feature_fn=lambda x: x.flatten(1)[:, :4].double())
+    res = ef.evaluate_toy_bundle(bundle, lambda caps: torch.randint(0, K, (len(caps), N)), n=30,
+                                 generator=torch.Generator().manual_seed(0), split="heldout")
+    assert sampled == ["heldout", "heldout"] and res["check"] == 0.5 and res["clip"] == 20.0 and res["n"] == 30
+    assert res["real_floor_nats"] > 0 and res["lcs_kl_nats"] >= 0 and res["fid"] >= 0
