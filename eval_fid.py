@@ -362,8 +362,9 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
     for i, meta in enumerate(metas):
         d = os.path.join(out_dir, f"{i:05d}")
         os.makedirs(os.path.join(d, "samples"), exist_ok=True)
-        with open(os.path.join(d, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        with open(os.path.join(d, "metadata.jsonl.tmp"), "w", encoding="utf-8") as f:
             json.dump(meta, f)
+        os.replace(os.path.join(d, "metadata.jsonl.tmp"), os.path.join(d, "metadata.jsonl"))
         jobs += [(meta["prompt"], os.path.join(d, "samples", f"{k:04d}.png")) for k in range(n_per_prompt)
                  if not os.path.isfile(os.path.join(d, "samples", f"{k:04d}.png"))]
     for s in tqdm(range(0, len(jobs), batch_size), desc="GenEval"):
@@ -376,14 +377,15 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
 # --------------------------------------------------------------------------------------------------- toy world
 @torch.no_grad()
 def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, feature_fn, check, encode_indices,
-                 K, real_images_b=None, batch_size=64):
+                 K, real_images_b=None, batch_size=64, device="cpu"):
     """Toy-world metrics for one policy (fields of toy.ToyBundle, CONTRACT.md):
     sample_tokens: list[str] -> (B, N) int64 (the policy sampler with fixed eval settings and generator);
     captions (M) and real_images (M,3,S,S) in [-1,1]: a held-out batch of ToyWorld.sample;
     decode: (B, N) -> (B,3,S,S) in [-1,1] (vq.decode_indices); eval_clip_fn(images01, captions) -> (B,);
     feature_fn(images01) -> (B, F); check(images [-1,1], captions) -> (B,) in [0,1] (ToyWorld.check);
     encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: optional disjoint real set for the
-    LCS floor (else two halves of real_images). Returns a dict of floats."""
+    LCS floor (else two halves of real_images); device: where real-image batches go (the models' device).
+    Returns a dict of floats: fid (toy feature space), clip, check, lcs_kl_nats, entropies (bits), real floor, n."""
     if len(captions) != real_images.shape[0]:
         raise ValueError(f"{len(captions)} captions but {real_images.shape[0]} real images")
     tok, feats, clip, acc = [], [], [], []
@@ -396,9 +398,9 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
         feats.append(np.asarray(feature_fn(x01).cpu(), np.float64))
         clip.append(eval_clip_fn(x01, caps).double().cpu())
         acc.append(torch.as_tensor(check(x, caps)).double().cpu())
-    real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size] + 1) / 2).cpu(), np.float64)
+    real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(), np.float64)
                   for s in range(0, real_images.shape[0], batch_size)]
-    enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size]).cpu()  # noqa: E731
+    enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
                                   for s in range(0, imgs.shape[0], batch_size)])
     mu_f, s_f = feature_stats(np.concatenate(feats))
     mu_r, s_r = feature_stats(np.concatenate(real_feats))
@@ -408,7 +410,7 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
 
 
 @torch.no_grad()
-def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64):
+def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64, device="cpu"):
     """evaluate_toy on a toy.ToyBundle: n captioned real scenes of `split` (plus n more, disjoint, for the LCS
     floor) drawn with `generator`; sample_tokens: list[str] -> (B, N) (e.g. policy.sample + bundle.text_encoder)."""
     real, captions = bundle.world.sample(n, generator, split)
@@ -416,7 +418,7 @@ def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", b
     return evaluate_toy(sample_tokens, captions, real, decode=bundle.vq.decode_indices,
                         eval_clip_fn=bundle.eval_clip_fn, feature_fn=bundle.feature_fn, check=bundle.world.check,
                         encode_indices=bundle.vq.encode_indices, K=bundle.vq.cfg.codebook_size, real_images_b=real_b,
-                        batch_size=batch_size)
+                        batch_size=batch_size, device=device)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
