@@ -1,0 +1,390 @@
+"""policy.py: GPT-XL t2i layout and counts, 2-D RoPE, masks, KV-cache sampler vs naive oracle, log-probs, loading,
+text encoders. CPU, offline, tiny config.
+
+Run: pytest -q tests/test_policy.py
+"""
+import argparse
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import policy
+from policy import (GPT, GPT_CONFIGS, GPTConfig, T5TextEncoder, WordTextEncoder, attention_mask, clean_caption,
+                    left_align, load_gpt, rope_table, sample, sample_naive, token_logprobs, top_k_top_p)
+
+CFG = GPT_CONFIGS["tiny"]
+WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "big"]
+
+
+def random_model(cfg=CFG, seed=0, std=0.3):
+    """Random weights everywhere (incl. the zero-initialised head), so the distributions are far from uniform."""
+    model = GPT(cfg, seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std, generator=g)
+    return model
+
+
+def captions(B=3):
+    enc = WordTextEncoder(WORDS, CFG.caption_dim, CFG.cls_token_num)
+    caps = ["a red circle", "a big blue square on the left", "green", "the right circle"][:B]
+    return enc(caps)
+
+
+# ------------------------------------------------------------------------------------------------ layout / counts
+def test_gpt_xl_state_dict_and_param_count():
+    with torch.device("meta"):
+        model = GPT(GPT_CONFIGS["GPT-XL-t2i"])
+    sd = model.state_dict()
+    assert len(sd) == 258
+    assert sum(p.numel() for p in model.parameters()) == 777_678_080
+    assert sum(v.numel() for v in sd.values()) == 777_923_840
+    shapes = {"cls_embedding.cap_proj.fc1.weight": (1280, 2048), "cls_embedding.cap_proj.fc2.weight": (1280, 1280),
+              "cls_embedding.uncond_embedding": (120, 2048), "tok_embeddings.weight": (16384, 1280),
+              "layers.0.attention.wqkv.weight": (3840, 1280), "layers.35.attention.wo.weight": (1280, 1280),
+              "layers.7.feed_forward.w1.weight": (3584, 1280), "layers.7.feed_forward.w3.weight": (3584, 1280),
+              "layers.7.feed_forward.w2.weight": (1280, 3584), "layers.35.attention_norm.weight": (1280,),
+              "layers.35.ffn_norm.weight": (1280,), "norm.weight": (1280,), "output.weight": (16384, 1280)}
+    for k, s in shapes.items():
+        assert tuple(sd[k].shape) == s, k
+    names = {n for n, _ in model.named_parameters()}
+    assert "cls_embedding.uncond_embedding" not in names
+    assert [n for n, _ in model.named_buffers()] == ["cls_embedding.uncond_embedding"]
+    assert not any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert model.cls_embedding.cap_proj.act.approximate == "tanh"                # not the erf GELU (gotcha 7)
+
+
+def test_bad_config_rejected():
+    with pytest.raises(ValueError, match="square"):
+        GPTConfig(block_size=200)
+
+
+def test_no_runtime_state_in_state_dict_after_sampling():
+    model = random_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cond, mask = captions()
+    sample(model, cond, mask, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert not any(w in k for k in after for w in ("cache", "rope", "freqs", "mask"))
+    assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+# ------------------------------------------------------------------------------------------------ RoPE / mask
+@pytest.mark.parametrize("name", ["GPT-XL-t2i", "tiny"])
+def test_rope_table_layout(name):
+    cfg = GPT_CONFIGS[name]
+    rope = rope_table(cfg)
+    T, g, q = cfg.cls_token_num, math.isqrt(cfg.block_size), cfg.head_dim // 4
+    assert rope.shape == (T + cfg.block_size, cfg.head_dim // 2, 2) and rope.dtype == torch.float32
+    assert torch.count_nonzero(rope[:T]) == 0                       # text rows: cos = sin = 0 exactly
+    f = cfg.rope_base ** (-torch.arange(q, dtype=torch.float64) / q)  # f_j = base^(-j/(hd/4))
+    for n in (0, 1, g + 2, cfg.block_size - 1):
+        r, c = divmod(n, g)
+        ang = torch.cat([r * f, c * f])                              # first hd/4 pairs by row, last hd/4 by column
+        want = torch.stack([ang.cos(), ang.sin()], -1).float()
+        torch.testing.assert_close(rope[T + n], want, atol=2e-6, rtol=0)
+
+
+def test_apply_rope_pairs_adjacent_and_zeroes_text():
+    cfg = CFG
+    rope = rope_table(cfg)
+    x = torch.randn(1, rope.shape[0], 1, cfg.head_dim)
+    y = policy.apply_rope(x, rope)
+    assert torch.count_nonzero(y[:, :cfg.cls_token_num]) == 0
+    n = cfg.cls_token_num + 5                                        # rotate pair (2k, 2k+1) as a complex number
+    z = torch.view_as_complex(x[0, n, 0].view(-1, 2).contiguous()) * torch.view_as_complex(rope[n].contiguous())
+    torch.testing.assert_close(y[0, n, 0], torch.view_as_real(z).flatten())
+
+
+def test_attention_mask_convention():
+    cm = torch.tensor([[False, False, True], [True, True, True]])
+    m = attention_mask(cm, 5)[:, 0]
+    assert m.shape == (2, 5, 5)
+    assert m[0].tolist() == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+    assert torch.equal(m[1], torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+# ------------------------------------------------------------------------------------------------ forward
+def test_forward_shape_causality_and_pads():
+    model = random_model()
+    cond, mask = captions()
+    tok = torch.randint(0, CFG.vocab_size, (3, CFG.block_size), generator=torch.Generator().manual_seed(0))
+    logits = model(tok, cond, mask)
+    assert logits.shape == (3, CFG.block_size, CFG.vocab_size) and logits.dtype == torch.float32
+    t = 6
+    tok2 = tok.clone()
+    tok2[:, t:] = (tok2[:, t:] + 1) % CFG.vocab_size
+    logits2 = model(tok2, cond, mask)
+    torch.testing.assert_close(logits2[:, :t + 1], logits[:, :t + 1], atol=1e-5, rtol=0)  # position t sees z_<t only
+    assert (logits2[:, t + 1:] - logits[:, t + 1:]).abs().max() > 1e-3
+    noisy = torch.where(mask[..., None], cond, torch.randn_like(cond) * 5)     # garbage in the pad slots
+    torch.testing.assert_close(model(tok, noisy, mask), logits, atol=1e-5, rtol=0)
+    moved = cond.clone()
+    moved[:, -1] += 1.0                                                       # a real slot does matter
+    assert (model(tok, moved, mask) - logits).abs().max() > 1e-3
+
+
+def test_forward_rejects_bad_inputs():
+    model = random_model()
+    cond, mask = captions()
+    tok = torch.zeros(3, CFG.block_size, dtype=torch.long)
+    with pytest.raises(ValueError, match="cond must be"):
+        model(tok, cond[:, :4], mask[:, :4])
+    with pytest.raises(ValueError, match="left-aligned"):
+        model(tok, cond, mask.flip(1))
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(tok.int(), cond, mask)
+    with pytest.raises(RuntimeError, match="eval"):
+        sample(model.train(), cond, mask)
+
+
+def test_drop_caption_rows_equal_uncond_forward():
+    model = random_model()
+    cond, mask = captions()
+    tok = torch.randint(0, CFG.vocab_size, (3, CFG.block_size), generator=torch.Generator().manual_seed(1))
+    drop = torch.tensor([True, False, True])
+    out = model(tok, cond, mask, drop_caption=drop)
+    null = model.cls_embedding.uncond_embedding.expand_as(cond)
+    ref = model(tok, torch.where(drop[:, None, None], null, cond), mask)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert (out[1] - model(tok, null, mask)[1]).abs().max() > 1e-3
+
+
+def test_dropout_only_in_train_mode():
+    cfg = dataclasses.replace(CFG, token_dropout_p=0.5)
+    model = random_model(cfg)
+    cond, mask = captions()
+    tok = torch.randint(0, cfg.vocab_size, (3, cfg.block_size), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(model(tok, cond, mask), model(tok, cond, mask))
+    torch.manual_seed(0)
+    assert not torch.allclose(model.train()(tok, cond, mask), model.eval()(tok, cond, mask))
+
+
+def test_grad_ckpt_applied_in_eval_mode_same_grads(monkeypatch):
+    cond, mask = captions()
+    tok = torch.randint(0, CFG.vocab_size, (3, CFG.block_size), generator=torch.Generator().manual_seed(3))
+    grads = []
+    calls = []
+    real = policy.checkpoint
+    monkeypatch.setattr(policy, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for ckpt in (False, True):
+        model = random_model(dataclasses.replace(CFG, grad_ckpt=ckpt))   # eval mode
+        token_logprobs(model, cond, mask, tok).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert len(calls) == CFG.n_layer
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+@pytest.mark.parametrize("kw", [dict(cfg_scale=3.0, temperature=0.7, top_k=20, top_p=0.9),
+                                dict(cfg_scale=1.0, temperature=1.3, top_k=0, top_p=1.0)])
+def test_kv_cache_sampler_matches_naive(kw):
+    model = random_model()
+    cond, mask = captions()
+    fast = sample(model, cond, mask, generator=torch.Generator().manual_seed(7), **kw)
+    slow = sample_naive(model, cond, mask, generator=torch.Generator().manual_seed(7), **kw)
+    assert fast.shape == (3, CFG.block_size) and fast.dtype == torch.long
+    assert torch.equal(fast, slow)
+    assert len(set(fast.flatten().tolist())) > 3                  # not a degenerate constant output
+
+
+def test_seed_determinism():
+    model = random_model()
+    cond, mask = captions()
+    run = lambda s: sample(model, cond, mask, cfg_scale=2.0, top_k=30, generator=torch.Generator().manual_seed(s))
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_cfg_changes_samples_and_uses_null_half(monkeypatch):
+    model = random_model()
+    cond, mask = captions()
+    rows = []
+    real = policy._step_logits
+    monkeypatch.setattr(policy, "_step_logits", lambda lg, *a: rows.append(lg.shape[0]) or real(lg, *a))
+    sample(model, cond, mask, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(rows) == {3}                                        # cfg 1: no null half computed at all
+    rows.clear()
+    sample(model, cond, mask, cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
+    assert set(rows) == {6}
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_token_logprobs_equal_sampler_distribution(monkeypatch, cfg_scale):
+    model = random_model()
+    cond, mask = captions()
+    steps = []
+    real = policy._step_logits
+    monkeypatch.setattr(policy, "_step_logits", lambda *a: steps.append(real(*a).log_softmax(-1)) or steps[-1])
+    tok = sample(model, cond, mask, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(4))
+    dist = torch.stack(steps, 1)                                               # (B,N,V) sampler log-distributions
+    want = dist.gather(-1, tok[..., None])[..., 0]
+    got = token_logprobs(model, cond, mask, tok, cfg_scale=cfg_scale)
+    assert got.shape == tok.shape and got.requires_grad
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    got.sum().backward()
+    assert model.output.weight.grad.abs().sum() > 0
+    assert model.cls_embedding.uncond_embedding.grad is None
+
+
+def test_cfg_temperature_formula_by_hand():
+    cond, null = torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[1.0, 0.0, 1.0]])
+    out = policy._step_logits(torch.cat([cond, null]), 1, 3.0, 0.5, 0, 1.0)   # (u + s (c - u)) / temperature
+    torch.testing.assert_close(out, torch.tensor([[8.0, 0.0, 2.0]]))
+    assert torch.equal(policy._step_logits(cond, 1, 1.0, 0.0, 0, 1.0), cond / 1e-5)   # temperature 0 -> 1e-5
+    inf = float("inf")
+    assert torch.equal(top_k_top_p(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2), torch.tensor([[3.0, -inf, 2.0, -inf]]))
+
+
+def test_guided_logprobs_by_hand():
+    model = random_model()
+    cond, mask = captions()
+    tok = torch.randint(0, CFG.vocab_size, (3, CFG.block_size), generator=torch.Generator().manual_seed(5))
+    lc = model(tok, cond, mask)                                                     # conditional branch
+    lu = model(tok, model.cls_embedding.uncond_embedding.expand_as(cond), mask)     # null caption, SAME mask
+    want = (lu + 4.0 * (lc - lu)).log_softmax(-1).gather(-1, tok[..., None])[..., 0]
+    torch.testing.assert_close(token_logprobs(model, cond, mask, tok, cfg_scale=4.0), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(token_logprobs(model, cond, mask, tok),
+                               lc.log_softmax(-1).gather(-1, tok[..., None])[..., 0], atol=1e-5, rtol=0)
+
+
+def test_bf16_autocast_sampling_and_logprobs():
+    model = random_model()
+    cond, mask = captions()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tok = sample(model, cond, mask, cfg_scale=3.0, top_k=20, generator=torch.Generator().manual_seed(0))
+        lp = token_logprobs(model, cond, mask, tok)
+    assert tok.shape == (3, CFG.block_size) and 0 <= tok.min() and tok.max() < CFG.vocab_size
+    torch.testing.assert_close(lp.float(), token_logprobs(model, cond, mask, tok), atol=0.3, rtol=0.1)
+    half = random_model().to(torch.bfloat16)                                         # whole model cast, as upstream
+    assert sample(half, cond, mask, cfg_scale=3.0, generator=torch.Generator().manual_seed(0)).shape == tok.shape
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=12, unique=True), st.integers(0, 14), st.floats(0.05, 1.0))
+def test_top_k_top_p_keeps_right_set(vals, top_k, top_p):
+    logits = torch.tensor([vals], dtype=torch.float64)
+    orig = logits.clone()
+    out = top_k_top_p(logits, top_k, top_p)
+    assert torch.equal(logits, orig)                               # the caller's logits are not edited
+    x = orig[0]
+    keep_k = x >= torch.sort(x, descending=True).values[min(top_k, len(vals)) - 1] if top_k > 0 else x == x
+    p = torch.where(keep_k, x, -torch.inf).softmax(0)
+    order = torch.argsort(-torch.where(keep_k, x, -torch.inf), stable=True)
+    before = torch.cumsum(p[order], 0) - p[order]                  # mass strictly before each sorted token
+    assume(top_p == 1.0 or (before - top_p).abs().min() > 1e-9)    # avoid float ties at the boundary
+    keep = torch.zeros_like(keep_k)
+    keep[order] = keep_k[order] & ((before <= top_p) | (torch.arange(len(vals)) == 0) | (top_p == 1.0))
+    assert torch.equal(torch.isfinite(out[0]), keep)
+    assert keep.any()
+    kept = out[0].softmax(0)                                       # renormalised over the kept set
+    torch.testing.assert_close(kept[keep], p[keep] / p[keep].sum())
+    if top_p < 1.0:                                                # minimal set whose mass exceeds top_p
+        assert p[keep].sum() > top_p - 1e-9 and p[keep].sum() - p[keep].min() <= top_p + 1e-9
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_llamagen_checkpoint_loads_strictly(tmp_path):
+    model = random_model(seed=5)
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    path = tmp_path / "t2i_tiny.pt"
+    torch.save({"model": sd, "args": argparse.Namespace(gpt_model="tiny"), "steps": 3}, path)
+    loaded = load_gpt(str(path), CFG)
+    assert not loaded.training
+    cond, mask = captions()
+    tok = torch.randint(0, CFG.vocab_size, (3, CFG.block_size), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(tok, cond, mask), model(tok, cond, mask))
+
+    bad = dict(sd)
+    bad["module.layers.0.attention.wqkv.weights"] = bad.pop("module.layers.0.attention.wqkv.weight")
+    torch.save({"model": bad}, tmp_path / "bad_key.pt")
+    with pytest.raises(RuntimeError, match="wqkv.weight"):
+        load_gpt(str(tmp_path / "bad_key.pt"), CFG)
+    with pytest.raises(RuntimeError, match="tok_embeddings.weight"):
+        load_gpt(str(path), dataclasses.replace(CFG, vocab_size=32))
+    with pytest.raises(FileNotFoundError):
+        load_gpt(str(tmp_path / "missing.pt"), CFG)
+
+
+# ------------------------------------------------------------------------------------------------ text encoders
+def test_left_align_rotates_zeroes_and_flips():
+    feats = torch.arange(2 * 4 * 2, dtype=torch.float32).view(2, 4, 2) + 1
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    out, m = left_align(feats, mask)
+    assert m.tolist() == [[False, False, True, True], [True, True, True, True]]
+    assert torch.equal(out[0, 2:], feats[0, :2]) and torch.count_nonzero(out[0, :2]) == 0
+    assert torch.equal(out[1], feats[1])
+    with pytest.raises(ValueError, match="right-padded"):
+        left_align(feats, mask.flip(1))
+
+
+def test_word_text_encoder():
+    enc = WordTextEncoder(WORDS, 32, 8)
+    cond, mask = enc(["A red circle.", "the big, blue square on the left"])
+    assert cond.shape == (2, 8, 32) and cond.dtype == torch.float32 and mask.dtype == torch.bool
+    assert mask[0].tolist() == [False] * 5 + [True] * 3 and mask[1].tolist() == [False] + [True] * 7
+    assert torch.count_nonzero(cond[0, :5]) == 0
+    i = enc.index
+    torch.testing.assert_close(cond[0, 5], enc.table[i["a"]] + enc.pos[0])   # word vector + position in caption
+    torch.testing.assert_close(cond[0, 7], enc.table[i["circle"]] + enc.pos[2])
+    again, _ = WordTextEncoder(WORDS, 32, 8)(["a red circle", "the big blue square on the left"])
+    assert torch.equal(again, cond)                                          # deterministic, case/punct-insensitive
+    other, _ = WordTextEncoder(WORDS, 32, 8, seed=1)(["a red circle", "the big blue square on the left"])
+    assert not torch.allclose(other, cond)
+    with pytest.raises(ValueError, match="'purple'"):
+        enc(["a purple circle"])
+    with pytest.raises(ValueError, match="max_len"):
+        enc(["a red circle on the left a big blue square"])
+
+
+def test_clean_caption_light():
+    raw = "  Visit https://x.com/a?b=1 <b>BIG</b> Cat &amp; @bob \u201cnow\u201d "
+    assert clean_caption(raw) == 'visit big cat & "now"'
+    assert clean_caption(clean_caption("A\u2014B  c")) == "a-b c"
+
+
+def test_t5_encoder_with_a_tiny_local_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<pad>", "</s>", "<unk>", "a", "big", "red", "cat", "&", "dog"]
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
+                                         unk_token="<unk>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32,
+                                                           num_layers=1, num_heads=2)).eval()
+    t5.save_pretrained(tmp_path)
+    enc = T5TextEncoder(str(tmp_path), max_len=6, dtype=torch.float32)
+    cond, mask = enc(["A <b>BIG</b> cat", "dog"])                                  # cleaned: "a big cat", "dog"
+    assert cond.shape == (2, 6, 16) and cond.dtype == torch.float32
+    assert mask.tolist() == [[False, False, True, True, True, True], [False] * 4 + [True, True]]   # words + </s>
+    assert torch.count_nonzero(cond[~mask]) == 0
+    ids = torch.tensor([[3, 4, 6, 1, 0, 0], [8, 1, 0, 0, 0, 0]])
+    ref = t5(input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state.detach()   # right-padded
+    torch.testing.assert_close(cond[0, 2:], ref[0, :4])
+    torch.testing.assert_close(cond[1, 4:], ref[1, :2])
+
+
+def test_t5_offline_fails_fast_and_informatively():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/nonexistent_hf_home"}
+    code = ("import time, policy; enc = policy.T5TextEncoder('google/flan-t5-xl'); t = time.time()\n"
+            "try:\n    enc(['a cat'])\n"
+            "except FileNotFoundError as e:\n    print('ERR', round(time.time() - t, 1), e)")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "ERR" in r.stdout, r.stdout + r.stderr
+    assert "--local-dir" in r.stdout and "path_or_name" in r.stdout
+    assert float(r.stdout.split()[1]) < 10 and time.time() - t0 < 60
