@@ -377,18 +377,19 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
 # --------------------------------------------------------------------------------------------------- toy world
 @torch.no_grad()
 def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, feature_fn, check, encode_indices,
-                 K, real_images_b=None, batch_size=64, device="cpu"):
+                 K, real_images_b=None, reward_fn=None, batch_size=64, device="cpu"):
     """Toy-world metrics for one policy (fields of toy.ToyBundle, CONTRACT.md):
     sample_tokens: list[str] -> (B, N) int64 (the policy sampler with fixed eval settings and generator);
     captions (M) and real_images (M,3,S,S) in [-1,1]: a held-out batch of ToyWorld.sample;
     decode: (B, N) -> (B,3,S,S) in [-1,1] (vq.decode_indices); eval_clip_fn(images01, captions) -> (B,);
     feature_fn(images01) -> (B, F); check(images [-1,1], captions) -> (B,) in [0,1] (ToyWorld.check);
     encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: optional disjoint real set for the
-    LCS floor (else two halves of real_images); device: where real-image batches go (the models' device).
+    LCS floor (else two halves of real_images); reward_fn: the training reward (reported as "reward" if given);
+    device: where real-image batches go (the models' device).
     Returns a dict of floats: fid (toy feature space), clip, check, lcs_kl_nats, entropies (bits), real floor, n."""
     if len(captions) != real_images.shape[0]:
         raise ValueError(f"{len(captions)} captions but {real_images.shape[0]} real images")
-    tok, feats, clip, acc = [], [], [], []
+    tok, feats, clip, acc, rew = [], [], [], [], []
     for s in range(0, len(captions), batch_size):
         caps = list(captions[s:s + batch_size])
         z = sample_tokens(caps)  # (B, N)
@@ -398,6 +399,8 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
         feats.append(np.asarray(feature_fn(x01).cpu(), np.float64))
         clip.append(eval_clip_fn(x01, caps).double().cpu())
         acc.append(torch.as_tensor(check(x, caps)).double().cpu())
+        if reward_fn is not None:
+            rew.append(reward_fn(x01, caps)[0].double().cpu())
     real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(), np.float64)
                   for s in range(0, real_images.shape[0], batch_size)]
     enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
@@ -406,11 +409,13 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
     mu_r, s_r = feature_stats(np.concatenate(real_feats))
     lcs = shift.report(torch.cat(tok), enc(real_images), K, None if real_images_b is None else enc(real_images_b))
     return {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(clip).mean()),
-            "check": float(torch.cat(acc).mean()), **lcs, "n": len(captions)}
+            "check": float(torch.cat(acc).mean()), **lcs, "n": len(captions),
+            **({"reward": float(torch.cat(rew).mean())} if rew else {})}
 
 
 @torch.no_grad()
-def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64, device="cpu"):
+def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64, device="cpu",
+                        with_reward=True):
     """evaluate_toy on a toy.ToyBundle: n captioned real scenes of `split` (plus n more, disjoint, for the LCS
     floor) drawn with `generator`; sample_tokens: list[str] -> (B, N) (e.g. policy.sample + bundle.text_encoder)."""
     real, captions = bundle.world.sample(n, generator, split)
@@ -418,7 +423,44 @@ def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", b
     return evaluate_toy(sample_tokens, captions, real, decode=bundle.vq.decode_indices,
                         eval_clip_fn=bundle.eval_clip_fn, feature_fn=bundle.feature_fn, check=bundle.world.check,
                         encode_indices=bundle.vq.encode_indices, K=bundle.vq.cfg.codebook_size, real_images_b=real_b,
-                        batch_size=batch_size, device=device)
+                        reward_fn=bundle.reward_fn if with_reward else None, batch_size=batch_size, device=device)
+
+
+TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")
+
+
+@torch.no_grad()
+def evaluate_toy_checkpoint(ckpt=None, *, toy_cache=".cache/toy", toy_preset="default", n=256, seed=0,
+                            cfg_scale=None):
+    """One table row for a train.py checkpoint (online policy + online decoder, the released "COMBO 1") or, with
+    ckpt=None, for the base models. The eval sampler uses the run's rollout settings (CFG, temperature, top-k/p)
+    and a fixed seed, so every method is sampled on the same captions with the same random stream.
+    reward / clip / fid / lcs_kl on n train-split captions; check on n train and n held-out captions."""
+    import policy
+    import toy
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
+    conf = ck["config"] if ck else {"toy_cache": toy_cache, "toy_preset": toy_preset}
+    tcfg = toy.ToyConfig.tiny() if conf["toy_preset"] == "tiny" else toy.ToyConfig()
+    b = toy.load_toy(tcfg, cache_dir=conf["toy_cache"], progress=False)
+    if ck:
+        b.gpt.load_state_dict(ck["gpt"])
+        b.vq.load_state_dict(ck["vq"])
+    scale = cfg_scale if cfg_scale is not None else conf.get("cfg_scale", 4.0)   # 4.0 = train.py's tiny preset
+    b.gpt.eval()
+    b.vq.eval()
+    sample_gen = torch.Generator().manual_seed(seed)
+
+    def sample_tokens(caps):
+        cond, mask = b.text_encoder(caps)
+        return policy.sample(b.gpt, cond, mask, cfg_scale=scale, temperature=conf.get("temperature", 1.0),
+                             top_k=conf.get("top_k", 0), top_p=conf.get("top_p", 1.0), generator=sample_gen)
+
+    tr = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 1), split="train")
+    ho = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 2),
+                             split="heldout", with_reward=False)
+    return {"reward": tr["reward"], "clip": tr["clip"], "check_train": tr["check"], "check_heldout": ho["check"],
+            "fid": tr["fid"], "lcs_kl": tr["lcs_kl_nats"], "lcs_floor": tr.get("real_floor_nats", float("nan")),
+            "step": ck["step"] if ck else 0}
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -457,9 +499,20 @@ def main(argv=None):
     h.add_argument("--hps", default=None, help="local HPS_v2.1_compressed.pt (default: hf://xswu/HPSv2/...)")
     h.add_argument("--batch_size", type=int, default=20)
     h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t = sub.add_parser("toy", help="toy-world metrics of a train.py checkpoint (or of the base models) as a table row")
+    t.add_argument("--ckpt", default=None, help="train.py checkpoint (default: the toy base models)")
+    t.add_argument("--toy_cache", default=".cache/toy")
+    t.add_argument("--toy_preset", default="default", choices=("default", "tiny"))
+    t.add_argument("--n", type=int, default=256, help="captions per split")
+    t.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd is None:
         return _self_check()
+    if args.cmd == "toy":
+        row = evaluate_toy_checkpoint(args.ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset, n=args.n,
+                                      seed=args.seed)
+        print(" | ".join(f"{k} {row[k]:.4f}" for k in TOY_COLUMNS))
+        return row
     if args.cmd == "coco":
         clip_fn = None if args.no_clip else make_clip_score(args.clip)
         res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),

@@ -1,0 +1,123 @@
+"""The paper's comparison (ranke.md §12, §13) reproduced on the toy world: Base, Standard RL (GRPO, frozen decoder),
+RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi, several seeds each, from the same base models.
+
+    python reproduce_toy.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}
+    python reproduce_toy.py --seeds 0 --steps 40  # a quick look
+
+Every run is `python train.py --seed S ...` (a subprocess, so each is exactly what a user would run); runs and
+evaluations already on disk are reused, so an interrupted reproduction continues where it stopped. Each
+checkpoint is scored by eval_fid.evaluate_toy_checkpoint on the same captions with the same sampling seed:
+training reward, eval-CLIP (an independent CLIP), attribute-checker accuracy on train and held-out combinations,
+toy FID and the LCS KL. The table reports mean +- std over seeds at the final step; curves.png shows the same over
+training steps.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import eval_fid
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+METHODS = {                                   # name -> train.py flags
+    "Standard RL (GRPO)": ["--method", "grpo"],
+    "RankE": ["--method", "ranke"],
+    "RankE, uniform GAN": ["--method", "ranke", "--rank_mode", "uniform"],
+    "VA-pi": ["--method", "vapi"],
+}
+LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
+          "check_heldout": "checker acc. held-out", "fid": "toy FID", "lcs_kl": "LCS KL (nats)"}
+
+
+def run_dir(out, method, seed):
+    return os.path.join(out, method.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""), f"s{seed}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--evals", type=int, default=3, help="evaluated checkpoints per run (evenly spaced)")
+    ap.add_argument("--n", type=int, default=256, help="captions per split in each evaluation")
+    ap.add_argument("--out", default="runs/repro")
+    ap.add_argument("--toy_cache", default=".cache/toy")
+    ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
+    args = ap.parse_args()
+    every = max(1, args.steps // args.evals)
+    results = {}                                             # method -> seed -> step -> row
+    cache_path = os.path.join(args.out, "evals.json")
+    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
+
+    def evaluate(ckpt, key):
+        if key not in cache:
+            cache[key] = eval_fid.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, n=args.n, seed=1234)
+            os.makedirs(args.out, exist_ok=True)
+            with open(cache_path + ".tmp", "w") as f:
+                json.dump(cache, f, indent=1)
+            os.replace(cache_path + ".tmp", cache_path)
+        return cache[key]
+
+    base = evaluate(None, "base")
+    for method, flags in METHODS.items():
+        for seed in args.seeds:
+            d = run_dir(args.out, method, seed)
+            final = os.path.join(d, f"ckpt_{args.steps:07d}.pt")
+            if not os.path.exists(final):
+                cmd = [sys.executable, os.path.join(ROOT, "train.py"), *flags, "--seed", str(seed), "--steps",
+                       str(args.steps), "--total_steps", str(args.steps), "--ckpt_every", str(every), "--keep_ckpts",
+                       str(args.evals + 1), "--out_dir", d, "--toy_cache", args.toy_cache, "--resume",
+                       *args.extra.split()]
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True)
+            for step in range(every, args.steps + 1, every):
+                ck = os.path.join(d, f"ckpt_{step:07d}.pt")
+                if os.path.exists(ck):
+                    results.setdefault(method, {}).setdefault(seed, {})[step] = evaluate(ck, f"{d}@{step}")
+            print(method, seed, results[method][seed][args.steps], flush=True)
+    write_report(args, base, results)
+
+
+def write_report(args, base, results):
+    lines = [f"Toy world, {args.steps} steps, seeds {args.seeds}, {args.n} captions per split; mean +- std over "
+             f"seeds at the final step. Base = the toy base models (no post-training).", "",
+             "| method | " + " | ".join(LABELS.values()) + " |", "|---" * (len(LABELS) + 1) + "|",
+             "| Base | " + " | ".join(f"{base[k]:.3f}" for k in LABELS) + " |"]
+    summary = {"base": base}
+    for method, by_seed in results.items():
+        finals = [by_seed[s][args.steps] for s in by_seed]
+        cells = []
+        for k in LABELS:
+            v = np.array([f[k] for f in finals])
+            cells.append(f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
+            summary.setdefault(method, {})[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
+    json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
+    print("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping curves.png (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (k, label) in zip(axes.flat, LABELS.items()):
+        for method, by_seed in results.items():
+            steps = sorted(next(iter(by_seed.values())))
+            v = np.array([[by_seed[s][t][k] for t in steps] for s in by_seed])      # (seeds, steps)
+            xs, m, sd = [0] + steps, np.r_[base[k], v.mean(0)], np.r_[0, v.std(0)]
+            ax.plot(xs, m, marker="o", label=method)
+            ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "curves.png"), dpi=100)
+
+
+if __name__ == "__main__":
+    main()

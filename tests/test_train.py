@@ -1,0 +1,168 @@
+"""train.py end to end on the toy world (tiny preset): parameters that must train do, frozen ones never move,
+resume is bit-exact, two gloo processes stay bit-identical, bad data is skipped and counted.
+
+Run: pytest -q tests/test_train.py
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from data import write_tar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    """Build the tiny toy world once for the whole session (seconds)."""
+    import toy
+    d = str(tmp_path_factory.mktemp("toy_cache"))
+    toy.load_toy(toy.ToyConfig.tiny(), cache_dir=d, progress=False)
+    return d
+
+
+def run(toy_cache, out_dir, *extra):
+    args = ["--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir", str(out_dir), "--batch_prompts", "2",
+            "--group_size", "4", "--disc_start", "0", "--sample_every", "0", "--device", "cpu", *extra]
+    cfg = train.parse_config(args)
+    train.main(cfg)
+    return cfg
+
+
+def last_ckpt(out_dir):
+    return torch.load(train.list_ckpts(str(out_dir))[-1], map_location="cpu", weights_only=True)
+
+
+def initial_models(toy_cache):
+    import toy
+    b = toy.load_toy(toy.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
+    return b.gpt.state_dict(), b.vq.state_dict()
+
+
+DECODER_KEYS = ("decoder.", "post_quant_conv.")
+FROZEN_VQ_KEYS = ("encoder.", "quant_conv.", "quantize.embedding")
+
+
+def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
+    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2")
+    ck = last_ckpt(tmp_path)
+    gpt0, vq0 = initial_models(toy_cache)
+    for k, v in gpt0.items():
+        if k.endswith("uncond_embedding"):     # a buffer: the CFG null caption never trains
+            assert torch.equal(ck["gpt"][k], v)
+        else:
+            assert not torch.equal(ck["gpt"][k], v), f"policy parameter {k} did not change"
+        assert torch.equal(ck["ref_gpt"][k].float(), v.float()), f"reference {k} moved"
+    for k, v in vq0.items():
+        if k.startswith(DECODER_KEYS) and v.is_floating_point():
+            assert not torch.equal(ck["vq"][k], v), f"decoder parameter {k} did not change"
+        if k.startswith(FROZEN_VQ_KEYS):
+            assert torch.equal(ck["vq"][k], v), f"frozen tokenizer part {k} changed"
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert len(lines) == 2
+    for key in ("reward/mean", "policy/kl", "policy/clip_frac", "decoder/total", "grad_norm/decoder",
+                "disc/loss", "rank/tau", "step_time_s", "rollout_img_per_s", "peak_mem_gb"):
+        assert any(key in l for l in lines), f"{key} missing from metrics.jsonl"
+
+
+def test_grpo_never_touches_the_decoder(toy_cache, tmp_path):
+    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--method", "grpo")
+    ck = last_ckpt(tmp_path)
+    gpt0, vq0 = initial_models(toy_cache)
+    for k, v in vq0.items():
+        assert torch.equal(ck["vq"][k], v), f"--method grpo changed tokenizer entry {k}"
+    assert any(not torch.equal(ck["gpt"][k], v) for k, v in gpt0.items())
+
+
+def test_vapi_changes_policy_and_leaves_tokenizer_bit_identical(toy_cache, tmp_path):
+    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--method", "vapi")
+    ck = last_ckpt(tmp_path)
+    gpt0, vq0 = initial_models(toy_cache)
+    for k, v in vq0.items():
+        assert torch.equal(ck["vq"][k], v), f"--method vapi changed tokenizer entry {k}"
+    changed = [k for k, v in gpt0.items() if not torch.equal(ck["gpt"][k], v)]
+    assert len(changed) >= len(gpt0) - 1
+
+
+def test_resume_is_bit_identical(toy_cache, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(toy_cache, a, "--steps", "4", "--ckpt_every", "2")
+    run(toy_cache, b, "--steps", "2", "--ckpt_every", "2")
+    run(toy_cache, b, "--steps", "4", "--ckpt_every", "2", "--resume")
+    ca, cb = last_ckpt(a), last_ckpt(b)
+    assert ca["step"] == cb["step"] == 4
+    for part in ("gpt", "vq", "disc", "ema_gpt", "ema_vq"):
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), f"resume diverged at {part}.{k}"
+
+
+def test_truncated_checkpoint_falls_back_to_previous(toy_cache, tmp_path, capsys):
+    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "1", "--keep_ckpts", "2")
+    newest = train.list_ckpts(str(tmp_path))[-1]
+    data = open(newest, "rb").read()
+    open(newest, "wb").write(data[: len(data) // 2])            # a kill mid-copy, say
+    ck, path = train.load_latest_ckpt(str(tmp_path))
+    assert ck["step"] == 1 and path != newest
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
+    import toy
+    from PIL import Image
+    world = toy.ToyWorld(toy.ToyConfig.tiny())
+    imgs, caps = world.sample(4, torch.Generator().manual_seed(0))
+    samples = []
+    for i, (x, c) in enumerate(zip(imgs, caps)):
+        buf = io.BytesIO()
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(buf, format="PNG")
+        samples.append((f"s{i}", buf.getvalue(), c))
+    samples.append(("corrupt", b"\x89PNG broken", "a red circle"))
+    samples.append(("nocap", samples[0][1], "  "))
+    tar = str(tmp_path / "pairs.tar")
+    write_tar(tar, samples)
+    out = tmp_path / "run"
+    run(toy_cache, out, "--steps", "2", "--ckpt_every", "2", "--data", tar, "--image_size", "32")
+    last = [json.loads(l) for l in open(out / "metrics.jsonl")][-1]
+    assert last["data/skipped_bad_image"] == 1 and last["data/skipped_empty_caption"] == 1
+
+
+def test_two_process_gloo_ranks_stay_identical(toy_cache, tmp_path):
+    # train.save() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on mismatch;
+    # checkpointing every step makes that check run after each step.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           os.path.join(ROOT, "train.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir",
+           str(tmp_path), "--batch_prompts", "2", "--group_size", "4", "--disc_start", "0", "--sample_every", "0",
+           "--steps", "2", "--ckpt_every", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ck = last_ckpt(tmp_path)
+    assert ck["world_size"] == 2 and ck["step"] == 2
+    fps = [s["fingerprint"] for s in ck["rank_state"]]
+    assert fps[0] == fps[1]
+    # the two ranks drew different data and rollouts (seed + rank)
+    assert not torch.equal(ck["rank_state"][0]["gen"], ck["rank_state"][1]["gen"])
+
+
+def test_dry_run_llamagen_xl_counts(capsys):
+    cfg = train.parse_config(["--backbone", "llamagen_xl", "--dry_run"])
+    assert cfg.preset == "llamagen_xl_clip" and cfg.lr_gpt == 1e-6 and cfg.cfg_scale == 6.0
+    est = train.dry_run(cfg)
+    out = capsys.readouterr().out
+    assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (backbones.md §0)
+    assert sum(est.values()) > 20 * 1024 ** 3
+
+
+def test_config_flags_and_presets():
+    cfg = train.parse_config(["--method", "grpo", "--rank_k", "8", "--bf16", "false"])
+    assert cfg.method == "grpo" and cfg.rank_k == 8 and cfg.bf16 is False
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "nonsense"])
+    with pytest.raises(SystemExit):
+        train.parse_config(["--rank_k", "9"])
