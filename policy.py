@@ -226,7 +226,7 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
                          f"text encoder with max_len={T} and width {D}, or the matching GPTConfig")
     if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:2]:
         raise ValueError(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} {cond_mask.shape}")
-    if not bool(cond_mask[:, -1].all()):  # ranke.md D11: text left-aligned, so the last slot is always a real token
+    if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):  # ranke.md D11: text left-aligned, so the last slot is always a real token
         raise ValueError("cond_mask[:, -1] must be True: caption features must be left-aligned (pads first) and "
                          "non-empty; use left_align() / the encoders in policy.py")
     if tokens is not None and (tokens.dtype != torch.long or tokens.shape[:-1] != cond.shape[:1]

@@ -325,41 +325,60 @@ def save_grid(path, images, captions, G):
         f.write("\n".join(captions[::G][:R]) + "\n")
 
 
+def saved_activation_bytes(fn) -> int:
+    """Bytes autograd saves for backward while fn() runs: on meta tensors this measures without computing."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
 def dry_run(cfg: Config):
-    """Build the configured models on the meta device (no weights) and estimate peak memory per component."""
+    """Build the configured models on the meta device (no weights), print parameter counts, and estimate peak
+    memory per component for the chosen batch. Activations are MEASURED as the bytes autograd saves on meta
+    tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay fp32)."""
     import policy
     import vq as vqlib
-    gcfg = policy.GPT_CONFIGS["GPT-XL-t2i" if cfg.backbone == "llamagen_xl" else "toy"]
-    vcfg = vqlib.VQ_CONFIGS["vq16" if cfg.backbone == "llamagen_xl" else "toy"]
+    xl = cfg.backbone == "llamagen_xl"
+    gcfg = copy.deepcopy(policy.GPT_CONFIGS["GPT-XL-t2i" if xl else "toy"])
+    gcfg.grad_ckpt = cfg.grad_ckpt
+    vcfg = vqlib.VQ_CONFIGS["vq16" if xl else "toy"]
     with torch.device("meta"):
         gpt, vq, disc = policy.GPT(gcfg), vqlib.VQModel(vcfg), vqlib.PatchGAN()
-    n = lambda ps: sum(p.numel() for p in ps)
+    n = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
     n_gpt, n_dec, n_vq, n_disc = n(gpt.parameters()), n(vq.decoder_parameters()), n(vq.parameters()), n(disc.parameters())
-    GB, act = 1024 ** 3, 2 if cfg.bf16 else 4
-    BG, N, T, L, d, H = cfg.batch_prompts * cfg.group_size, gcfg.block_size, gcfg.cls_token_num, gcfg.n_layer, gcfg.dim, gcfg.n_head
-    S_len = T + N
-    # Activation bytes per layer of a transformer (Korthikanti et al. 2022): s*b*h*(34 + 5*a*s/h) at 2 bytes.
-    per_layer = S_len * BG * d * (34 + 5 * H * S_len / d) * act / 2
+    GB, act = 1024 ** 3, (0.5 if cfg.bf16 else 1.0)
+    B, BG, N, T = cfg.batch_prompts, cfg.batch_prompts * cfg.group_size, gcfg.block_size, gcfg.cls_token_num
+    rows = cfg.logp_chunk or BG
+    with torch.device("meta"):
+        cond, mask = torch.empty(rows, T, gcfg.caption_dim), torch.ones(rows, T, dtype=torch.bool)
+        tok = torch.zeros(rows, N, dtype=torch.long)
+        z = torch.empty(max(B, B * cfg.rank_k), vcfg.codebook_embed_dim, int(N ** 0.5), int(N ** 0.5))
+    vq.requires_grad_(True)
+    gpt_act = saved_activation_bytes(lambda: policy.token_logprobs(gpt, cond, mask, tok)) * act
+    dec_act = saved_activation_bytes(lambda: vq.decode(z)) * act
     est = {
         "policy weights+grads+AdamW (fp32, 16 B/param)": 16 * n_gpt,
-        "reference policy (compute dtype)": act * n_gpt,
+        "reference policy (compute dtype)": 4 * act * n_gpt,
         "EMA policy (fp32)": 4 * n_gpt,
-        "KV cache for rollouts ([cond;null] 2BG rows)": 2 * (2 * BG) * L * S_len * d * act,
-        "policy activations, logp forward with grad": (S_len * BG * d * act * L + per_layer) if cfg.grad_ckpt else per_layer * L,
-        "logits (fp32) + log_softmax": 2 * BG * N * gcfg.vocab_size * 4,
-        "VQ (frozen) + EMA VQ + decoder grads/AdamW": 4 * n_vq * 2 + 12 * n_dec,
+        f"KV cache for rollouts ([cond; null] = {2 * BG} rows)": 2 * (2 * BG) * gcfg.n_layer * (T + N) * gcfg.dim * 4 * act,
+        f"policy activations, log-prob forward with grad ({rows} rows, grad_ckpt={cfg.grad_ckpt})": gpt_act,
+        "VQ (fp32) + EMA VQ + decoder grads/AdamW": 8 * n_vq + 12 * n_dec,
+        f"decoder activations ({z.shape[0]} images per backward pass)": dec_act,
         "discriminator + AdamW": 16 * n_disc,
     }
-    if cfg.backbone == "llamagen_xl":
-        est["FLAN-T5-XL encoder (bf16)"] = 2 * 1.22e9
-        est["reward CLIP ViT-L-14 (fp32) + LPIPS VGG16"] = 4 * (427.6e6 + 14.7e6)
-        # decoder activations: ~26 saved tensors of 128 ch at S^2 and 512 ch at S^2/16..., measured shape-wise below
-        est["decoder activations (K*B selected + B GT, 256 px)"] = 2 * cfg.batch_prompts * 1.6 * GB * act / 2
+    if xl:
+        est["FLAN-T5-XL encoder (bf16, 1.22B params)"] = 2 * 1.22e9
+        est["reward CLIP ViT-L-14 (fp32, 427.6M) + LPIPS VGG16 features (14.7M)"] = 4 * (427.6e6 + 14.7e6)
     print(f"[dry_run] backbone={cfg.backbone}  policy {n_gpt:,} params  VQ {n_vq:,} (decoder+post_quant_conv "
-          f"trainable {n_dec:,})  discriminator {n_disc:,}")
+          f"trainable {n_dec:,})  discriminator {n_disc:,}  batch {B} prompts x G={cfg.group_size}")
     for k, v in est.items():
-        print(f"  {k:<55s} {v / GB:8.2f} GiB")
-    print(f"  {'TOTAL (upper-bound sum; stages run one after another)':<55s} {sum(est.values()) / GB:8.2f} GiB")
+        print(f"  {k:<78s} {v / GB:8.2f} GiB")
+    print(f"  {'TOTAL (sum: an upper bound, the stages run one after another)':<78s} {sum(est.values()) / GB:8.2f} GiB")
     return est
 
 
