@@ -21,21 +21,28 @@ Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept 
 """
 import argparse
 import copy
+import hashlib
 import inspect
 import json
-import math
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
+import policy
 import ranke
+import rewards
+import toy
 import vapi
+import vq as vqlib
+from data import PairDataset, PairStream
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +188,6 @@ class Backbone:
     logits: object          # (gpt, tokens, cond, mask) -> (B,N,V) teacher-forced (VA-pi)
     reward_fn: object       # (images01, prompts) -> (scores (B,), info)
     perceptual: object      # (x, y) -> (B,) in [-1, 1]
-    make_disc: object       # () -> discriminator module
     stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); state_dict / load_state_dict
 
 
@@ -205,22 +211,16 @@ class ToyStream:
 
 
 def build_backbone(cfg: Config, device, rank: int) -> Backbone:
-    import policy
-    import vq as vqlib
     data_seed = cfg.seed + 1000 * rank
     if cfg.backbone == "tiny":
-        import toy
         tcfg = toy.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy.ToyConfig()
         b = toy.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
         if cfg.data:
-            from data import PairDataset, PairStream
             stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
         else:
             stream = ToyStream(b.world, cfg.batch_prompts, data_seed)
         text_encoder, gpt, vq, reward_fn, perceptual = b.text_encoder, b.gpt, b.vq, b.reward_fn, b.perceptual
     else:
-        import rewards
-        from data import PairDataset, PairStream
         if not cfg.data:
             raise SystemExit("--backbone llamagen_xl needs --data (folder, .jsonl or .tar of image+caption pairs)")
         text_encoder = policy.T5TextEncoder(cfg.t5_path, device=device)
@@ -233,8 +233,7 @@ def build_backbone(cfg: Config, device, rank: int) -> Backbone:
         stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
     gpt.cfg.grad_ckpt = cfg.grad_ckpt
     return Backbone(text_encoder, gpt.to(device), vq.to(device), policy.sample, policy.token_logprobs,
-                    lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual,
-                    lambda: vqlib.PatchGAN(), stream)
+                    lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,7 +279,6 @@ def optimizer_step(opt, params, world, clip):
 
 def fingerprint(modules) -> str:
     """sha1 over every parameter and buffer: equal strings <=> bit-identical weights (checked across ranks)."""
-    import hashlib
     h = hashlib.sha1()
     for m in modules:
         for k, v in m.state_dict().items():
@@ -314,8 +312,6 @@ def load_latest_ckpt(out_dir):
 
 def save_grid(path, images, captions, G):
     """images (R*G,3,S,S) in [-1,1] -> PNG with one row per prompt; prompts in a .txt beside it."""
-    from PIL import Image
-    import numpy as np
     R = images.shape[0] // G
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()           # (R*G,3,S,S)
     S = x.shape[-1]
@@ -341,8 +337,6 @@ def dry_run(cfg: Config):
     """Build the configured models on the meta device (no weights), print parameter counts, and estimate peak
     memory per component for the chosen batch. Activations are MEASURED as the bytes autograd saves on meta
     tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay fp32)."""
-    import policy
-    import vq as vqlib
     xl = cfg.backbone == "llamagen_xl"
     gcfg = copy.deepcopy(policy.GPT_CONFIGS["GPT-XL-t2i" if xl else "toy"])
     gcfg.grad_ckpt = cfg.grad_ckpt
@@ -413,7 +407,7 @@ def main(cfg: Config):
     ref_gpt = frozen_copy(gpt, compute_dtype)       # KL anchor: frozen initial policy (D1)
     # DEVIATION: EMA copies stay fp32 even under bf16: a 0.999 / 0.99 EMA step is below bf16 resolution.
     ema_gpt, ema_vq = frozen_copy(gpt), frozen_copy(vq)
-    disc = bb.make_disc().to(device).train()        # PatchGAN from N(0, 0.02), trained from scratch (§6)
+    disc = vqlib.PatchGAN().to(device).train()            # PatchGAN from N(0, 0.02), trained from scratch (§6)
     gpt_params = [p for p in gpt.parameters() if p.requires_grad]
     opt_gpt = torch.optim.AdamW(gpt_params, lr=cfg.lr_gpt, weight_decay=cfg.weight_decay)
     opt_dec = torch.optim.AdamW(dec_params, lr=cfg.lr_decoder, weight_decay=cfg.weight_decay)
@@ -549,7 +543,6 @@ def main(cfg: Config):
 
 
 def peak_rss():
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
