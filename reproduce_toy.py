@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -44,6 +45,8 @@ def main():
     ap.add_argument("--n", type=int, default=256, help="captions per split in each evaluation")
     ap.add_argument("--out", default="runs/repro")
     ap.add_argument("--toy_cache", default=".cache/toy")
+    ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
+    ap.add_argument("--jobs", type=int, default=2, help="training runs at once (each gets cpu_count // jobs threads)")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
     args = ap.parse_args()
     every = max(1, args.steps // args.evals)
@@ -53,7 +56,8 @@ def main():
 
     def evaluate(ckpt, key):
         if key not in cache:
-            cache[key] = eval_fid.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, n=args.n, seed=1234)
+            cache[key] = eval_fid.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset,
+                                                          n=args.n, seed=1234)
             os.makedirs(args.out, exist_ok=True)
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f, indent=1)
@@ -61,17 +65,32 @@ def main():
         return cache[key]
 
     base = evaluate(None, "base")
-    for method, flags in METHODS.items():
+    # train every (method, seed) run that is not finished yet, --jobs at a time (one thread each)
+    todo = [(m, s) for m in METHODS for s in args.seeds
+            if not os.path.exists(os.path.join(run_dir(args.out, m, s), f"ckpt_{args.steps:07d}.pt"))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
+    running = []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            method, seed = todo.pop(0)
+            d = run_dir(args.out, method, seed)
+            cmd = [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], "--seed", str(seed), "--steps",
+                   str(args.steps), "--total_steps", str(args.steps), "--ckpt_every", str(every), "--keep_ckpts",
+                   str(args.evals + 1), "--sample_every", str(args.steps), "--out_dir", d, "--toy_cache",
+                   args.toy_cache, "--toy_preset", args.toy_preset, "--resume", *args.extra.split()]
+            print("+", " ".join(cmd), flush=True)
+            os.makedirs(d, exist_ok=True)
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(os.path.join(d, "train.log"), "a"),
+                                             stderr=subprocess.STDOUT), d))
+        time.sleep(2)
+        for p, d in list(running):
+            if p.poll() is not None:
+                running.remove((p, d))
+                if p.returncode != 0:
+                    raise SystemExit(f"training run failed (exit {p.returncode}); see {d}/train.log")
+    for method in METHODS:
         for seed in args.seeds:
             d = run_dir(args.out, method, seed)
-            final = os.path.join(d, f"ckpt_{args.steps:07d}.pt")
-            if not os.path.exists(final):
-                cmd = [sys.executable, os.path.join(ROOT, "train.py"), *flags, "--seed", str(seed), "--steps",
-                       str(args.steps), "--total_steps", str(args.steps), "--ckpt_every", str(every), "--keep_ckpts",
-                       str(args.evals + 1), "--out_dir", d, "--toy_cache", args.toy_cache, "--resume",
-                       *args.extra.split()]
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True)
             for step in range(every, args.steps + 1, every):
                 ck = os.path.join(d, f"ckpt_{step:07d}.pt")
                 if os.path.exists(ck):
