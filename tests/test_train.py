@@ -66,6 +66,12 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
             assert torch.equal(ck["vq"][k], v), f"frozen tokenizer part {k} changed"
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2
+    # the toy evaluation reads the run's checkpoint and config back (eval_fid.py toy --ckpt)
+    import math
+    import eval_fid
+    row = eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8)
+    assert row["step"] == 2 and all(math.isfinite(row[k]) for k in eval_fid.TOY_COLUMNS)
+    assert 0.0 <= row["check_train"] <= 1.0 and row["fid"] >= 0.0
     for key in ("reward/mean", "policy/kl", "policy/clip_frac", "decoder/total", "grad_norm/decoder",
                 "disc/loss", "rank/tau", "step_time_s", "rollout_img_per_s", "peak_mem_gb"):
         assert any(key in l for l in lines), f"{key} missing from metrics.jsonl"
