@@ -1,0 +1,222 @@
+"""Tests of the toy world (toy.py, toy_models.py): generator, held-out split, exact checker, cache, bundle.
+
+Run: pytest -q tests/test_toy.py   (CPU; builds the tiny preset a few times into tmp folders)
+"""
+import json
+import logging
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import toy_models
+from toy import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
+from toy_models import ToyFeatureNet, ToyTokenizer
+
+WORLD = ToyWorld()
+ATTRS_ONE = ("colour", "shape", "size", "position")
+ATTRS_TWO = ("colour", "shape", "colour2", "shape2", "relation")
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def scenes_of(split, n, seed):
+    x, caps = WORLD.sample(n, gen(seed), split)
+    return x, caps, [WORLD.parse(c) for c in caps]
+
+
+# --- generator -------------------------------------------------------------------------------------------------
+def test_generator_deterministic_and_seed_dependent():
+    x1, c1 = WORLD.sample(64, gen(3))
+    x2, c2 = WORLD.sample(64, gen(3))
+    x3, c3 = WORLD.sample(64, gen(4))
+    assert torch.equal(x1, x2) and c1 == c2
+    assert not torch.equal(x1, x3) and c1 != c3
+    assert x1.shape == (64, 3, 32, 32) and x1.min() >= -1 and x1.max() <= 1
+
+
+def test_generator_variety():
+    _, caps, parsed = scenes_of("all", 2000, 0)
+    assert {p["n"] for p in parsed} == {1, 2}
+    assert len(set(caps)) > 800                                   # far from a handful of memorisable captions
+    assert {o for p in parsed for o in p["objs"]} == {(c, s) for c in range(6) for s in range(4)}
+    assert all(w in WORLD.vocab for c in caps for w in c.split())
+
+
+def test_heldout_pairs_never_in_train_and_always_in_heldout():
+    held = {(WORLD.colours.index(c), WORLD.shapes.index(s)) for c, s in HELDOUT}
+    _, _, train = scenes_of("train", 3000, 1)
+    assert not any(o in held for p in train for o in p["objs"])
+    _, _, heldout = scenes_of("heldout", 1000, 2)
+    assert all(any(o in held for o in p["objs"]) for p in heldout)
+
+
+def test_scenes_fit_in_image_and_objects_do_not_touch():
+    sc = WORLD.scenes(2000, gen(5), "all")
+    r = sc["ext"].float() / 2
+    assert ((sc["cx"] - r) >= 0).all() and ((sc["cx"] + r) <= 32).all()
+    assert ((sc["cy"] - r) >= 0).all() and ((sc["cy"] + r) <= 32).all()
+    m = WORLD.masks(sc["shape"], sc["ext"], sc["cx"], sc["cy"])             # (n, 2, S, S)
+    two = sc["n_obj"] == 2
+    assert not (m[two, 0] & m[two, 1]).any()
+
+
+# --- the exact checker ----------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), split=st.sampled_from(["train", "heldout"]))
+def test_checker_accepts_every_real_scene(seed, split):
+    x, caps = WORLD.sample(16, gen(seed), split)
+    assert torch.equal(WORLD.check(x, caps), torch.ones(16))
+
+
+@pytest.mark.parametrize("attr", sorted(set(ATTRS_ONE + ATTRS_TWO)))
+def test_checker_rejects_one_altered_attribute(attr):
+    x, caps, parsed = scenes_of("all", 240, 7)
+    keep = [i for i, p in enumerate(parsed) if attr in (ATTRS_ONE if p["n"] == 1 else ATTRS_TWO)]
+    g = gen(8)
+    altered = [WORLD.alter(caps[i], g, attr) for i in keep]
+    assert all(a == attr and c != caps[i] for (c, a), i in zip(altered, keep))
+    det = WORLD.check_detail(x[keep], [c for c, _ in altered])
+    assert all(not d[attr] for d in det)                         # the changed attribute itself is caught
+    assert (WORLD.check(x[keep], [c for c, _ in altered]) < 1).all()
+
+
+def test_checker_counts_objects():
+    x, caps, parsed = scenes_of("all", 200, 9)
+    two = [i for i, p in enumerate(parsed) if p["n"] == 2]
+    one = [i for i, p in enumerate(parsed) if p["n"] == 1]
+    # a two-object image described as one of its objects alone: everything but the count may hold
+    solo = [WORLD.format(dict(n=1, objs=parsed[i]["objs"][:1], size=0, pos=0, rel=0)) for i in two]
+    assert not any(d["count"] for d in WORLD.check_detail(x[two], solo))
+    # a one-object image with a two-object caption
+    k = len(min(one, two, key=len))
+    det = WORLD.check_detail(x[one[:k]], [caps[i] for i in two[:k]])
+    assert not any(d["count"] for d in det)
+
+
+def test_checker_tolerates_mild_blur_and_noise():
+    x, caps = WORLD.sample(160, gen(10))
+    noisy = x + 0.15 * torch.randn(x.shape, generator=gen(11))
+    assert WORLD.check(noisy, caps).mean() > 0.98
+    down_up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2, mode="bilinear")
+    assert WORLD.check(down_up, caps).mean() > 0.9
+    assert WORLD.check(torch.full_like(x, -0.85), caps).max() < 0.5  # an empty image holds almost nothing
+
+
+def test_parse_format_roundtrip_and_bad_captions():
+    _, caps, parsed = scenes_of("all", 500, 12)
+    assert [WORLD.format(p) for p in parsed] == caps
+    for bad in ["a purple circle on the left", "two red circles", "a small red circle", ""]:
+        with pytest.raises(ValueError, match="not a toy-world caption"):
+            WORLD.parse(bad)
+    with pytest.raises(ValueError, match="split"):
+        WORLD.sample(2, gen(0), "test")
+
+
+def test_clip_tokenizer_puts_eot_at_the_largest_id():
+    tok = ToyTokenizer(WORLD.vocab)
+    ids = tok(["a small red circle on the left", "a red circle to the left of a blue square"])
+    assert ids.shape == (2, tok.L) and (ids.argmax(1) == torch.tensor([8, 11])).all()  # open_clip pools at argmax
+    with pytest.raises(ValueError, match="unknown"):
+        tok(["a purple circle"])
+
+
+def test_feature_targets_are_canonical():
+    """"A left of B" and "B right of A" are the same image, so they must get the same attribute targets."""
+    sc = WORLD.scenes(500, gen(13), "all")
+    flipped = {k: v.flip(1) if v.dim() == 2 else v.clone() for k, v in sc.items()}   # swap the two objects
+    flipped["rel"] = sc["rel"] ^ 1                                      # left<->right, above<->below
+    two = sc["n_obj"] == 2
+    assert torch.equal(WORLD.render(sc)[two], WORLD.render(flipped)[two])
+    assert torch.equal(ToyFeatureNet.targets(sc)[two], ToyFeatureNet.targets(flipped)[two])
+
+
+# --- cache and bundle ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("toycache"))
+    return cache, load_toy(ToyConfig.tiny(), cache, progress=False)
+
+
+def test_bundle_works_end_to_end(built):
+    _, b = built
+    x, caps = b.world.sample(4, gen(0))
+    x01 = ((x + 1) / 2).requires_grad_(True)
+    scores, info = b.reward_fn(x01, caps)
+    scores.sum().backward()
+    assert scores.shape == (4,) and x01.grad.abs().sum() > 0 and torch.isfinite(x01.grad).all()
+    assert b.eval_clip_fn(x01.detach(), caps).shape == (4,)
+    assert b.feature_fn(x01.detach()).shape[0] == 4
+    xp = x.clone().requires_grad_(True)
+    d = b.perceptual(xp, torch.flip(x, [0]))
+    d.sum().backward()
+    assert d.shape == (4,) and (d > 0).all() and xp.grad.abs().sum() > 0
+    assert torch.allclose(b.perceptual(x, x), torch.zeros(4))
+    from policy import sample
+    cond, mask = b.text_encoder(caps)
+    tokens = sample(b.gpt, cond, mask, cfg_scale=3.0, generator=gen(1))
+    assert tokens.shape == (4, 64)
+    assert b.vq.decode_indices(tokens).shape == (4, 3, 32, 32)
+    assert b.world.check(b.vq.decode_indices(tokens).clamp(-1, 1), caps).shape == (4,)
+
+
+def test_second_load_uses_the_cache(built):
+    cache, b = built
+    names = ("feat", "vq", "gpt", "clip_reward", "clip_eval")
+    stamps = {n: os.path.getmtime(os.path.join(b.cache_path, n + ".pt")) for n in names}
+    b2 = load_toy(ToyConfig.tiny(), cache, build=False, progress=False)
+    assert {n: os.path.getmtime(os.path.join(b.cache_path, n + ".pt")) for n in names} == stamps
+    for p, q in zip(b.gpt.parameters(), b2.gpt.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_build_is_reproducible(built, tmp_path):
+    _, b = built
+    b2 = load_toy(ToyConfig.tiny(), str(tmp_path), progress=False)
+    for n in ("feat", "vq", "gpt", "clip_reward", "clip_eval"):
+        with open(os.path.join(b.cache_path, n + ".json")) as f1, open(os.path.join(b2.cache_path, n + ".json")) as f2:
+            assert json.load(f1)["sha256"] == json.load(f2)["sha256"], n
+
+
+def test_config_change_gives_a_new_key_and_a_rebuild(built):
+    cache, b = built
+    tiny = ToyConfig.tiny()
+    assert config_key(ToyConfig.tiny(cfg_scale=9.0)) == config_key(tiny)      # eval-only fields do not count
+    other = ToyConfig.tiny(vq_steps=tiny.vq_steps + 1)
+    assert config_key(other) != config_key(tiny)
+    with pytest.raises(FileNotFoundError, match="no valid"):
+        load_toy(other, cache, build=False, progress=False)
+    b2 = load_toy(other, cache, progress=False)
+    assert b2.cache_path != b.cache_path and os.path.exists(os.path.join(b2.cache_path, "gpt.pt"))
+
+
+@pytest.mark.parametrize("name", ["vq", "clip_reward"])
+def test_corrupt_cache_file_is_rebuilt_not_used(built, name, caplog):
+    cache, b = built
+    path = os.path.join(b.cache_path, name + ".pt")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)                                # a partial write
+    with pytest.raises(FileNotFoundError, match="no valid"):
+        load_toy(ToyConfig.tiny(), cache, build=False, progress=False)       # never silently used
+    with caplog.at_level(logging.WARNING, logger="toy"):
+        load_toy(ToyConfig.tiny(), cache, progress=False)
+    assert any("checksum mismatch" in r.getMessage() and name + ".pt" in r.getMessage() for r in caplog.records)
+    with open(os.path.join(b.cache_path, name + ".json")) as f:
+        assert json.load(f)["sha256"] == toy_models._sha256(path)
+
+
+def test_garbage_metadata_is_rebuilt(built, caplog):
+    cache, b = built
+    with open(os.path.join(b.cache_path, "feat.json"), "w") as f:
+        f.write("{not json")
+    with caplog.at_level(logging.WARNING, logger="toy"):
+        load_toy(ToyConfig.tiny(), cache, progress=False)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="32x32"):
+        ToyWorld(ToyConfig(image_size=64))
