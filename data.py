@@ -208,6 +208,26 @@ class PairStream:
         self._perm = self._permutation()
 
 
+class WorldStream:
+    """A generated world's endless (image, caption) stream (the toy world's `sample`), resumable through its
+    generator state; the same next / stats / state_dict interface as PairStream."""
+
+    def __init__(self, world, batch: int, seed: int):
+        self.world, self.batch, self.gen = world, batch, torch.Generator().manual_seed(seed)
+
+    def next(self):
+        return self.world.sample(self.batch, self.gen, split="train")      # (B,3,S,S) in [-1,1], B captions
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, s):
+        self.gen.set_state(s["gen"])
+
+    def stats(self):
+        return {}
+
+
 def write_tar(path: str, samples: list[tuple[str, bytes, str]]) -> None:
     """Write (key, image bytes, caption) triples as a WebDataset-style tar (used by tests and the self-check)."""
     with tarfile.open(path, "w") as tf:

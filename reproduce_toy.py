@@ -116,13 +116,9 @@ def write_report(args, base, results):
     open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print("\n".join(lines))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping curves.png (pip install matplotlib)")
-        return
+    import matplotlib
+    matplotlib.use("Agg")                                   # files only, no display
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (k, label) in zip(axes.flat, LABELS.items()):
         for method, by_seed in results.items():

@@ -42,7 +42,7 @@ import rewards
 import toy
 import vapi
 import vq as vqlib
-from data import PairDataset, PairStream
+from data import PairDataset, PairStream, WorldStream
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,25 +191,6 @@ class Backbone:
     stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); state_dict / load_state_dict
 
 
-class ToyStream:
-    """The toy world's endless (image, caption) stream, resumable through its generator state."""
-
-    def __init__(self, world, batch, seed):
-        self.world, self.batch, self.gen = world, batch, torch.Generator().manual_seed(seed)
-
-    def next(self):
-        return self.world.sample(self.batch, self.gen, split="train")
-
-    def state_dict(self):
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, s):
-        self.gen.set_state(s["gen"])
-
-    def stats(self):
-        return {}
-
-
 def build_backbone(cfg: Config, device, rank: int) -> Backbone:
     data_seed = cfg.seed + 1000 * rank
     if cfg.backbone == "tiny":
@@ -218,7 +199,7 @@ def build_backbone(cfg: Config, device, rank: int) -> Backbone:
         if cfg.data:
             stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
         else:
-            stream = ToyStream(b.world, cfg.batch_prompts, data_seed)
+            stream = WorldStream(b.world, cfg.batch_prompts, data_seed)
         text_encoder, gpt, vq, reward_fn, perceptual = b.text_encoder, b.gpt, b.vq, b.reward_fn, b.perceptual
     else:
         if not cfg.data:

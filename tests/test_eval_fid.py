@@ -340,8 +340,10 @@ def test_evaluate_toy_bundle_uses_bundle_fields():
     encode = lambda x: ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()  # noqa: E731
     vq = SimpleNamespace(cfg=SimpleNamespace(codebook_size=K), decode_indices=decode, encode_indices=encode)
     bundle = SimpleNamespace(world=World(), vq=vq, eval_clip_fn=lambda x, c: torch.full((len(c),), 20.0),
-                             feature_fn=lambda x: x.flatten(1)[:, :4].double())
+                             feature_fn=lambda x: x.flatten(1)[:, :4].double(),
+                             reward_fn=lambda x, c: (x.mean((1, 2, 3)) * 0 + 0.25, {}))
     res = ef.evaluate_toy_bundle(bundle, lambda caps: torch.randint(0, K, (len(caps), N)), n=30,
                                  generator=torch.Generator().manual_seed(0), split="heldout")
     assert sampled == ["heldout", "heldout"] and res["check"] == 0.5 and res["clip"] == 20.0 and res["n"] == 30
+    assert res["reward"] == 0.25
     assert res["real_floor_nats"] > 0 and res["lcs_kl_nats"] >= 0 and res["fid"] >= 0
