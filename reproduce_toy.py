@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--toy_cache", default=".cache/toy")
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
     ap.add_argument("--jobs", type=int, default=2, help="training runs at once (each gets cpu_count // jobs threads)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
+                    help=f"a subset of {list(METHODS)}")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
     args = ap.parse_args()
     every = max(1, args.steps // args.evals)
@@ -69,7 +71,7 @@ def main():
 
     base = evaluate(None, "base")
     # train every (method, seed) run that is not finished yet, --jobs at a time (one thread each)
-    todo = [(m, s) for m in METHODS for s in args.seeds
+    todo = [(m, s) for m in args.methods for s in args.seeds
             if not os.path.exists(os.path.join(run_dir(args.out, m, s), f"ckpt_{args.steps:07d}.pt"))]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
     running = []
@@ -91,7 +93,7 @@ def main():
                 running.remove((p, d))
                 if p.returncode != 0:
                     raise SystemExit(f"training run failed (exit {p.returncode}); see {d}/train.log")
-    for method in METHODS:
+    for method in args.methods:
         for seed in args.seeds:
             d = run_dir(args.out, method, seed)
             for step in range(every, args.steps + 1, every):
