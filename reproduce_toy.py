@@ -29,7 +29,7 @@ METHODS = {                                   # name -> train.py flags
     "RankE, uniform GAN": ["--method", "ranke", "--rank_mode", "uniform"],
     "VA-pi": ["--method", "vapi"],
 }
-# Flags every run shares. The released disc_start (100) would leave the GAN terms on for only the last third of
+# DEVIATION: flags every run shares. The released disc_start (100) would leave the GAN terms on for only the last third of
 # a 150-step toy run; at 30 they act for 80 % of it, as in the released 6000-step runs (~98 %).
 COMMON = ["--disc_start", "30"]
 LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
