@@ -94,7 +94,7 @@ def policy_loss(logp, logp_old, logp_ref, adv, *, clip_eps=0.2, beta=0.05, kl_es
     if kl_estimator == "k2":
         kl_tok = 0.5 * d.pow(2)                                           # ranke.md §4.3: 1/2 (l_theta - l_ref)^2 (k2)
     else:
-        kl_tok = torch.exp(-d) + d - 1                                    # ranke.md D7 alt: exp(ref-l) - (ref-l) - 1 (k3)
+        kl_tok = (torch.expm1(-d) + d).clamp_min(0)   # ranke.md D7 alt: exp(ref-l) - (ref-l) - 1 (k3); >= 0 in floats too
     kl = kl_tok.mean()
     loss = pg + beta * kl                                                 # ranke.md §4.3: L_GPT
     with torch.no_grad():
