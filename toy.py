@@ -18,8 +18,10 @@ every split="heldout" scene has one. The evaluators (CLIPs, feature CNN) see all
 far more than the generator.
 
 Run:    python toy.py [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
-        first call builds and caches the base models (minutes on 2 cores; --preset tiny: seconds), later calls
-        load them in seconds; then prints the quality table and writes a sample grid PNG.
+        first call builds and caches the base models (820 s measured on an idle 2-core CPU, 2 threads;
+        --preset tiny: seconds), later calls load them in 0.3 s; then prints the quality table and writes a sample
+        grid PNG. The trained weights depend on the torch thread count (float reduction order), which the cache key
+        does not include: builds with 1 and 2 threads give different, equally trained models (README, toy world).
 Tests:  pytest tests/test_toy.py
 Use:    b = load_toy(ToyConfig()); x, caps = b.world.sample(8, torch.Generator().manual_seed(0)); b.world.check(x, caps)
 Cache:  cache_dir/<config_key(cfg)>/{feat,vq,gpt,clip_reward,clip_eval}.pt + .json (sha256, upstream sha256s);
