@@ -431,11 +431,16 @@ TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl"
 
 @torch.no_grad()
 def evaluate_toy_checkpoint(ckpt=None, *, toy_cache=".cache/toy", toy_preset="default", n=256, seed=0,
-                            cfg_scale=None):
-    """One table row for a train.py checkpoint (online policy + online decoder, the released "COMBO 1") or, with
-    ckpt=None, for the base models. The eval sampler uses the run's rollout settings (CFG, temperature, top-k/p)
-    and a fixed seed, so every method is sampled on the same captions with the same random stream.
+                            cfg_scale=None, decoder="online"):
+    """One table row for a train.py checkpoint or, with ckpt=None, for the base models. The eval sampler uses the
+    run's rollout settings (CFG, temperature, top-k/p) and a fixed seed, so every method is sampled on the same
+    captions with the same random stream.
+    decoder: "online" = the checkpoint's decoder (online policy + online VQ, the released "COMBO 1"), "ema" = its
+    EMA decoder ("COMBO 2", ranke.md §8), "base" = the base decoder. With a fixed seed the tokens do not depend on
+    the decoder, so online-vs-base isolates what the co-evolved decoder does to the same tokens.
     reward / clip / fid / lcs_kl on n train-split captions; check on n train and n held-out captions."""
+    if decoder not in ("online", "ema", "base"):
+        raise ValueError(f"decoder={decoder!r}: use 'online' (the checkpoint's VQ), 'ema' or 'base'")
     import policy
     import toy
     ck = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
@@ -444,7 +449,8 @@ def evaluate_toy_checkpoint(ckpt=None, *, toy_cache=".cache/toy", toy_preset="de
     b = toy.load_toy(tcfg, cache_dir=conf["toy_cache"], progress=False)
     if ck:
         b.gpt.load_state_dict(ck["gpt"])
-        b.vq.load_state_dict(ck["vq"])
+        if decoder != "base":
+            b.vq.load_state_dict(ck["vq" if decoder == "online" else "ema_vq"])
     scale = cfg_scale if cfg_scale is not None else conf.get("cfg_scale", 4.0)   # 4.0 = train.py's tiny preset
     b.gpt.eval()
     b.vq.eval()
@@ -505,12 +511,14 @@ def main(argv=None):
     t.add_argument("--toy_preset", default="default", choices=("default", "tiny"))
     t.add_argument("--n", type=int, default=256, help="captions per split")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--decoder", default="online", choices=("online", "ema", "base"),
+                   help="the checkpoint's decoder, its EMA decoder, or the base decoder (same tokens either way)")
     args = ap.parse_args(argv)
     if args.cmd is None:
         return _self_check()
     if args.cmd == "toy":
         row = evaluate_toy_checkpoint(args.ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset, n=args.n,
-                                      seed=args.seed)
+                                      seed=args.seed, decoder=args.decoder)
         print(" | ".join(f"{k} {row[k]:.4f}" for k in TOY_COLUMNS))
         return row
     if args.cmd == "coco":

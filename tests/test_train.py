@@ -72,6 +72,11 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
     row = eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8)
     assert row["step"] == 2 and all(math.isfinite(row[k]) for k in eval_fid.TOY_COLUMNS)
     assert 0.0 <= row["check_train"] <= 1.0 and row["fid"] >= 0.0
+    # same policy, same seed, base decoder: identical tokens (same LCS KL), different pixels (the decoder trained)
+    row_base = eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8, decoder="base")
+    assert row_base["lcs_kl"] == row["lcs_kl"] and row_base["fid"] != row["fid"]
+    with pytest.raises(ValueError, match="decoder="):
+        eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8, decoder="frozen")
     for key in ("reward/mean", "policy/kl", "policy/clip_frac", "decoder/total", "grad_norm/decoder",
                 "disc/loss", "rank/tau", "step_time_s", "rollout_img_per_s", "peak_mem_gb"):
         assert any(key in l for l in lines), f"{key} missing from metrics.jsonl"
