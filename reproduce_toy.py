@@ -9,7 +9,8 @@ evaluations already on disk are reused, so an interrupted reproduction continues
 checkpoint is scored by eval_fid.evaluate_toy_checkpoint on the same captions with the same sampling seed:
 training reward, eval-CLIP (an independent CLIP), attribute-checker accuracy on train and held-out combinations,
 toy FID and the LCS KL. The table reports mean +- std over seeds at the final step; curves.png shows the same over
-training steps.
+training steps. For the RankE runs the final policy is also scored through the frozen BASE decoder (same seed, so
+the same tokens): the difference between the two rows is what the co-evolved decoder contributes.
 """
 import argparse
 import json
@@ -32,6 +33,7 @@ METHODS = {                                   # name -> train.py flags
 # DEVIATION: flags every run shares. The released disc_start (100) would leave the GAN terms on for only the last third of
 # a 150-step toy run; at 30 they act for 80 % of it, as in the released 6000-step runs (~98 %).
 COMMON = ["--disc_start", "30"]
+BASE_DEC = "(its policy, base decoder)"     # table row: a RankE run's final policy decoded by the frozen base VQ
 LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
           "check_heldout": "checker acc. held-out", "fid": "toy FID", "lcs_kl": "LCS KL (nats)"}
 
@@ -59,10 +61,10 @@ def main():
     cache_path = os.path.join(args.out, "evals.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
 
-    def evaluate(ckpt, key):
+    def evaluate(ckpt, key, decoder="online"):
         if key not in cache:
             cache[key] = eval_fid.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset,
-                                                          n=args.n, seed=1234)
+                                                          n=args.n, seed=1234, decoder=decoder)
             os.makedirs(args.out, exist_ok=True)
             with open(cache_path + ".tmp", "w") as f:
                 json.dump(cache, f, indent=1)
@@ -101,6 +103,10 @@ def main():
                 if os.path.exists(ck):
                     results.setdefault(method, {}).setdefault(seed, {})[step] = evaluate(ck, f"{d}@{step}")
             print(method, seed, results[method][seed][args.steps], flush=True)
+            if METHODS[method][1] == "ranke":   # the same final tokens through the BASE decoder: what the decoder adds
+                ck = os.path.join(d, f"ckpt_{args.steps:07d}.pt")
+                row = evaluate(ck, f"{d}@{args.steps}@base_decoder", decoder="base")
+                results.setdefault(f"{method} {BASE_DEC}", {}).setdefault(seed, {})[args.steps] = row
     write_report(args, base, results)
 
 
@@ -127,6 +133,8 @@ def write_report(args, base, results):
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (k, label) in zip(axes.flat, LABELS.items()):
         for method, by_seed in results.items():
+            if method.endswith(BASE_DEC):                   # final step only: no curve
+                continue
             steps = sorted(next(iter(by_seed.values())))
             v = np.array([[by_seed[s][t][k] for t in steps] for s in by_seed])      # (seeds, steps)
             xs, m, sd = [0] + steps, np.r_[base[k], v.mean(0)], np.r_[0, v.std(0)]

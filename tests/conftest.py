@@ -13,6 +13,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    """Build the tiny toy world once for the whole session (seconds); used by test_train and test_reproduce."""
+    import toy
+    d = str(tmp_path_factory.mktemp("toy_cache"))
+    toy.load_toy(toy.ToyConfig.tiny(), cache_dir=d, progress=False)
+    return d

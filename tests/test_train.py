@@ -18,15 +18,6 @@ from data import write_tar
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def toy_cache(tmp_path_factory):
-    """Build the tiny toy world once for the whole session (seconds)."""
-    import toy
-    d = str(tmp_path_factory.mktemp("toy_cache"))
-    toy.load_toy(toy.ToyConfig.tiny(), cache_dir=d, progress=False)
-    return d
-
-
 def run(toy_cache, out_dir, *extra):
     args = ["--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir", str(out_dir), "--batch_prompts", "2",
             "--group_size", "4", "--disc_start", "0", "--sample_every", "0", "--device", "cpu", *extra]
