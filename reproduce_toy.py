@@ -124,6 +124,20 @@ def write_report(args, base, results):
             cells.append(f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
             summary.setdefault(method, {})[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    paired = [m for m in results if f"{m} {BASE_DEC}" in results]
+    if paired:   # same tokens, two decoders: a paired difference per seed removes the policy's seed noise
+        lines += ["", f"What the co-evolved decoder adds: (online decoder) - (base decoder) on the same final tokens, "
+                  f"mean +- std over seeds of the paired difference.", "",
+                  "| method | " + " | ".join(LABELS[k] for k in LABELS if k != "lcs_kl") + " |",
+                  "|---" * len(LABELS) + "|"]
+        for m in paired:
+            on, off = results[m], results[f"{m} {BASE_DEC}"]
+            cells = []
+            for k in (k for k in LABELS if k != "lcs_kl"):
+                d = np.array([on[s][args.steps][k] - off[s][args.steps][k] for s in off])
+                cells.append(f"{d.mean():+.3f} +- {d.std(ddof=1) if len(d) > 1 else 0.0:.3f}")
+                summary.setdefault(f"{m}: decoder gain", {})[k] = [float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print("\n".join(lines))
