@@ -110,6 +110,12 @@ def main():
     write_report(args, base, results)
 
 
+def mean_sd(values):
+    """[mean, sample std (ddof 1; 0 for one value)] over seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+
+
 def write_report(args, base, results):
     lines = [f"Toy world, {args.steps} steps, seeds {args.seeds}, {args.n} captions per split; mean +- std over "
              f"seeds at the final step. Base = the toy base models (no post-training).", "",
@@ -120,9 +126,8 @@ def write_report(args, base, results):
         finals = [by_seed[s][args.steps] for s in by_seed]
         cells = []
         for k in LABELS:
-            v = np.array([f[k] for f in finals])
-            cells.append(f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
-            summary.setdefault(method, {})[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+            summary.setdefault(method, {})[k] = mean_sd([f[k] for f in finals])
+            cells.append("{:.3f} +- {:.3f}".format(*summary[method][k]))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     paired = [m for m in results if f"{m} {BASE_DEC}" in results]
     if paired:   # same tokens, two decoders: a paired difference per seed removes the policy's seed noise
@@ -134,9 +139,9 @@ def write_report(args, base, results):
             on, off = results[m], results[f"{m} {BASE_DEC}"]
             cells = []
             for k in (k for k in LABELS if k != "lcs_kl"):
-                d = np.array([on[s][args.steps][k] - off[s][args.steps][k] for s in off])
-                cells.append(f"{d.mean():+.3f} +- {d.std(ddof=1) if len(d) > 1 else 0.0:.3f}")
-                summary.setdefault(f"{m}: decoder gain", {})[k] = [float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0]
+                gain = summary.setdefault(f"{m}: decoder gain", {})
+                gain[k] = mean_sd([on[s][args.steps][k] - off[s][args.steps][k] for s in off])
+                cells.append("{:+.3f} +- {:.3f}".format(*gain[k]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
