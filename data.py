@@ -1,6 +1,6 @@
 """(image, caption) pairs for post-training: a folder, a jsonl list, or WebDataset-style tars.
 
-Paper concept: the prompt/ground-truth source of one RankE iteration (ranke.md §3 "Take B (image, caption)
+Paper concept: the prompt/ground-truth source of one RankE iteration (docs/method.md §3 "Take B (image, caption)
 pairs", §9 Data). Captions are the RL prompts; images are the real samples for the decoder's ground-truth
 reconstruction and for the discriminator.
 
@@ -8,7 +8,7 @@ Accepted sources (`--data`):
   * a folder:  `a.jpg` + `a.txt` side by side (any of .jpg .jpeg .png .webp), searched recursively;
   * a jsonl:   one `{"image": "relative/or/absolute.jpg", "caption": "..."}` per line;
   * a tar, or several comma-separated: members `KEY.jpg` + `KEY.txt` (the released BLIP3o / HPDv2 15k tars).
-Preprocessing (ranke.md §9, backbones.md §1.12): halve with BOX while the short side >= 2S, bicubic resize of
+Preprocessing (docs/method.md §9, docs/method.md §13.12): halve with BOX while the short side >= 2S, bicubic resize of
 the short side to S, centre crop S x S, scale to [-1, 1].
 
 Bad samples (unreadable image, empty caption, image missing its caption) are skipped and counted, never
@@ -37,7 +37,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def center_crop_arr(img: Image.Image, size: int) -> Image.Image:
-    """LlamaGen's centre crop (backbones.md §1.12): BOX-halve, bicubic short side -> size, centre crop."""
+    """LlamaGen's centre crop (docs/method.md §13.12): BOX-halve, bicubic short side -> size, centre crop."""
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
     scale = size / min(img.size)

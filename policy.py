@@ -1,10 +1,10 @@
 """The autoregressive policy pi_theta(z | c) of RankE: LlamaGen's GPT t2i, text encoders, sampler and log-probs.
 
-Concept (arXiv 2605.21195; ranke.md §4.2 per-token log-probs, §4.6 rollouts, §15 D10/D11; backbones.md §1.6-1.11,
-§1.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
+Concept (arXiv 2605.21195; docs/method.md §4.2 per-token log-probs, §4.6 rollouts, D10/D11 in §14; §13.6-13.11,
+§13.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
 tokens of a VQ grid in raster order, and predicts z_t at every step: log pi(z | c) = sum_t log pi(z_t | z_<t, c).
 Sampling: classifier-free guidance (CFG) against a learnt null caption, top-k / top-p, a static KV cache;
-`sample_naive` is the slow oracle it is tested against. Text convention everywhere (ranke.md D11): caption features
+`sample_naive` is the slow oracle it is tested against. Text convention everywhere (docs/method.md D11): caption features
 left-aligned (pads first, zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns
 masked, diagonal forced on.
 
@@ -49,7 +49,7 @@ class GPTConfig:
     token_dropout_p: float = 0.1     # dropouts act in train mode only; RankE runs the policy in eval mode
     resid_dropout_p: float = 0.1
     ffn_dropout_p: float = 0.1
-    grad_ckpt: bool = False          # activation checkpointing whenever grad is enabled (ranke.md D10)
+    grad_ckpt: bool = False          # activation checkpointing whenever grad is enabled (docs/method.md D10)
 
     def __post_init__(self):
         if math.isqrt(self.block_size) ** 2 != self.block_size or self.dim % self.n_head or self.head_dim % 4:
@@ -74,9 +74,9 @@ GPT_CONFIGS = {
 }
 
 
-# ---- Building blocks (gpt.py). Attribute names = LlamaGen's state-dict keys (backbones.md §1.8); keep them. -----
+# ---- Building blocks (gpt.py). Attribute names = LlamaGen's state-dict keys (docs/method.md §13.8); keep them. -----
 def rope_table(cfg: GPTConfig, device=None) -> torch.Tensor:
-    """2-D RoPE (cos, sin) table (T+N, hd/2, 2), fp32, never in the state_dict (backbones.md §1.7, gpt.py:404-417).
+    """2-D RoPE (cos, sin) table (T+N, hd/2, 2), fp32, never in the state_dict (docs/method.md §13.7, gpt.py:404-417).
     Pair j < hd/4 of image token n rotates by row(n) * f_j, pair hd/4 + j by col(n) * f_j, f_j = base^(-j/(hd/4)).
     The T text rows are all ZERO (cos = sin = 0, not the identity): q and k of text slots vanish, as upstream."""
     half, g = cfg.head_dim // 2, math.isqrt(cfg.block_size)
@@ -96,7 +96,7 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 def attention_mask(cond_mask: torch.Tensor, S: int) -> torch.Tensor:
-    """(R,T) bool -> (R,1,S,S) bool, True = attend (ranke.md D11; dataset/t2i.py:123-128): causal, key columns of
+    """(R,T) bool -> (R,1,S,S) bool, True = attend (docs/method.md D11; dataset/t2i.py:123-128): causal, key columns of
     text pads masked, diagonal forced on (a pad row attends to itself; no row is fully masked)."""
     R, T = cond_mask.shape
     m = torch.ones(S, S, dtype=torch.bool, device=cond_mask.device).tril().repeat(R, 1, 1)   # (R,S,S)
@@ -168,7 +168,7 @@ class GPT(nn.Module):
         self.cls_embedding.cap_proj = nn.Sequential(OrderedDict(  # fc1 -> GELU(tanh) -> fc2, no biases (gpt.py:89)
             fc1=nn.Linear(cfg.caption_dim, cfg.dim, bias=False), act=nn.GELU(approximate="tanh"),
             fc2=nn.Linear(cfg.dim, cfg.dim, bias=False)))
-        # the CFG null caption: a persistent, NOT trained buffer (backbones.md §1.14.2); filled by _init_weights
+        # the CFG null caption: a persistent, NOT trained buffer (docs/method.md §13.14.2); filled by _init_weights
         self.cls_embedding.register_buffer("uncond_embedding", torch.empty(cfg.cls_token_num, cfg.caption_dim))
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
@@ -193,7 +193,7 @@ class GPT(nn.Module):
     def embed_text(self, cond, drop_caption=None):  # (R,T,D) -> (R,T,dim)
         u = self.cls_embedding.uncond_embedding                      # (T,D), cast with the model like the weights
         cond = cond.to(u.dtype)
-        if drop_caption is not None:  # caption dropout: whole caption -> null, mask kept (backbones.md §1.7)
+        if drop_caption is not None:  # caption dropout: whole caption -> null, mask kept (docs/method.md §13.7)
             cond = torch.where(drop_caption.to(cond.device)[:, None, None], u, cond)
         return self.cls_embedding.cap_proj(cond)
 
@@ -201,7 +201,7 @@ class GPT(nn.Module):
         for i, layer in enumerate(self.layers):
             if caches is None and self.cfg.grad_ckpt and torch.is_grad_enabled():
                 # DEVIATION: checkpoint whenever grad is on, also in eval mode; upstream only in train mode, which
-                # the eval-mode RL log-prob pass never reached (ranke.md D10). No numerical effect.
+                # the eval-mode RL log-prob pass never reached (docs/method.md D10). No numerical effect.
                 h = checkpoint(layer, h, rope, mask, use_reentrant=False)
             else:
                 h = layer(h, rope, mask, None if caches is None else caches[i], start)
@@ -226,7 +226,7 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
                          f"text encoder with max_len={T} and width {D}, or the matching GPTConfig")
     if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:2]:
         raise ValueError(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} {cond_mask.shape}")
-    if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):  # ranke.md D11: text left-aligned, so the last slot is always a real token
+    if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):  # docs/method.md D11: text left-aligned, so the last slot is always a real token
         raise ValueError("cond_mask[:, -1] must be True: caption features must be left-aligned (pads first) and "
                          "non-empty; use left_align() / the encoders in policy.py")
     if tokens is not None and (tokens.dtype != torch.long or tokens.shape[:-1] != cond.shape[:1]
@@ -235,7 +235,7 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
                          f"{tuple(tokens.shape)}")
 
 
-# ---- Sampling (generate.py; backbones.md §1.11) and log-probs (ranke.md §4.2) -----------------------------------
+# ---- Sampling (generate.py; docs/method.md §13.11) and log-probs (docs/method.md §4.2) -----------------------------------
 def top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(...,V) -> (...,V) with filtered entries at -inf; HF v3.2 rule as in generate.py:16-54, but the input is not
     edited in place. top-k keeps logits >= the k-th largest (ties kept); top-p then keeps the shortest prefix of the
@@ -275,7 +275,7 @@ def _prepare(model: GPT, cond, cond_mask, cfg_scale, temperature=1.0, top_k=0, t
 @torch.no_grad()
 def sample(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,N) int64 image tokens, raster order (ranke.md §4.6; backbones.md §1.11): prefill the T text slots into a
+    """(B,N) int64 image tokens, raster order (docs/method.md §4.6; docs/method.md §13.11): prefill the T text slots into a
     static KV cache, then one token per step: CFG, temperature, top-k, top-p, torch.multinomial on `generator`
     (None: torch's default one). Same tokens as `sample_naive` for the same generator state."""
     cfg, B, T, N = model.cfg, cond.shape[0], model.cfg.cls_token_num, model.cfg.block_size
@@ -312,11 +312,11 @@ def sample_naive(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0,
 
 
 def token_logprobs(model: GPT, cond, cond_mask, tokens, *, cfg_scale=1.0) -> torch.Tensor:
-    """(B,N) differentiable log pi(z_t | z_<t, c) by one teacher-forced forward (ranke.md §4.2). Runs in the model's
+    """(B,N) differentiable log pi(z_t | z_<t, c) by one teacher-forced forward (docs/method.md §4.2). Runs in the model's
     current mode (RankE: eval). cfg_scale == 1: conditional branch only, as released; otherwise log-softmax of the
-    CFG-combined logits (ranke.md §15 `--logp_cfg guided`), cond and null halves in one batched forward.
+    CFG-combined logits (docs/method.md §4.5, `--logp_cfg guided`), cond and null halves in one batched forward.
     Equals the sampler's per-step log-distribution at temperature 1 without top-k / top-p."""
-    # DEVIATION(RankE@2798acc): same left-aligned text and causal text mask as the sampler (ranke.md D11), not the
+    # DEVIATION(RankE@2798acc): same left-aligned text and causal text mask as the sampler (docs/method.md D11), not the
     # released right-padded, bidirectional-text log-prob pass.
     B, (x, m) = cond.shape[0], _prepare(model, cond, cond_mask, cfg_scale, sampling=False)
     tokens = tokens.to(x.device)                                                      # (B,N)
@@ -335,7 +335,7 @@ def load_gpt(path_or_hub: str, cfg: GPTConfig, *, map_location="cpu") -> GPT:
     return model.eval()
 
 
-# ---- Text encoders: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned (ranke.md D11) -------
+# ---- Text encoders: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned (docs/method.md D11) -------
 def left_align(feats: torch.Tensor, mask: torch.Tensor):
     """Right-padded (B,T,D) features + (B,T) mask -> each row rotated so its L valid vectors fill the LAST L slots,
     mask flipped to pads-first, pads zeroed (sample_t2i.py:92-106; as in training, dataset/t2i.py:114-122)."""
@@ -365,7 +365,7 @@ def clean_caption(text: str) -> str:
 
 
 class T5TextEncoder:
-    """FLAN-T5-XL encoder (language/t5.py; backbones.md §1.9), loaded lazily on the first call. The model hub is
+    """FLAN-T5-XL encoder (language/t5.py; docs/method.md §13.9), loaded lazily on the first call. The model hub is
     never required: pass a local directory holding the HF files of google/flan-t5-xl."""
 
     def __init__(self, path_or_name="google/flan-t5-xl", max_len=120, dtype=torch.bfloat16, device="cpu"):

@@ -1,6 +1,6 @@
 """RankE losses: group advantages, the clipped policy surrogate, rank weights and the decoder/discriminator terms.
 
-Paper concept: RankE (arXiv 2605.21195) alternates a GRPO-style policy step (ranke.md §4) with a decoder step on
+Paper concept: RankE (arXiv 2605.21195) alternates a GRPO-style policy step (docs/method.md §4) with a decoder step on
 the same rollouts (§5) and a PatchGAN discriminator step (§6). This file holds only the math, as pure functions
 `tensors in -> (loss or tensor, dict of python-float stats)`; models, sampling and the loop live in train.py.
 It imports torch only, so it can be copied alone into another codebase.
@@ -12,7 +12,7 @@ Symbols: B prompts, G samples per prompt (group), N image tokens per sample, k s
 decoder step, h x w discriminator patch-logit grid, A advantage, rho = pi_theta / pi_old (PPO ratio; not the
 reward r), tau rank temperature. Rollouts are laid out prompt-major: row b*G + j is sample j of prompt b.
 
-Disagreements page vs released code that touch this file (ranke.md §14-15):
+Disagreements page vs released code that touch this file (docs/method.md §14):
 - D2: the page weights the decoder's Rank-GAN by w ~ exp(r/tau) over the G rollouts; every released script keeps
   only the top k = 1 sample per prompt, so w == 1 (best-of-G) and tau has no effect. rank_weights(k=1) reproduces
   the scripts; k = G gives the page's soft weighting, with tau_schedule's anneal 4 -> 1 over 20% of training.
@@ -53,7 +53,7 @@ def _groups(r, G, name="r"):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Policy step (ranke.md §4)
+# Policy step (docs/method.md §4)
 # ----------------------------------------------------------------------------------------------------------------
 
 def group_advantages(r, G, *, eps_std=1e-4, clip=5.0):
@@ -62,11 +62,11 @@ def group_advantages(r, G, *, eps_std=1e-4, clip=5.0):
     Note: with the unbiased std |A| <= (G-1)/sqrt(G) (2.47 for G=8), so the clamp only binds for G >= 27."""
     rg = _groups(r, G)
     rg = rg.to(torch.promote_types(rg.dtype, torch.float32))              # (B, G), at least fp32
-    mean = rg.mean(dim=1, keepdim=True)                                   # ranke.md §4.1
-    std = rg.std(dim=1, unbiased=True, keepdim=True)                      # ranke.md §4.1: unbiased (n-1)
+    mean = rg.mean(dim=1, keepdim=True)                                   # docs/method.md §4.1
+    std = rg.std(dim=1, unbiased=True, keepdim=True)                      # docs/method.md §4.1: unbiased (n-1)
     degenerate = std <= eps_std                                           # (B, 1) all-equal groups
-    adv = torch.where(degenerate, torch.zeros_like(rg), (rg - mean) / std.clamp_min(eps_std))  # ranke.md §4.1
-    adv = adv.clamp(-clip, clip).reshape(-1).to(r.dtype)                  # ranke.md §4.1: clamp [-5, 5]
+    adv = torch.where(degenerate, torch.zeros_like(rg), (rg - mean) / std.clamp_min(eps_std))  # docs/method.md §4.1
+    adv = adv.clamp(-clip, clip).reshape(-1).to(r.dtype)                  # docs/method.md §4.1: clamp [-5, 5]
     stats = {"mean": _f(adv.mean()), "std": _f(adv.std()) if adv.numel() > 1 else 0.0,
              "frac_degenerate": _f(degenerate.float().mean()), "reward_mean": _f(rg.mean()),
              "reward_std": _f(rg.std()) if rg.numel() > 1 else 0.0}
@@ -74,7 +74,7 @@ def group_advantages(r, G, *, eps_std=1e-4, clip=5.0):
 
 
 def policy_loss(logp, logp_old, logp_ref, adv, *, clip_eps=0.2, beta=0.05, kl_estimator="k2"):
-    """L_GPT = L_pg + beta * L_KL, both means over all B*G*N tokens (ranke.md §4.3).
+    """L_GPT = L_pg + beta * L_KL, both means over all B*G*N tokens (docs/method.md §4.3).
     logp: (B*G, N) differentiable log pi_theta of the sampled tokens; logp_old, logp_ref: (B*G, N), detached here;
     adv: (B*G,) per-sequence advantage, broadcast over the N tokens."""
     _require(logp.dim() == 2, f"logp must be (B*G, N), got shape {tuple(logp.shape)}")
@@ -86,17 +86,17 @@ def policy_loss(logp, logp_old, logp_ref, adv, *, clip_eps=0.2, beta=0.05, kl_es
     _require(clip_eps > 0, f"clip_eps must be > 0, got {clip_eps}")
     logp_old, logp_ref, a = logp_old.detach(), logp_ref.detach(), adv.detach()[:, None]   # a: (B*G, 1)
     log_ratio = logp - logp_old
-    ratio = log_ratio.exp()                                               # ranke.md §4.3: rho_t = exp(l_theta - l_old)
+    ratio = log_ratio.exp()                                               # docs/method.md §4.3: rho_t = exp(l_theta - l_old)
     surr = ratio * a
     surr_clip = ratio.clamp(1 - clip_eps, 1 + clip_eps) * a
-    pg = -torch.minimum(surr, surr_clip).mean()                           # ranke.md §4.3: -mean min(rho A, clip(rho) A)
+    pg = -torch.minimum(surr, surr_clip).mean()                           # docs/method.md §4.3: -mean min(rho A, clip(rho) A)
     d = logp - logp_ref
     if kl_estimator == "k2":
-        kl_tok = 0.5 * d.pow(2)                                           # ranke.md §4.3: 1/2 (l_theta - l_ref)^2 (k2)
+        kl_tok = 0.5 * d.pow(2)                                           # docs/method.md §4.3: 1/2 (l_theta - l_ref)^2 (k2)
     else:
-        kl_tok = (torch.expm1(-d) + d).clamp_min(0)   # ranke.md D7 alt: exp(ref-l) - (ref-l) - 1 (k3); >= 0 in floats too
+        kl_tok = (torch.expm1(-d) + d).clamp_min(0)   # docs/method.md D7 alt: exp(ref-l) - (ref-l) - 1 (k3); >= 0 in floats too
     kl = kl_tok.mean()
-    loss = pg + beta * kl                                                 # ranke.md §4.3: L_GPT
+    loss = pg + beta * kl                                                 # docs/method.md §4.3: L_GPT
     with torch.no_grad():
         binds = (surr_clip < surr)                                        # the clipped branch is the active minimum
         stats = {"loss": _f(loss), "pg_loss": _f(pg), "kl": _f(kl), "clip_frac": _f(binds.float().mean()),
@@ -106,21 +106,21 @@ def policy_loss(logp, logp_old, logp_ref, adv, *, clip_eps=0.2, beta=0.05, kl_es
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Decoder step: selection, rank weights, loss terms (ranke.md §5) and discriminator (ranke.md §6)
+# Decoder step: selection, rank weights, loss terms (docs/method.md §5) and discriminator (docs/method.md §6)
 # ----------------------------------------------------------------------------------------------------------------
 
 def rank_weights(r, G, k, tau):
-    """Top-k rollouts per prompt by reward and their rank weights (ranke.md §5.1).
+    """Top-k rollouts per prompt by reward and their rank weights (docs/method.md §5.1).
     r: (B*G,) rollout rewards (EMA-decoder images, D3). -> idx (B*k,) int64 global rows into the B*G rollouts
     (prompt-major, best first within a prompt; ties go to the lower index, as argmax), w (B*k,) with batch mean 1.
     k = 1 (every released script) is best-of-G with w == 1 (D2); k = G gives the page's w ~ exp(r/tau)."""
     rg = _groups(r, G)                                                    # (B, G)
     _require(isinstance(k, int) and 1 <= k <= G, f"k must be an int in [1, G={G}], got {k!r}")
     _require(tau > 0, f"tau must be > 0, got {tau}")
-    order = torch.sort(rg.detach(), dim=1, descending=True, stable=True).indices[:, :k]   # (B, k) ranke.md §5.1
+    order = torch.sort(rg.detach(), dim=1, descending=True, stable=True).indices[:, :k]   # (B, k) docs/method.md §5.1
     r_top = rg.detach().gather(1, order).float()                          # (B, k)
-    w = torch.softmax(r_top / tau, dim=1)                                 # ranke.md §5.1: softmax(r_topK / tau)
-    w = (w / (w.mean() + 1e-8)).reshape(-1)                               # ranke.md §5.1: rescale to batch mean 1
+    w = torch.softmax(r_top / tau, dim=1)                                 # docs/method.md §5.1: softmax(r_topK / tau)
+    w = (w / (w.mean() + 1e-8)).reshape(-1)                               # docs/method.md §5.1: rescale to batch mean 1
     base = torch.arange(rg.shape[0], device=r.device)[:, None] * G        # (B, 1) first row of each prompt
     idx = (order + base).reshape(-1)                                      # (B*k,)
     stats = {"tau": float(tau), "w_min": _f(w.min()), "w_max": _f(w.max()),
@@ -130,36 +130,36 @@ def rank_weights(r, G, k, tau):
 
 def tau_schedule(step, total_steps, tau_start=4.0, tau_end=1.0, frac=0.2):
     """Cosine anneal of the rank temperature from tau_start to tau_end over the first frac*total_steps steps, then
-    constant (ranke.md §5.1). -> (tau: float, stats)."""
+    constant (docs/method.md §5.1). -> (tau: float, stats)."""
     _require(total_steps > 0 and frac > 0, f"need total_steps > 0 and frac > 0, got {total_steps}, {frac}")
     p = min(1.0, max(0.0, step / (frac * total_steps)))
-    tau = tau_end + (tau_start - tau_end) * 0.5 * (1 + math.cos(math.pi * p))   # ranke.md §5.1
+    tau = tau_end + (tau_start - tau_end) * 0.5 * (1 + math.cos(math.pi * p))   # docs/method.md §5.1
     return tau, {"tau": tau}
 
 
 def rank_gan_loss(d_fake, w, disc_weight=0.5):
     """Reward-weighted hinge generator loss on the selected samples: disc_weight * (-mean_{b,h,w} w_b D(x*_b))
-    (ranke.md §5.2 item 2; the caller multiplies by lambda_g). d_fake: (B*k, 1, h, w) patch logits; w: (B*k,)."""
+    (docs/method.md §5.2 item 2; the caller multiplies by lambda_g). d_fake: (B*k, 1, h, w) patch logits; w: (B*k,)."""
     _require(d_fake.dim() == 4 and d_fake.shape[0] == w.shape[0] and w.dim() == 1,
              f"d_fake must be (B*k, 1, h, w) and w (B*k,), got {tuple(d_fake.shape)} and {tuple(w.shape)}")
-    g = -(w.detach().to(d_fake.dtype)[:, None, None, None] * d_fake).mean()   # ranke.md §5.2 item 2
+    g = -(w.detach().to(d_fake.dtype)[:, None, None, None] * d_fake).mean()   # docs/method.md §5.2 item 2
     loss = disc_weight * g
     return loss, {"loss": _f(loss), "g_loss": _f(g), "logits_fake": _f(d_fake.mean())}
 
 
 def disc_hinge_loss(d_real, d_fake, disc_factor=0.5):
-    """Hinge discriminator loss: factor * 1/2 [mean relu(1 - D(real)) + mean relu(1 + D(fake))] (ranke.md §6).
+    """Hinge discriminator loss: factor * 1/2 [mean relu(1 - D(real)) + mean relu(1 + D(fake))] (docs/method.md §6).
     The caller passes d_fake computed on detached fakes (reconstructions of real images, D4)."""
     loss_real = F.relu(1.0 - d_real).mean()
     loss_fake = F.relu(1.0 + d_fake).mean()
-    loss = disc_factor * 0.5 * (loss_real + loss_fake)                    # ranke.md §6
+    loss = disc_factor * 0.5 * (loss_real + loss_fake)                    # docs/method.md §6
     return loss, {"loss": _f(loss), "loss_real": _f(loss_real), "loss_fake": _f(loss_fake),
                   "logits_real": _f(d_real.mean()), "logits_fake": _f(d_fake.mean())}
 
 
 def adaptive_gan_weight(nll_loss, g_loss, last_layer, disc_weight=0.5, max_w=1e4):
     """VQGAN adaptive weight: disc_weight * clamp(||grad_W nll|| / (||grad_W g|| + 1e-4), 0, max_w), detached,
-    W = the decoder's last conv weight (ranke.md §5.2 item 1). Returns a 0-d tensor.
+    W = the decoder's last conv weight (docs/method.md §5.2 item 1). Returns a 0-d tensor.
     When no gradient can exist (grad mode off, or a loss that does not require grad, e.g. in evaluation), it
     returns disc_weight, as released; stats["fallback"] = 1.0 says so. A last_layer that is not in the graph of
     a differentiable loss is a caller bug and raises (autograd's error)."""
@@ -168,16 +168,16 @@ def adaptive_gan_weight(nll_loss, g_loss, last_layer, disc_weight=0.5, max_w=1e4
         w = torch.tensor(float(disc_weight), device=nll_loss.device)
         return w, {"weight": float(disc_weight), "fallback": 1.0, "nll_grad_norm": float("nan"),
                    "g_grad_norm": float("nan")}
-    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]   # ranke.md §5.2 item 1
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]   # docs/method.md §5.2 item 1
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    ratio = nll_grad.norm() / (g_grad.norm() + 1e-4)                      # ranke.md §5.2 item 1
-    w = (disc_weight * ratio.clamp(0.0, max_w)).detach()                  # ranke.md §5.2 item 1
+    ratio = nll_grad.norm() / (g_grad.norm() + 1e-4)                      # docs/method.md §5.2 item 1
+    w = (disc_weight * ratio.clamp(0.0, max_w)).detach()                  # docs/method.md §5.2 item 1
     return w, {"weight": _f(w), "fallback": 0.0, "nll_grad_norm": _f(nll_grad.norm()),
                "g_grad_norm": _f(g_grad.norm())}
 
 
 def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan):
-    """Ground-truth reconstruction anchor (ranke.md §5.2 item 1; lambda_r applied by the caller):
+    """Ground-truth reconstruction anchor (docs/method.md §5.2 item 1; lambda_r applied by the caller):
     mean|x - x_rec| + mean dist(x, x_rec) [+ adaptive weight * (-mean D(x_rec)) when use_gan].
     x, x_rec: (B,3,H,W) in [-1,1] (x_rec unclamped decoder output); d_fake_rec: (B,1,h,w) D logits on x_rec or
     None; dist(x, y) -> (B,) perceptual distance (LPIPS); last_layer: decoder conv_out.weight."""
@@ -185,14 +185,14 @@ def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan):
     _require(use_gan == (d_fake_rec is not None),
              "pass d_fake_rec (D logits on x_rec) exactly when use_gan=True" if use_gan else
              "d_fake_rec was given but use_gan=False: pass None, or use_gan=True to add the GAN term")
-    l1 = (x - x_rec).abs().mean()                                         # ranke.md §5.2 item 1: per-pixel L1
+    l1 = (x - x_rec).abs().mean()                                         # docs/method.md §5.2 item 1: per-pixel L1
     p = dist(x, x_rec)
     _require(p.dim() == 1 and p.shape[0] == x.shape[0], f"dist must return (B,) = ({x.shape[0]},), got {tuple(p.shape)}")
-    p = p.mean()                                                          # ranke.md §5.2 item 1: LPIPS per image
+    p = p.mean()                                                          # docs/method.md §5.2 item 1: LPIPS per image
     nll = l1 + p
     loss, stats = nll, {"l1": _f(l1), "perceptual": _f(p)}
     if use_gan:
-        g = -d_fake_rec.mean()                                            # ranke.md §5.2 item 1: hinge generator
+        g = -d_fake_rec.mean()                                            # docs/method.md §5.2 item 1: hinge generator
         aw, s = adaptive_gan_weight(nll, g, last_layer)                   # includes disc_weight 0.5
         loss = nll + aw * g
         stats.update({"gan_g": _f(g), "adaptive_weight": _f(aw), "adaptive_fallback": s["fallback"]})
@@ -201,26 +201,26 @@ def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan):
 
 
 def consistency_loss(x, x_ema, dist):
-    """EMA-decoder consistency anchor: mean dist(x, clamp(x_ema, -1, 1)), x_ema detached (ranke.md §5.2 item 3;
+    """EMA-decoder consistency anchor: mean dist(x, clamp(x_ema, -1, 1)), x_ema detached (docs/method.md §5.2 item 3;
     lambda_c applied by the caller). x: (B*k,3,H,W) online decode of the selected tokens, x_ema: EMA decode."""
     _require(x.shape == x_ema.shape, f"x {tuple(x.shape)} and x_ema {tuple(x_ema.shape)} must have the same shape")
-    d = dist(x, x_ema.detach().clamp(-1, 1))                              # ranke.md §5.2 item 3
+    d = dist(x, x_ema.detach().clamp(-1, 1))                              # docs/method.md §5.2 item 3
     _require(d.dim() == 1 and d.shape[0] == x.shape[0], f"dist must return (B,) = ({x.shape[0]},), got {tuple(d.shape)}")
     loss = d.mean()
     return loss, {"loss": _f(loss)}
 
 
 def reward_loss(scores, w):
-    """Direct differentiable-reward loss on the selected samples: -mean(w * R) (ranke.md §5.2 item 4; lambda_d
+    """Direct differentiable-reward loss on the selected samples: -mean(w * R) (docs/method.md §5.2 item 4; lambda_d
     applied by the caller). scores: (B*k,) rewards of the online decodes; w: (B*k,) rank weights (detached)."""
     _require(scores.dim() == 1 and scores.shape == w.shape,
              f"scores and w must both be (B*k,), got {tuple(scores.shape)} and {tuple(w.shape)}")
-    loss = -(w.detach().to(scores.dtype) * scores).mean()                 # ranke.md §5.2 item 4
+    loss = -(w.detach().to(scores.dtype) * scores).mean()                 # docs/method.md §5.2 item 4
     return loss, {"loss": _f(loss), "score_mean": _f(scores.mean())}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# EMA (ranke.md §4.7 EMA-GPT 0.999 every 10 steps, §5.2 EMA-VQ 0.99 every decoder step)
+# EMA (docs/method.md §4.7 EMA-GPT 0.999 every 10 steps, §5.2 EMA-VQ 0.99 every decoder step)
 # ----------------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -243,7 +243,7 @@ def ema_update(ema_model, model, decay):
         _require(e.shape == s.shape, f"EMA entry {name}: shape {tuple(e.shape)} vs model {tuple(s.shape)}")
         if e.is_floating_point() and s.is_floating_point():
             wide = torch.promote_types(torch.promote_types(e.dtype, s.dtype), torch.float32)
-            new = e.to(wide) * decay + s.to(device=e.device, dtype=wide) * (1.0 - decay)   # ranke.md §4.7/§5.2
+            new = e.to(wide) * decay + s.to(device=e.device, dtype=wide) * (1.0 - decay)   # docs/method.md §4.7/§5.2
             e.copy_(new)
         else:
             e.copy_(s)                                                    # non-float buffer: copy

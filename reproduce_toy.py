@@ -1,4 +1,4 @@
-"""The paper's comparison (ranke.md §12, §13) reproduced on the toy world: Base, Standard RL (GRPO, frozen decoder),
+"""The paper's comparison (docs/method.md §1: the paper's tables and its uniform-GAN ablation) reproduced on the toy world: Base, Standard RL (GRPO, frozen decoder),
 RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi, several seeds each, from the same base models.
 
     python reproduce_toy.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}

@@ -1,6 +1,6 @@
-"""Differentiable CLIP-family rewards for RankE (arXiv 2605.21195; ranke.md §7, decision D6).
+"""Differentiable CLIP-family rewards for RankE (arXiv 2605.21195; docs/method.md §7, decision D6).
 
-Every reward has one signature (style.md convention 13):
+Every reward has one signature (one calling convention for every reward):
 
     scores, info = reward_fn(images01, prompts)
     images01: (B, 3, H, W) float in [0, 1]  (the caller maps decoder output x in [-1, 1] by (x + 1) / 2 and clamps)
@@ -12,7 +12,7 @@ Every reward has one signature (style.md convention 13):
 - make_reward:    "clip"  = OpenAI CLIP ViT-L/14 (training reward of the CLIP runs),
                   "hpsv2" = HPS v2.1 (open_clip ViT-H-14 + HPS_v2.1_compressed.pt; reward of the HPS runs).
                   Both are lazy: the checkpoint is resolved and the model built on the first call (or .load()).
-- WeightedReward: sum_k w_k * R_k (ranke.md §7: "Total reward = sum_k w_k raw_k, no normalisation").
+- WeightedReward: sum_k w_k * R_k (docs/method.md §7: "Total reward = sum_k w_k raw_k, no normalisation").
 
 Run the self-check (tiny random CLIP, downloads nothing):  python rewards.py
 Tests:                                                     pytest tests/test_rewards.py
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import open_clip
 
-# ranke.md §7: the released CLIP reward normalises with the OpenAI mean/std ROUNDED TO 4 DECIMALS.
+# docs/method.md §7: the released CLIP reward normalises with the OpenAI mean/std ROUNDED TO 4 DECIMALS.
 RELEASED_CLIP_MEAN = (0.4814, 0.4578, 0.4082)
 RELEASED_CLIP_STD = (0.2686, 0.2613, 0.2757)
 OPENAI_MEAN = tuple(open_clip.OPENAI_DATASET_MEAN)  # full precision (0.48145466, 0.4578275, 0.40821073)
@@ -97,15 +97,15 @@ class ClipReward:
         x = images01.to(dtype=p.dtype)
         mean, std = self.mean.to(x), self.std.to(x)
         S = self.image_size
-        if self.resize == "bilinear":  # ranke.md §7: normalise BEFORE the bilinear resize to 224, no crop
+        if self.resize == "bilinear":  # docs/method.md §7: normalise BEFORE the bilinear resize to 224, no crop
             x = (x - mean) / std
             if x.shape[-2:] != (S, S):
                 x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False)
             return x
-        if self.resize == "bicubic":  # ranke.md §11: F.interpolate bicubic to 224, then CLIP mean/std
+        if self.resize == "bicubic":  # docs/method.md §11: F.interpolate bicubic to 224, then CLIP mean/std
             if x.shape[-2:] != (S, S):
                 x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False)
-        else:  # "bicubic_crop", ranke.md D6
+        else:  # "bicubic_crop", docs/method.md D6
             x = resize_short_side_center_crop(x, S)
         return (x - mean) / std
 
@@ -151,7 +151,7 @@ class ClipReward:
         img = self.model.encode_image(self.preprocess(images01))  # (B, D)
         img = img / img.norm(dim=-1, keepdim=True)
         txt = self.text_features(prompts)  # (B, D), no grad
-        scores = self.scale * (img * txt).sum(-1)  # ranke.md §7: 100 x cosine
+        scores = self.scale * (img * txt).sum(-1)  # docs/method.md §7: 100 x cosine
         if not torch.isfinite(scores).all():
             raise RuntimeError(f"reward '{self.name}' produced non-finite scores "
                                f"({int((~torch.isfinite(scores)).sum())} of {scores.numel()}): check the images "
@@ -272,7 +272,7 @@ def make_reward(name, path=None):
 
 
 class WeightedReward:
-    """R = sum_k w_k * R_k (ranke.md §7, no normalisation); rewards: {name: (reward_fn, weight)}.
+    """R = sum_k w_k * R_k (docs/method.md §7, no normalisation); rewards: {name: (reward_fn, weight)}.
 
     Components with weight 0 are never called (so their models are never loaded). info holds each evaluated
     component's batch mean under "<name>" plus the components' own info entries and the total's mean.

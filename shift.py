@@ -1,4 +1,4 @@
-"""Latent Covariate Shift (LCS) and token entropy (RankE, arXiv 2605.21195; ranke.md §10).
+"""Latent Covariate Shift (LCS) and token entropy (RankE, arXiv 2605.21195; docs/method.md §10).
 
 The VQ decoder is trained only on z_gt = Quantize(E(x)) of real images, but at inference it decodes z ~ pi_theta(.|y).
 LCS measures how far the policy's token distribution has drifted from the real one:
@@ -6,7 +6,7 @@ LCS measures how far the policy's token distribution has drifted from the real o
     LCS = D_KL(pi_theta || p_GT) = sum_k pi(k) ln(pi(k) / p_GT(k))      (nats; model first, real second)
     H(pi) = -sum_k pi(k) log2 pi(k)                                      (bits; max log2 K = 14 for K = 16384)
 
-Choices (ranke.md §10 "recommended protocol"; the paper's own protocol is unpublished):
+Choices (docs/method.md §10 "recommended protocol"; the paper's own protocol is unpublished):
 - Histograms pool all N positions of all images into K bins (the unigram marginal); a per-position variant is
   available (`per_position=True`, (N, K)).
 - Smoothing: eps = 1e-10 is added to EVERY bin of both histograms, which are then renormalised. It only keeps
@@ -67,12 +67,12 @@ def _check_hist(h, what):
 
 
 def _smooth(h, eps):
-    h = h + eps  # ranke.md §10 step 3: add eps to every bin ...
+    h = h + eps  # docs/method.md §10 step 3: add eps to every bin ...
     return h / h.sum(-1, keepdim=True)  # ... and renormalise
 
 
 def lcs_kl(hist_model, hist_real, eps=1e-10):
-    """D_KL(pi_model || p_real) in nats after eps-smoothing both (ranke.md §10). Counts or probabilities both work
+    """D_KL(pi_model || p_real) in nats after eps-smoothing both (docs/method.md §10). Counts or probabilities both work
     (each is renormalised). (K,) inputs -> 0-dim float64 tensor; (N, K) -> (N,) per-position KLs."""
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -119,7 +119,7 @@ def _batches(images, image_size, batch_size):
 
 @torch.no_grad()
 def histogram_from_images(encode_indices, images, K, *, image_size=256, batch_size=32):
-    """p_GT: VQ-encode real images and pool their token ids (ranke.md §10 step 1).
+    """p_GT: VQ-encode real images and pool their token ids (docs/method.md §10 step 1).
 
     encode_indices: callable (B,3,H,W) in [-1,1] -> (B, N) int64 (vq.VQModel.encode_indices);
     images: list of image paths (centre-cropped and resized to image_size) or an iterable of tensor batches.
@@ -133,7 +133,7 @@ def histogram_from_images(encode_indices, images, K, *, image_size=256, batch_si
 
 @torch.no_grad()
 def histogram_from_sampler(sample_tokens, prompts, K, *, batch_size=32):
-    """pi_theta: sample one token grid per prompt with the eval sampler (ranke.md §10 step 2).
+    """pi_theta: sample one token grid per prompt with the eval sampler (docs/method.md §10 step 2).
 
     sample_tokens: callable list[str] -> (B, N) int64 (fixed CFG / top-k / generator inside).
     Returns (probabilities (K,) float64, all tokens (M, N) int64)."""

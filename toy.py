@@ -1,7 +1,7 @@
-"""The toy world: a laptop-scale stand-in for LlamaGen + CLIP reward + COCO FID / GenEval (issue 4).
+"""The toy world: a laptop-scale stand-in for LlamaGen + CLIP reward + COCO FID / GenEval.
 
 RankE (arXiv 2605.21195) post-trains a discrete AR text-to-image model (LlamaGen GPT t2i + VQ-16) with a CLIP reward
-and evaluates it with FID, CLIP score and GenEval (ranke.md §11-§13). Here all of it runs on a 2-core CPU with
+and evaluates it with FID, CLIP score and GenEval (docs/method.md §11-§13). Here all of it runs on a 2-core CPU with
 nothing downloaded, through the same classes as the real backbone, so the toy exercises the real code paths:
 
     real setting                          toy world (this file + toy_models.py)

@@ -1,4 +1,4 @@
-"""The toy world's base models: how each is built, trained, cached and reported (companion of toy.py, issue 4).
+"""The toy world's base models: how each is built, trained, cached and reported (companion of toy.py).
 
 toy.py owns the world (scenes, captions, checker) and `load_toy`; this file holds what load_toy builds with it:
   ToyFeatureNet       attribute CNN: toy-FID features (Inception stand-in) + `perceptual` (LPIPS stand-in)
@@ -202,7 +202,7 @@ def train_feat(net, world, cfg, g, progress):
 
 
 def train_vq(vq, world, cfg, perceptual, g, progress):
-    """VQGAN recipe minus the GAN (backbones.md §1: L1 + L2 + perceptual + codebook/commitment).
+    """VQGAN recipe minus the GAN (docs/method.md §13.13: L1 + L2 + perceptual + codebook/commitment).
     DEVIATION(LlamaGen tokenizer training): no PatchGAN term -- on flat-coloured 32 px shapes L1 + perceptual
     already give sharp edges, and the discriminator would double the cost of the 15-minute CPU build.
     Dead codes: every 100 steps (first 80% of training) codebook rows unused since the last check are re-drawn
@@ -281,7 +281,7 @@ def train_clip(clip, tokenizer, world, cfg, g, progress, name):
 # =================================================================================================================
 @torch.no_grad()
 def evaluate(b, n, cfg_scale, g):
-    """The base-model quality table of issue 4 -> ({metric: float or {split: float}}, {label: 8 images} for the grid).
+    """The base-model quality table -> ({metric: float or {split: float}}, {label: 8 images} for the grid).
     Chance = the checker on real images with shuffled captions (what a prompt-blind perfect renderer would get)."""
     w, r = b.world, {}
     x, caps = w.sample(n, g, "heldout")

@@ -1,4 +1,4 @@
-"""RankE post-training: the alternating policy / decoder co-evolution loop (ranke.md §3), its baselines, one or
+"""RankE post-training: the alternating policy / decoder co-evolution loop (docs/method.md §3), its baselines, one or
 many processes, exact resume.
 
     python train.py                                   # toy world on CPU (builds/loads .cache/toy first)
@@ -7,7 +7,7 @@ many processes, exact resume.
     torchrun --nproc_per_node=8 train.py --backbone llamagen_xl ...   # 8 GPUs (gloo on CPU, nccl on GPU)
     python train.py --backbone llamagen_xl --dry_run                  # parameter counts + memory estimate
 
-One iteration, per rank (ranke.md §3; step names are repeated at the code below):
+One iteration, per rank (docs/method.md §3; step names are repeated at the code below):
   1. ROLLOUT   B prompts x G samples from the online policy with CFG; log-probs under the online ("old") and the
                frozen reference policy.
   2. REWARD    decode with the EMA decoder, score, group-normalised advantages (§4.1).
@@ -16,7 +16,7 @@ One iteration, per rank (ranke.md §3; step names are repeated at the code below
   5. DECODER   on the same rollouts: top-K by reward, rank weights, GT reconstruction + Rank-GAN + EMA
                consistency + reward backprop (§5.2); AdamW on decoder + post_quant_conv; decoder EMA update.
 --method ranke (default) | grpo (standard RL: steps 4-5 skipped, decoder never changes) | decoder (steps 1-2, 4-5)
-| vapi (VA-pi, backbones.md §3: teacher-forced, noisy context, reconstruction reward; decoder frozen).
+| vapi (VA-pi, docs/method.md §12: teacher-forced, noisy context, reconstruction reward; decoder frozen).
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side.
 """
 import argparse
@@ -55,7 +55,7 @@ class Config:
     out_dir: str = "runs/tiny"     # checkpoints, metrics.jsonl, sample grids
     seed: int = 42                 # model init is identical on all ranks; data and rollouts get seed + rank
     steps: int = 300               # optimizer iterations to run
-    total_steps: int = 300         # nominal length: sets the tau anneal (ranke.md §8: (15000 // 32) x epochs)
+    total_steps: int = 300         # nominal length: sets the tau anneal (docs/method.md §8: (15000 // 32) x epochs)
     resume: bool = False           # continue from the newest readable checkpoint in out_dir
     ckpt_every: int = 100          # checkpoint interval (steps); written atomically
     keep_ckpts: int = 3            # how many checkpoints to keep
@@ -68,12 +68,12 @@ class Config:
     image_size: int = 32           # S
     batch_prompts: int = 8         # B per rank (released LlamaGen: 4)
     group_size: int = 8            # G (released: 8)
-    # rollout sampling (ranke.md §4.6)
+    # rollout sampling (docs/method.md §4.6)
     cfg_scale: float = 4.0         # LlamaGen 6.0
     temperature: float = 1.0
     top_k: int = 0                 # LlamaGen 1000 (0 = off)
     top_p: float = 1.0
-    # policy step (ranke.md §4)
+    # policy step (docs/method.md §4)
     lr_gpt: float = 1e-4           # LlamaGen preset: 1e-6, the LR the released code actually ran with (D15)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -86,7 +86,7 @@ class Config:
     logp_chunk: int = 0            # rows per teacher-forced forward in the policy step (0 = all at once)
     ema_gpt_decay: float = 0.999
     ema_gpt_every: int = 10
-    # decoder step (ranke.md §5-6)
+    # decoder step (docs/method.md §5-6)
     lr_decoder: float = 1e-4       # LlamaGen preset: 1e-5 (D15)
     lr_disc: float = 2e-5
     rank_k: int = 1                # top-K per prompt; 1 = best-of-G (released, D2); G = the page's soft weights
@@ -101,7 +101,7 @@ class Config:
     disc_start: int = 100
     disc_weight: float = 0.5
     ema_vq_decay: float = 0.99
-    # VA-pi (backbones.md §3.3; see vapi.VAPI_PRESET)
+    # VA-pi (docs/method.md §12.3; see vapi.VAPI_PRESET)
     vapi_xi: float = 0.5           # context-noise probability
     vapi_ce: float = 0.1           # beta of the next-token CE prior
     vapi_kl: float = 0.0           # optional k3 KL to the base policy
@@ -123,7 +123,7 @@ class Config:
 
 PRESETS = {
     "tiny": {},
-    # ranke.md §8, column "LlamaGen CLIP"; learning rates as actually run by the released code (D15)
+    # docs/method.md §8, column "LlamaGen CLIP"; learning rates as actually run by the released code (D15)
     "llamagen_xl_clip": dict(backbone="llamagen_xl", out_dir="runs/llamagen_xl_clip", steps=6000, total_steps=4680,
                              ckpt_every=500, sample_every=500, image_size=256, batch_prompts=4, group_size=8,
                              cfg_scale=6.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
@@ -132,9 +132,9 @@ PRESETS = {
                             ckpt_every=500, sample_every=500, image_size=256, batch_prompts=4, group_size=8,
                             cfg_scale=6.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
                             lambda_reward=0.1, lambda_consist=10.0, reward="hpsv2", grad_ckpt=True),
-    # VA-pi's released LlamaGen T2I run (backbones.md §3.3; vapi.VAPI_PRESET). One optimizer step per B images.
+    # VA-pi's released LlamaGen T2I run (docs/method.md §12.3; vapi.VAPI_PRESET). One optimizer step per B images.
     # DEVIATION: the policy forward runs in eval mode (no dropout): it both draws the samples and is trained, so the
-    # released train-mode forward would make logp_old != logp at step 0 (backbones.md §3.7 defect 5).
+    # released train-mode forward would make logp_old != logp at step 0 (docs/method.md §12.7 defect 5).
     "llamagen_xl_vapi": dict(backbone="llamagen_xl", method="vapi", out_dir="runs/llamagen_xl_vapi", steps=200,
                              total_steps=200, ckpt_every=50, sample_every=0, image_size=256, batch_prompts=16,
                              group_size=8, lr_gpt=1e-6, weight_decay=1e-4, vapi_xi=0.5, vapi_ce=0.1, vapi_kl=0.0,
@@ -227,7 +227,7 @@ def frozen_copy(model, dtype=None):
 def allreduce_grads(params, world):
     """Average gradients over ranks with one flat all_reduce (nanoGPT/cleanrl style). Every optimizer uses this,
     so policy, decoder and discriminator stay identical on all ranks.
-    # DEVIATION: the released LlamaGen trainer never synchronised decoder gradients (ranke.md D8)."""
+    # DEVIATION: the released LlamaGen trainer never synchronised decoder gradients (docs/method.md D8)."""
     if world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -382,7 +382,7 @@ def main(cfg: Config):
     bb = build_backbone(cfg, device, rank)
     gpt, vq = bb.gpt.eval(), bb.vq.eval()           # policy runs without dropout: logp_old == logp at step 0
     vq.requires_grad_(False)
-    dec_params = vq.decoder_parameters()            # decoder + post_quant_conv (ranke.md §2)
+    dec_params = vq.decoder_parameters()            # decoder + post_quant_conv (docs/method.md §2)
     for p in dec_params:
         p.requires_grad_(cfg.method in ("ranke", "decoder"))
     ref_gpt = frozen_copy(gpt, compute_dtype)       # KL anchor: frozen initial policy (D1)
@@ -464,14 +464,14 @@ def main(cfg: Config):
                 kl_model = ema_gpt if cfg.kl_ref == "ema" else ref_gpt
                 logp_ref = bb.logprobs(kl_model, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()
             stats["rollout_img_per_s"] = B * G / (time.time() - t_roll)
-            # ---- 2. REWARD on EMA-decoder images (fp32), group advantages (ranke.md §4.1) ----
+            # ---- 2. REWARD on EMA-decoder images (fp32), group advantages (docs/method.md §4.1) ----
             with torch.no_grad():
                 x_roll = ema_vq.decode_indices(tokens).float().clamp(-1, 1)            # (B*G,3,S,S)
                 r, rinfo = bb.reward_fn((x_roll + 1) / 2, prompts_g)                    # (B*G,)
             adv, s = ranke.group_advantages(r.float(), G)
             stats.update({"reward/mean": float(r.mean()), "reward/std": float(r.float().std())})
             stats.update({f"reward/{k}": v for k, v in rinfo.items()}, **{f"adv/{k}": v for k, v in s.items()})
-            # ---- 3. POLICY step: clipped surrogate + beta * KL (ranke.md §4.3) ----
+            # ---- 3. POLICY step: clipped surrogate + beta * KL (docs/method.md §4.3) ----
             if cfg.method in ("ranke", "grpo"):
                 for _ in range(cfg.ppo_epochs):
                     stats.update(policy_step(cfg, bb, gpt, cond_g, mask_g, tokens, logp_old, logp_ref, adv,
@@ -482,7 +482,7 @@ def main(cfg: Config):
             if cfg.method in ("ranke", "decoder"):
                 with torch.no_grad():                                                  # frozen encoder, fp32
                     z_gt = vq.codebook_lookup(vq.encode_indices(x_gt.float()))        # (B,C,h,w)
-                # ---- 4. DISC step: real vs reconstruction of real (ranke.md §6), from disc_start ----
+                # ---- 4. DISC step: real vs reconstruction of real (docs/method.md §6), from disc_start ----
                 if use_gan:
                     with torch.no_grad(), autocast():
                         x_rec = vq.decode(z_gt).float()
@@ -491,7 +491,7 @@ def main(cfg: Config):
                     d_loss.backward()
                     stats.update({f"disc/{k}": v for k, v in s.items()})
                     stats["grad_norm/disc"] = optimizer_step(opt_disc, list(disc.parameters()), world, 0.0)
-                # ---- 5. DECODER step on the same rollouts (ranke.md §5) ----
+                # ---- 5. DECODER step on the same rollouts (docs/method.md §5) ----
                 stats.update(decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, step,
                                           use_gan, autocast))
                 stats["grad_norm/decoder"] = optimizer_step(opt_dec, dec_params, world, cfg.grad_clip)
@@ -528,7 +528,7 @@ def peak_rss():
 
 
 def policy_step(cfg, bb, gpt, cond_g, mask_g, tokens, logp_old, logp_ref, adv, logp_scale, autocast):
-    """Gradient of L_GPT = L_pg + beta * L_KL (ranke.md §4.3), accumulated over row chunks to bound memory."""
+    """Gradient of L_GPT = L_pg + beta * L_KL (docs/method.md §4.3), accumulated over row chunks to bound memory."""
     BG = tokens.shape[0]
     chunk = cfg.logp_chunk or BG
     acc = {}
@@ -546,7 +546,7 @@ def policy_step(cfg, bb, gpt, cond_g, mask_g, tokens, logp_old, logp_ref, adv, l
 
 
 def decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, step, use_gan, autocast):
-    """Gradients of the decoder objective (ranke.md §5.2): two backward passes, the optimizer step is the caller's."""
+    """Gradients of the decoder objective (docs/method.md §5.2): two backward passes, the optimizer step is the caller's."""
     G, stats = cfg.group_size, {}
     disc.requires_grad_(False)                                # D is a fixed critic during the decoder step
     # (1) ground-truth reconstruction: L1 + perceptual + adaptive-weighted GAN (manifold anchor), own backward
@@ -556,11 +556,11 @@ def decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, st
     l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, vq.last_layer, bb.perceptual, use_gan=use_gan)
     (cfg.lambda_recon * l_gt).backward()
     stats.update({f"decoder/gt_{k}": v for k, v in s.items()})
-    # (2) selection: top-K per prompt by the rollout (EMA-decoder) rewards, rank weights (ranke.md §5.1, D2, D3)
+    # (2) selection: top-K per prompt by the rollout (EMA-decoder) rewards, rank weights (docs/method.md §5.1, D2, D3)
     tau, _ = ranke.tau_schedule(step, cfg.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_frac)
     if cfg.rank_mode == "reward":
         idx, w, s = ranke.rank_weights(r.float(), G, cfg.rank_k, tau)
-    else:   # ablation: a uniform GAN on K random samples per prompt, w = 1 (ranke.md §13)
+    else:   # ablation: a uniform GAN on K random samples per prompt, w = 1 (docs/method.md §5.1)
         B = r.shape[0] // G
         pick = torch.stack([torch.randperm(G, generator=torch.Generator().manual_seed(cfg.seed + step * 7919 + b))[:cfg.rank_k]
                             for b in range(B)])                                                      # (B,K)
@@ -594,7 +594,7 @@ def decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, st
 
 
 def vapi_iteration(cfg, bb, gpt, ref_gpt, vq, x_gt, cond, mask, gen, opt_gpt, gpt_params, world, autocast):
-    """VA-pi (backbones.md §3.2): teacher-forced policy step with a reconstruction reward; decoder frozen."""
+    """VA-pi (docs/method.md §12.2): teacher-forced policy step with a reconstruction reward; decoder frozen."""
     G = cfg.group_size
     with torch.no_grad():
         z_gt = vq.encode_indices(x_gt.float())                                       # (B, N) ground-truth tokens

@@ -1,4 +1,4 @@
-"""VA-pi baseline: the pure pieces VA-pi adds on top of RankE's GRPO math (backbones.md §3.2-3.7).
+"""VA-pi baseline: the pure pieces VA-pi adds on top of RankE's GRPO math (docs/method.md §12.2-12.7).
 
 Paper concept: VA-pi post-trains an AR image model *without* autoregressive rollouts. Per ground-truth image:
 VQ-encode it to tokens z (B,N); corrupt the teacher-forcing context with contextual noise (each token replaced by a
@@ -14,7 +14,7 @@ grids; the mean reward printed every 10 steps rises towards 0 and the argmax acc
 Symbols: B images, G samples per image, N image tokens, V = K codebook size, xi context-noise probability.
 Rows are image-major: row b*G + j is sample j of image b (same layout as ranke.py).
 
-Released defects NOT reproduced (backbones.md §3.7), with how this code avoids them:
+Released defects NOT reproduced (docs/method.md §12.7), with how this code avoids them:
 - defect 6 (Janus off-by-one teacher forcing): targets are the clean z at the same positions as the logits, and
   policy.GPT.forward's contract is that logits[:, t] sees only tokens[:, :t]; the context never contains the
   token it predicts. (tokens_noisy[:, N-1] is drawn too but never enters the context.)
@@ -36,7 +36,7 @@ import ranke  # noqa: F401  (VA-pi reuses ranke.group_advantages / ranke.policy_
 
 __all__ = ["VAPI_PRESET", "noisy_context", "positionwise_sample", "positionwise_logprobs", "recon_reward", "ce_prior"]
 
-# Released LlamaGen T2I (GPT-XL, 256 px) run: backbones.md §3.3, column "T2I", VA-Pi train_t2i_grpo_8gpu.sh:66-99.
+# Released LlamaGen T2I (GPT-XL, 256 px) run: docs/method.md §12.3, column "T2I", VA-Pi train_t2i_grpo_8gpu.sh:66-99.
 # C2I differs in xi (noise off) and steps (100); Janus-Pro-1B in xi (1.0), lr (1e-7), batch (8/2/GA 32), LPIPS-Alex.
 VAPI_PRESET = dict(
     group_size=8,                    # G, --num-generations
@@ -65,7 +65,7 @@ def _require(ok, msg):
 
 
 def noisy_context(tokens, xi, K, generator):
-    """Contextual noise (backbones.md §3.2 step 3): each token independently replaced, with probability xi, by a
+    """Contextual noise (docs/method.md §12.2 step 3): each token independently replaced, with probability xi, by a
     uniform random index in [0, K). A replacement can draw the same index, so xi=1 changes ~(1 - 1/K) of them.
     tokens: (B,N) int64 GT codes -> (tokens_noisy (B,N) int64, stats). generator: torch.Generator (its device)."""
     _require(tokens.dim() == 2 and not tokens.is_floating_point(), f"tokens must be (B, N) integer codes, got "
@@ -76,7 +76,7 @@ def noisy_context(tokens, xi, K, generator):
     dev = generator.device
     replace = (torch.rand(tokens.shape, generator=generator, device=dev) < xi).to(tokens.device)   # (B,N) bool
     rand = torch.randint(0, K, tokens.shape, generator=generator, device=dev).to(tokens.device)  # (B,N)
-    noisy = torch.where(replace, rand, tokens)                            # backbones.md §3.2 step 3
+    noisy = torch.where(replace, rand, tokens)                            # docs/method.md §12.2 step 3
     stats = {"frac_replaced": float(replace.float().mean()), "frac_changed": float((noisy != tokens).float().mean())}
     return noisy, stats
 
@@ -88,14 +88,14 @@ def positionwise_logprobs(logits, samples, temperature=1.0):
     _require(samples.dim() == 2 and samples.shape[1] == N and samples.shape[0] % B == 0,
              f"samples must be (B*G, N) with B={B}, N={N}; got {tuple(samples.shape)}")
     G = samples.shape[0] // B
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)   # (B,N,V) backbones.md §3.2 step 8
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)   # (B,N,V) docs/method.md §12.2 step 8
     idx = samples.view(B, G, N).transpose(1, 2)                           # (B,N,G)
     return logp_all.gather(-1, idx).transpose(1, 2).reshape(B * G, N)     # (B*G,N)
 
 
 @torch.no_grad()
 def positionwise_sample(logits, G, generator, temperature=1.0):
-    """Rollouts without autoregression (backbones.md §3.2 step 5): G sequences drawn independently per position from
+    """Rollouts without autoregression (docs/method.md §12.2 step 5): G sequences drawn independently per position from
     softmax(logits / T). logits: (B,N,V) -> (tokens (B*G,N) int64 image-major, their log-probs (B*G,N), detached:
     the "old" log-probs). No top-k/top-p: every released script samples the full softmax.
     DEVIATION: VA-pi draws from a separate eval-mode forward and trains on a train-mode one (defect 5); here the
@@ -114,7 +114,7 @@ def positionwise_sample(logits, G, generator, temperature=1.0):
 
 @torch.no_grad()
 def recon_reward(x_rec, x_gt, dist, *, rec_weight=1.0, perceptual_weight=1.0):
-    """Reconstruction reward (backbones.md §3.2 step 6): r = -(w_rec * MSE(x_rec, x_gt) + w_p * dist(x_rec, x_gt)),
+    """Reconstruction reward (docs/method.md §12.2 step 6): r = -(w_rec * MSE(x_rec, x_gt) + w_p * dist(x_rec, x_gt)),
     MSE per image over C,H,W in [-1,1]; x_gt is the preprocessed GT image (not its VQ reconstruction), repeated G
     times by the caller. A constant for the policy step (no gradient). -> (r (B*G,), stats)."""
     _require(x_rec.shape == x_gt.shape, f"x_rec {tuple(x_rec.shape)} and x_gt {tuple(x_gt.shape)} must match: "
@@ -122,19 +122,19 @@ def recon_reward(x_rec, x_gt, dist, *, rec_weight=1.0, perceptual_weight=1.0):
     mse = (x_rec.float() - x_gt.float()).pow(2).flatten(1).mean(1)       # (B*G,)
     p = dist(x_rec, x_gt).float()                                         # (B*G,)
     _require(p.shape == mse.shape, f"dist must return ({mse.shape[0]},), got {tuple(p.shape)}")
-    r = -(rec_weight * mse + perceptual_weight * p)                       # backbones.md §3.2 step 6
+    r = -(rec_weight * mse + perceptual_weight * p)                       # docs/method.md §12.2 step 6
     return r, {"mse": float(mse.mean()), "perceptual": float(p.mean()), "reward_mean": float(r.mean()),
                "reward_std": float(r.std()) if r.numel() > 1 else 0.0}
 
 
 def ce_prior(logits, targets):
-    """Prior regulariser (backbones.md §3.2 step 9): next-token cross-entropy of the SAME noisy-context logits
+    """Prior regulariser (docs/method.md §12.2 step 9): next-token cross-entropy of the SAME noisy-context logits
     against the clean GT tokens, mean over all B*N tokens (the caller multiplies by beta).
     logits: (B,N,V) with logits[:, t] predicting targets[:, t]; targets: (B,N) int64 -> (loss, stats)."""
     _require(logits.dim() == 3 and targets.shape == logits.shape[:2],
              f"logits must be (B, N, V) and targets (B, N); got {tuple(logits.shape)} and {tuple(targets.shape)}")
     V = logits.shape[-1]
-    loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1))   # backbones.md §3.2 step 9
+    loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1))   # docs/method.md §12.2 step 9
     with torch.no_grad():
         acc = (logits.argmax(-1) == targets).float().mean()
     return loss, {"ce": float(loss.detach()), "token_acc": float(acc)}

@@ -1,9 +1,9 @@
 """LlamaGen VQ-16 image tokenizer and the VQGAN training parts (PatchGAN, LPIPS), plus checkpoint plumbing.
 
-Concept (backbones.md §1.2-1.5, §1.13): a convolutional VQ-VAE. The encoder maps an image x in [-1,1] to a grid of
+Concept (docs/method.md §13.2-13.5, §13.13): a convolutional VQ-VAE. The encoder maps an image x in [-1,1] to a grid of
 8-d vectors z (downsample 16: 256 px -> 16x16 tokens); each vector and each codebook row is L2-normalised and
 replaced by its cosine-nearest codebook row (straight-through gradient); the decoder maps the grid back to pixels.
-RankE (ranke.md §5) fine-tunes only the decoder (+ post_quant_conv) with L1 + LPIPS + adaptive PatchGAN terms.
+RankE (docs/method.md §5) fine-tunes only the decoder (+ post_quant_conv) with L1 + LPIPS + adaptive PatchGAN terms.
 
 Run the self-check (CPU, seconds): python vq.py        Tests: pytest -q tests/test_vq.py
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ---- Checkpoint plumbing (backbones.md §1.1 "Recommended loader", §1.14.5, §4); policy.py imports these two ----
-_DROP = ("kv_cache", "freqs_cis", "causal_mask")  # never part of a model's weights (backbones.md §1.14.3)
+# ---- Checkpoint plumbing (docs/method.md §13.1, §13.14.5, §13.4); policy.py imports these two ----
+_DROP = ("kv_cache", "freqs_cis", "causal_mask")  # never part of a model's weights (docs/method.md §13.14.3)
 
 
 def _hub_download(path_or_hub: str) -> str:
@@ -52,7 +52,7 @@ def read_state_dict(path_or_hub: str, *, map_location="cpu") -> dict[str, torch.
     path = _hub_download(path_or_hub) if path_or_hub.startswith("hf://") else path_or_hub
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r} (check the path, or download the file there)")
-    torch.serialization.add_safe_globals([argparse.Namespace])  # LlamaGen files may carry "args" (§1.14.5)
+    torch.serialization.add_safe_globals([argparse.Namespace])  # LlamaGen files may carry "args" (§13.14.5)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -61,7 +61,7 @@ def read_state_dict(path_or_hub: str, *, map_location="cpu") -> dict[str, torch.
                                f"as a plain state_dict (torch.save(model.state_dict(), ...)). ({e})") from e
         raise RuntimeError(f"{path}: cannot be read by torch.load: file is corrupt or truncated; re-download it "
                            f"({type(e).__name__}: {e})") from e
-    sd = ckpt  # §1.1 step 1: unwrap "model", else "module", else "state_dict", else take the raw dict
+    sd = ckpt  # §13.1 step 1: unwrap "model", else "module", else "state_dict", else take the raw dict
     if isinstance(ckpt, dict):
         sd = next((ckpt[w] for w in ("model", "module", "state_dict") if isinstance(ckpt.get(w), dict)), ckpt)
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -70,16 +70,16 @@ def read_state_dict(path_or_hub: str, *, map_location="cpu") -> dict[str, torch.
                            f"optionally under 'model', 'module' or 'state_dict'")
     out = {}
     for k, v in sd.items():
-        while k.startswith(("module.", "_orig_mod.")):  # §1.1 step 2 (DDP, torch.compile prefixes)
+        while k.startswith(("module.", "_orig_mod.")):  # §13.1 step 2 (DDP, torch.compile prefixes)
             k = k.split(".", 1)[1]
         k = k.replace("._orig_mod.", ".")  # torch.compile'd submodule
-        if not any(d in k.split(".") for d in _DROP):  # §1.1 step 3
+        if not any(d in k.split(".") for d in _DROP):  # §13.1 step 3
             out[k] = v
     return out
 
 
 def load_strict(model: nn.Module, state_dict: dict, *, source: str) -> None:
-    """load_state_dict(strict=True) preceded by a readable key / shape comparison (backbones.md §4)."""
+    """load_state_dict(strict=True) preceded by a readable key / shape comparison (docs/method.md §13.4)."""
     want = model.state_dict()
     missing = [k for k in want if k not in state_dict]
     unexpected = [k for k in state_dict if k not in want]
@@ -95,7 +95,7 @@ def load_strict(model: nn.Module, state_dict: dict, *, source: str) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
-# ---- VQ-16 (backbones.md §1.2-1.5). Module names = LlamaGen's state-dict keys (§1.4); registration order = key order
+# ---- VQ-16 (docs/method.md §13.2-13.5). Module names = LlamaGen's state-dict keys (§13.4); registration order = key order
 @dataclass
 class VQConfig:
     codebook_size: int = 16384       # K
@@ -116,7 +116,7 @@ VQ_CONFIGS = {
     # toy world: 32 px -> 8x8 tokens, trains on 2 CPU cores in minutes
     "toy": VQConfig(codebook_size=256, ch=64, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=64),
 }
-CODEBOOK_USED_LEN = 65536  # LlamaGen's usage buffer length, fixed regardless of K (§1.14.11)
+CODEBOOK_USED_LEN = 65536  # LlamaGen's usage buffer length, fixed regardless of K (§13.14.11)
 
 
 def _gn(cfg: VQConfig, c: int) -> nn.GroupNorm:
@@ -212,7 +212,7 @@ class Decoder(nn.Module):  # vq_model.py:128-194; conv_blocks.0 is the LOWEST re
                   None if i == L - 1 else "upsample") for i in range(L))
         self.norm_out, self.conv_out = _gn(cfg, c[-1]), nn.Conv2d(c[-1], 3, 3, padding=1)
 
-    def forward(self, z):  # (B,Z,h,w) -> (B,3,H,W), not clamped (§1.14.12)
+    def forward(self, z):  # (B,Z,h,w) -> (B,3,H,W), not clamped (§13.14.12)
         h = self.conv_in(z)
         for m in [*self.mid, *self.conv_blocks]:
             h = m(h)
@@ -226,7 +226,7 @@ class VectorQuantizer(nn.Module):  # vq_model.py:200-276, l2_norm=True, show_usa
         self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_embed_dim)
         self.register_buffer("codebook_used", torch.zeros(CODEBOOK_USED_LEN))  # persistent: in the state dict
 
-    def codebook(self):  # (K,C) unit rows; stored rows are not guaranteed unit-norm (§1.14.11)
+    def codebook(self):  # (K,C) unit rows; stored rows are not guaranteed unit-norm (§13.14.11)
         return F.normalize(self.embedding.weight, p=2, dim=-1)
 
     def forward(self, z):  # z (B,C,h,w) -> z_q (B,C,h,w) straight-through, loss scalar, idx (B,N)
@@ -297,7 +297,7 @@ class VQModel(nn.Module):
         if idx.min() < 0 or idx.max() >= self.cfg.codebook_size:
             raise ValueError(f"token ids must lie in [0, {self.cfg.codebook_size}), got "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        z_q = self.quantize.codebook()[idx]  # (B,N,C), normalised rows (§1.5 decode_code)
+        z_q = self.quantize.codebook()[idx]  # (B,N,C), normalised rows (§13.5 decode_code)
         return z_q.reshape(B, h, w, -1).permute(0, 3, 1, 2)
 
     def decode(self, z_q):  # (B,C,h,w) -> (B,3,H,W), unclamped
@@ -310,7 +310,7 @@ class VQModel(nn.Module):
         z_q, loss, _ = self.encode(x)
         return self.decode(z_q), loss
 
-    def decoder_parameters(self) -> list[nn.Parameter]:  # the part RankE trains (ranke.md §5)
+    def decoder_parameters(self) -> list[nn.Parameter]:  # the part RankE trains (docs/method.md §5)
         return list(self.post_quant_conv.parameters()) + list(self.decoder.parameters())
 
     @property
@@ -325,7 +325,7 @@ def load_vq(path_or_hub: str, cfg: VQConfig, *, map_location="cpu") -> VQModel:
     return model.eval()
 
 
-# ---- VQGAN training parts (backbones.md §1.13): PatchGAN discriminator and LPIPS-VGG perceptual distance ----
+# ---- VQGAN training parts (docs/method.md §13.13): PatchGAN discriminator and LPIPS-VGG perceptual distance ----
 class PatchGAN(nn.Module):  # taming NLayerDiscriminator (discriminator_patchgan.py:8-67); 256^2 -> (B,1,30,30)
     def __init__(self, in_ch=3, ndf=64, n_layers=3, *, generator: torch.Generator | None = None):
         super().__init__()
@@ -380,7 +380,7 @@ def _fetch(path: str | None, url: str, what: str) -> str:
 
 class LPIPS(nn.Module):
     """LPIPS-VGG (lpips.py:53-164). Frozen and always in eval mode (RankE/VA-pi; LlamaGen's VQ training runs its
-    Dropout(0.5) in train mode, see §1.13). forward(x, y) in [-1,1] -> (B,) distances."""
+    Dropout(0.5) in train mode, see §13.13). forward(x, y) in [-1,1] -> (B,) distances."""
 
     def __init__(self, vgg_path: str | None = None, lin_path: str | None = None):
         super().__init__()

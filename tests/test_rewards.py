@@ -214,7 +214,7 @@ def _pil_reference(u8, size):
 
 @pytest.mark.parametrize("hw", [(256, 256), (256, 320), (300, 256)])
 def test_hps_tensor_path_matches_pil_path(hw):
-    """ranke.md D6 parity: tensor path vs PIL path on the same image, within uint8 quantisation."""
+    """docs/method.md D6 parity: tensor path vs PIL path on the same image, within uint8 quantisation."""
     h, w = hw
     g = torch.Generator().manual_seed(h + w)
     smooth = F.interpolate(torch.rand(1, 3, h // 8 + 1, w // 8 + 1, generator=g), size=(h, w), mode="bilinear")

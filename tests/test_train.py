@@ -155,7 +155,7 @@ def test_dry_run_llamagen_xl_counts(capsys):
     assert cfg.preset == "llamagen_xl_clip" and cfg.lr_gpt == 1e-6 and cfg.cfg_scale == 6.0
     est = train.dry_run(cfg)
     out = capsys.readouterr().out
-    assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (backbones.md §0)
+    assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (docs/method.md §6)
     assert sum(est.values()) > 20 * 1024 ** 3
 
 

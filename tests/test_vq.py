@@ -18,7 +18,7 @@ import vq
 HUB_VQ = "hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt"
 
 
-# ---- expected VQ-16 state dict, enumerated independently from backbones.md §1.4 ---------------------------------
+# ---- expected VQ-16 state dict, enumerated independently from docs/method.md §13.4 ---------------------------------
 def _conv(p, o, i, k):
     return {f"{p}.weight": (o, i, k, k), f"{p}.bias": (o,)}
 
@@ -123,7 +123,7 @@ def test_round_trip_shapes_and_raster_order(name, size, grid):
     torch.testing.assert_close(x_rec, m.decode(z_q), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         m.decoder.conv_out.bias.fill_(3.0)
-        assert m.decode_indices(idx).min() > 1.0  # the decoder output is not clamped (backbones.md §1.14.12)
+        assert m.decode_indices(idx).min() > 1.0  # the decoder output is not clamped (docs/method.md §13.14.12)
 
 
 def test_non_square_grid(tiny):
