@@ -1,5 +1,4 @@
-"""RankE post-training: the alternating policy / decoder co-evolution loop (docs/method.md §3), its baselines, one or
-many processes, exact resume.
+"""RankE post-training (arXiv 2605.21195): the alternating policy / decoder co-evolution loop and its baselines.
 
     python train.py                                   # toy world on CPU (builds/loads .cache/toy first)
     python train.py --backbone llamagen_xl --data train_subset_15k.tar \
@@ -7,42 +6,42 @@ many processes, exact resume.
     torchrun --nproc_per_node=8 train.py --backbone llamagen_xl ...   # 8 GPUs (gloo on CPU, nccl on GPU)
     python train.py --backbone llamagen_xl --dry_run                  # parameter counts + memory estimate
 
-One iteration, per rank (docs/method.md §3; step names are repeated at the code below):
-  1. ROLLOUT   B prompts x G samples from the online policy with CFG; log-probs under the online ("old") and the
-               frozen reference policy.
-  2. REWARD    decode with the EMA decoder, score, group-normalised advantages (§4.1).
-  3. POLICY    one clipped-surrogate + KL step (§4.3), grad clip 1.0; policy EMA every 10 steps (§4.7).
-  4. DISC      hinge step on real images vs reconstructions of real images, from disc_start (§6).
-  5. DECODER   on the same rollouts: top-K by reward, rank weights, GT reconstruction + Rank-GAN + EMA
-               consistency + reward backprop (§5.2); AdamW on decoder + post_quant_conv; decoder EMA update.
---method ranke (default) | grpo (standard RL: steps 4-5 skipped, decoder never changes) | decoder (steps 1-2, 4-5)
-| vapi (VA-pi, docs/method.md §12: teacher-forced, noisy context, reconstruction reward; decoder frozen).
-Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side.
+The algorithm (docs/method.md §3). Each numbered step is one function below, in this order; main()'s loop calls
+them in this order. Per rank and iteration, with B (image, caption) pairs from the data:
+  1. ROLLOUT   rollout()         B x G token grids from the online policy with CFG; their per-token log-probs under
+                                 the online ("old") and the frozen reference policy (§4.2, §4.6).
+  2. REWARD    score_rollouts()  decode with the EMA decoder, score, group-normalised advantages (§4.1, §7).
+  3. POLICY    policy_step()     clipped surrogate + beta * KL, one AdamW step (§4.3); policy EMA every 10 steps.
+  4. DISC      disc_step()       hinge step, real images vs reconstructions of real images, from disc_start (§6).
+  5. DECODER   decoder_step()    on the same rollouts: top-K by reward, rank weights; GT reconstruction, Rank-GAN,
+                                 EMA consistency, reward backprop; AdamW on decoder + post_quant_conv (§5);
+                                 decoder EMA every step.
+  --method ranke (default): 1-5 | grpo (standard RL): 1-3, the decoder never changes | decoder: 1-2, 4-5
+  --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
+Plumbing (processes, checkpoints, resume, logging) lives in runtime.py; the memory estimator in dry_run.py.
+
+Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
+T caption slots, D caption feature width, V codebook size.
 """
 import argparse
 import copy
-import hashlib
 import inspect
 import json
 import os
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from tqdm import tqdm
 
 import policy
 import ranke
 import rewards
-import toy
 import vapi
 import vq as vqlib
-from data import PairDataset, PairStream, WorldStream
+from data import PairDataset, PairStream, WorldStream, save_grid
+from runtime import Logger, average_buffers, peak_memory_gb, resume, save_checkpoint, setup_distributed, teardown
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,25 +176,28 @@ def parse_config(argv=None) -> Config:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The backbone boundary: everything model-specific the loop needs. Janus-Pro-1B is one more builder of this.
+# The backbone seam: everything model-specific the loop needs. A second backbone (Janus-Pro-1B) is one more builder
+# of this record; the loop never looks inside the models beyond these calls.
 @dataclass
 class Backbone:
     text_encoder: object   # captions -> (cond (B,T,D), cond_mask (B,T))
-    gpt: torch.nn.Module    # policy; the loop only calls the three functions below on it
-    vq: torch.nn.Module     # tokenizer; decoder_parameters(), codebook_lookup, decode, decode_indices, encode
+    gpt: torch.nn.Module    # policy, used only through the three calls below
+    vq: torch.nn.Module     # tokenizer: decoder_parameters(), last_layer, encode_indices, codebook_lookup, decode,
+    #                         decode_indices, cfg.codebook_size
     sample: object          # (gpt, cond, mask, cfg_scale=, temperature=, top_k=, top_p=, generator=) -> (B,N)
     logprobs: object        # (gpt, cond, mask, tokens, cfg_scale=) -> (B,N)
     logits: object          # (gpt, tokens, cond, mask) -> (B,N,V) teacher-forced (VA-pi)
     reward_fn: object       # (images01, prompts) -> (scores (B,), info)
     perceptual: object      # (x, y) -> (B,) in [-1, 1]
-    stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); state_dict / load_state_dict
+    stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); stats, state_dict, load_state_dict
 
 
 def build_backbone(cfg: Config, device, rank: int) -> Backbone:
     data_seed = cfg.seed + 1000 * rank
     if cfg.backbone == "tiny":
-        tcfg = toy.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy.ToyConfig()
-        b = toy.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
+        import toy_world   # the toy wing is imported only when the toy is asked for
+        tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
+        b = toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
         if cfg.data:
             stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
         else:
@@ -217,363 +219,152 @@ def build_backbone(cfg: Config, device, rank: int) -> Backbone:
                     lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Small helpers
+@dataclass
+class Models:
+    """What the loop trains or anchors to, with its optimizers; all of it is saved in every checkpoint."""
+    gpt: torch.nn.Module        # online policy pi_theta
+    ref_gpt: torch.nn.Module    # frozen copy of the initial policy: the KL anchor (D1)
+    ema_gpt: torch.nn.Module    # policy EMA (0.999 every 10 steps, §4.7); the KL anchor with --kl_ref ema
+    vq: torch.nn.Module         # tokenizer; only decoder + post_quant_conv train (§2)
+    ema_vq: torch.nn.Module     # decoder EMA (0.99 every decoder step): decodes the rollouts for the reward
+    disc: torch.nn.Module       # PatchGAN, from N(0, 0.02) (§6)
+    opt_gpt: torch.optim.Optimizer
+    opt_dec: torch.optim.Optimizer
+    opt_disc: torch.optim.Optimizer
+
+
+def build_models(cfg: Config, bb: Backbone, device, compute_dtype) -> Models:
+    gpt, vq = bb.gpt.eval(), bb.vq.eval()           # policy runs without dropout: logp_old == logp at step 0
+    vq.requires_grad_(False)
+    for p in vq.decoder_parameters():               # decoder + post_quant_conv (docs/method.md §2)
+        p.requires_grad_(cfg.method in ("ranke", "decoder"))
+    ref_gpt = frozen_copy(gpt, compute_dtype)       # KL anchor: frozen initial policy (D1)
+    # DEVIATION: EMA copies stay fp32 even under bf16: a 0.999 / 0.99 EMA step is below bf16 resolution.
+    ema_gpt, ema_vq = frozen_copy(gpt), frozen_copy(vq)
+    disc = vqlib.PatchGAN().to(device).train()
+    adamw = lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=cfg.weight_decay)  # noqa: E731
+    return Models(gpt, ref_gpt, ema_gpt, vq, ema_vq, disc, adamw([p for p in gpt.parameters() if p.requires_grad],
+                  cfg.lr_gpt), adamw(vq.decoder_parameters(), cfg.lr_decoder), adamw(disc.parameters(), cfg.lr_disc))
+
+
 def frozen_copy(model, dtype=None):
     m = copy.deepcopy(model).requires_grad_(False).eval()
     return m.to(dtype) if dtype is not None else m
 
 
-def allreduce_grads(params, world):
-    """Average gradients over ranks with one flat all_reduce (nanoGPT/cleanrl style). Every optimizer uses this,
-    so policy, decoder and discriminator stay identical on all ranks.
+def optimizer_step(opt, world, clip):
+    """Average gradients over ranks (one flat all_reduce), clip the norm (clip > 0), step, zero. Every optimizer
+    goes through here, so policy, decoder and discriminator stay identical on all ranks.
     # DEVIATION: the released LlamaGen trainer never synchronised decoder gradients (docs/method.md D8)."""
-    if world == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for p in params:
-        p.grad = flat[i: i + p.numel()].view_as(p).clone()
-        i += p.numel()
-
-
-def average_buffers(module, world):
-    """BatchNorm running statistics differ per rank (local batches): average them so every rank holds the same D."""
-    if world == 1:
-        return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b /= world
-
-
-def optimizer_step(opt, params, world, clip):
-    allreduce_grads(params, world)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if world > 1:
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= world
+        i = 0
+        for p in params:
+            p.grad = flat[i: i + p.numel()].view_as(p).clone()
+            i += p.numel()
     norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.zeros(())
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)
 
 
-def fingerprint(modules) -> str:
-    """sha1 over every parameter and buffer: equal strings <=> bit-identical weights (checked across ranks)."""
-    h = hashlib.sha1()
-    for m in modules:
-        for k, v in m.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def atomic_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)   # a kill mid-write leaves the previous checkpoint intact
-
-
-def list_ckpts(out_dir):
-    names = sorted(n for n in os.listdir(out_dir) if n.startswith("ckpt_") and n.endswith(".pt")) \
-        if os.path.isdir(out_dir) else []
-    return [os.path.join(out_dir, n) for n in names]
-
-
-def load_latest_ckpt(out_dir):
-    """Newest readable checkpoint; an unreadable one is reported and the previous one is used."""
-    for path in reversed(list_ckpts(out_dir)):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
-        except Exception as e:  # noqa: BLE001 -- any failure to read means: corrupt, fall back to the previous one
-            print(f"[resume] {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); "
-                  f"it is probably truncated by a kill mid-write. Trying the previous checkpoint.", file=sys.stderr)
-    raise FileNotFoundError(f"--resume: no readable checkpoint ckpt_*.pt in {out_dir!r}")
-
-
-def save_grid(path, images, captions, G):
-    """images (R*G,3,S,S) in [-1,1] -> PNG with one row per prompt; prompts in a .txt beside it."""
-    R = images.shape[0] // G
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()           # (R*G,3,S,S)
-    S = x.shape[-1]
-    grid = x.view(R, G, 3, S, S).permute(0, 3, 1, 4, 2).reshape(R * S, G * S, 3)   # (R*S, G*S, 3)
-    Image.fromarray(np.ascontiguousarray(grid.numpy())).save(path)
-    with open(path[:-4] + ".txt", "w") as f:
-        f.write("\n".join(captions[::G][:R]) + "\n")
-
-
-def saved_activation_bytes(fn) -> int:
-    """Bytes autograd saves for backward while fn() runs: on meta tensors this measures without computing."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total[0]
-
-
-def dry_run(cfg: Config):
-    """Build the configured models on the meta device (no weights), print parameter counts, and estimate peak
-    memory per component for the chosen batch. Activations are MEASURED as the bytes autograd saves on meta
-    tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay fp32)."""
-    xl = cfg.backbone == "llamagen_xl"
-    gcfg = copy.deepcopy(policy.GPT_CONFIGS["GPT-XL-t2i" if xl else "toy"])
-    gcfg.grad_ckpt = cfg.grad_ckpt
-    vcfg = vqlib.VQ_CONFIGS["vq16" if xl else "toy"]
-    with torch.device("meta"):
-        gpt, vq, disc = policy.GPT(gcfg), vqlib.VQModel(vcfg), vqlib.PatchGAN()
-    n = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
-    n_gpt, n_dec, n_vq, n_disc = n(gpt.parameters()), n(vq.decoder_parameters()), n(vq.parameters()), n(disc.parameters())
-    GB, act = 1024 ** 3, (0.5 if cfg.bf16 else 1.0)
-    B, BG, N, T = cfg.batch_prompts, cfg.batch_prompts * cfg.group_size, gcfg.block_size, gcfg.cls_token_num
-    rows = cfg.logp_chunk or BG
-    with torch.device("meta"):
-        cond, mask = torch.empty(rows, T, gcfg.caption_dim), torch.ones(rows, T, dtype=torch.bool)
-        tok = torch.zeros(rows, N, dtype=torch.long)
-        z = torch.empty(max(B, B * cfg.rank_k), vcfg.codebook_embed_dim, int(N ** 0.5), int(N ** 0.5))
-    vq.requires_grad_(True)
-    gpt_act = saved_activation_bytes(lambda: policy.token_logprobs(gpt, cond, mask, tok)) * act
-    dec_act = saved_activation_bytes(lambda: vq.decode(z)) * act
-    est = {
-        "policy weights+grads+AdamW (fp32, 16 B/param)": 16 * n_gpt,
-        "reference policy (compute dtype)": 4 * act * n_gpt,
-        "EMA policy (fp32)": 4 * n_gpt,
-        f"KV cache for rollouts ([cond; null] = {2 * BG} rows)": 2 * (2 * BG) * gcfg.n_layer * (T + N) * gcfg.dim * 4 * act,
-        f"policy activations, log-prob forward with grad ({rows} rows, grad_ckpt={cfg.grad_ckpt})": gpt_act,
-        "VQ (fp32) + EMA VQ + decoder grads/AdamW": 8 * n_vq + 12 * n_dec,
-        f"decoder activations ({z.shape[0]} images per backward pass)": dec_act,
-        "discriminator + AdamW": 16 * n_disc,
-    }
-    if xl:
-        est["FLAN-T5-XL encoder (bf16, 1.22B params)"] = 2 * 1.22e9
-        est["reward CLIP ViT-L-14 (fp32, 427.6M) + LPIPS VGG16 features (14.7M)"] = 4 * (427.6e6 + 14.7e6)
-    print(f"[dry_run] backbone={cfg.backbone}  policy {n_gpt:,} params  VQ {n_vq:,} (decoder+post_quant_conv "
-          f"trainable {n_dec:,})  discriminator {n_disc:,}  batch {B} prompts x G={cfg.group_size}")
-    for k, v in est.items():
-        print(f"  {k:<78s} {v / GB:8.2f} GiB")
-    print(f"  {'TOTAL (sum: an upper bound, the stages run one after another)':<78s} {sum(est.values()) / GB:8.2f} GiB")
-    return est
-
-
 # ----------------------------------------------------------------------------------------------------------------
-def main(cfg: Config):
-    # ---- distributed setup: torchrun env vars; the same file runs without torchrun ----
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if ddp:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    else:
-        rank, world, local = 0, 1, 0
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    master = rank == 0
-    print0 = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.bf16)
-    compute_dtype = torch.bfloat16 if (use_cuda and cfg.bf16) else torch.float32
-    print0(json.dumps(asdict(cfg), indent=1))
-    torch.manual_seed(cfg.seed)                     # identical model init on every rank
-
-    # ---- models: policy, frozen reference, EMAs, tokenizer, discriminator ----
-    bb = build_backbone(cfg, device, rank)
-    gpt, vq = bb.gpt.eval(), bb.vq.eval()           # policy runs without dropout: logp_old == logp at step 0
-    vq.requires_grad_(False)
-    dec_params = vq.decoder_parameters()            # decoder + post_quant_conv (docs/method.md §2)
-    for p in dec_params:
-        p.requires_grad_(cfg.method in ("ranke", "decoder"))
-    ref_gpt = frozen_copy(gpt, compute_dtype)       # KL anchor: frozen initial policy (D1)
-    # DEVIATION: EMA copies stay fp32 even under bf16: a 0.999 / 0.99 EMA step is below bf16 resolution.
-    ema_gpt, ema_vq = frozen_copy(gpt), frozen_copy(vq)
-    disc = vqlib.PatchGAN().to(device).train()            # PatchGAN from N(0, 0.02), trained from scratch (§6)
-    gpt_params = [p for p in gpt.parameters() if p.requires_grad]
-    opt_gpt = torch.optim.AdamW(gpt_params, lr=cfg.lr_gpt, weight_decay=cfg.weight_decay)
-    opt_dec = torch.optim.AdamW(dec_params, lr=cfg.lr_decoder, weight_decay=cfg.weight_decay)
-    opt_disc = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_disc, weight_decay=cfg.weight_decay)
-    gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
-
-    # ---- resume ----
-    step = 0
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if cfg.resume and list_ckpts(cfg.out_dir):
-        ck, path = load_latest_ckpt(cfg.out_dir)
-        if ck["world_size"] != world:
-            raise SystemExit(f"{path} was written by {ck['world_size']} processes; resume with the same count")
-        for m, k in ((gpt, "gpt"), (ref_gpt, "ref_gpt"), (ema_gpt, "ema_gpt"), (vq, "vq"), (ema_vq, "ema_vq"), (disc, "disc")):
-            m.load_state_dict(ck[k])
-        for o, k in ((opt_gpt, "opt_gpt"), (opt_dec, "opt_dec"), (opt_disc, "opt_disc")):
-            o.load_state_dict(ck[k])
-        gen.set_state(ck["rank_state"][rank]["gen"])
-        bb.stream.load_state_dict(ck["rank_state"][rank]["data"])
-        step = ck["step"]
-        print0(f"[resume] {path} at step {step}")
-
-    def save(step):
-        state = {"gen": gen.get_state(), "data": bb.stream.state_dict(),
-                 "fingerprint": fingerprint([gpt, vq, disc])}
-        states = [None] * world
-        dist.all_gather_object(states, state) if ddp else states.__setitem__(0, state)
-        if len({s["fingerprint"] for s in states}) != 1:      # every rank must hold the same weights
-            raise RuntimeError(f"ranks diverged at step {step}: weight fingerprints {[s['fingerprint'] for s in states]}")
-        if master:
-            ck = dict(config=asdict(cfg), step=step, world_size=world, rank_state=states,
-                      gpt=gpt.state_dict(), ref_gpt=ref_gpt.state_dict(), ema_gpt=ema_gpt.state_dict(),
-                      vq=vq.state_dict(), ema_vq=ema_vq.state_dict(), disc=disc.state_dict(),
-                      opt_gpt=opt_gpt.state_dict(), opt_dec=opt_dec.state_dict(), opt_disc=opt_disc.state_dict())
-            atomic_save(ck, os.path.join(cfg.out_dir, f"ckpt_{step:07d}.pt"))
-            for old in list_ckpts(cfg.out_dir)[:-cfg.keep_ckpts]:
-                os.remove(old)
-
-    log_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
-    tb = wb = None
-    if master and cfg.logger == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(cfg.out_dir)
-    if master and cfg.logger == "wandb":
-        import wandb
-        wb = wandb.init(project="ranke", config=asdict(cfg), dir=cfg.out_dir)
-
-    B, G = cfg.batch_prompts, cfg.group_size
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not master, desc=cfg.method)
-    for step in bar:
-        t0 = time.time()
-        stats = {"step": step + 1}
-        x_gt, captions = bb.stream.next()                              # (B,3,S,S) in [-1,1], B captions
-        x_gt = x_gt.to(device)
-        stats.update({f"data/{k}": v for k, v in bb.stream.stats().items()})   # skipped bad samples so far
-        cond, mask = bb.text_encoder(captions)                          # (B,T,D), (B,T)
-        cond, mask = cond.to(device), mask.to(device)
-        cond_g, mask_g = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)   # (B*G,T,D): prompt-major
-        prompts_g = [c for c in captions for _ in range(G)]
-        logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
-        use_gan = step >= cfg.disc_start
-
-        if cfg.method == "vapi":
-            stats.update(vapi_iteration(cfg, bb, gpt, ref_gpt, vq, x_gt, cond, mask, gen, opt_gpt, gpt_params,
-                                        world, autocast))
-        else:
-            # ---- 1. ROLLOUT: G samples per prompt from the online policy, with CFG (no grad) ----
-            t_roll = time.time()
-            with torch.no_grad(), autocast():
-                tokens = bb.sample(gpt, cond_g, mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                                   top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)         # (B*G, N)
-                logp_old = bb.logprobs(gpt, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()
-                kl_model = ema_gpt if cfg.kl_ref == "ema" else ref_gpt
-                logp_ref = bb.logprobs(kl_model, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()
-            stats["rollout_img_per_s"] = B * G / (time.time() - t_roll)
-            # ---- 2. REWARD on EMA-decoder images (fp32), group advantages (docs/method.md §4.1) ----
-            with torch.no_grad():
-                x_roll = ema_vq.decode_indices(tokens).float().clamp(-1, 1)            # (B*G,3,S,S)
-                r, rinfo = bb.reward_fn((x_roll + 1) / 2, prompts_g)                    # (B*G,)
-            adv, s = ranke.group_advantages(r.float(), G)
-            stats.update({"reward/mean": float(r.mean()), "reward/std": float(r.float().std())})
-            stats.update({f"reward/{k}": v for k, v in rinfo.items()}, **{f"adv/{k}": v for k, v in s.items()})
-            # ---- 3. POLICY step: clipped surrogate + beta * KL (docs/method.md §4.3) ----
-            if cfg.method in ("ranke", "grpo"):
-                for _ in range(cfg.ppo_epochs):
-                    stats.update(policy_step(cfg, bb, gpt, cond_g, mask_g, tokens, logp_old, logp_ref, adv,
-                                             logp_scale, autocast))
-                    stats["grad_norm/gpt"] = optimizer_step(opt_gpt, gpt_params, world, cfg.grad_clip)
-                if (step + 1) % cfg.ema_gpt_every == 0:                                # EMA-GPT every 10 steps
-                    ranke.ema_update(ema_gpt, gpt, cfg.ema_gpt_decay)
-            if cfg.method in ("ranke", "decoder"):
-                with torch.no_grad():                                                  # frozen encoder, fp32
-                    z_gt = vq.codebook_lookup(vq.encode_indices(x_gt.float()))        # (B,C,h,w)
-                # ---- 4. DISC step: real vs reconstruction of real (docs/method.md §6), from disc_start ----
-                if use_gan:
-                    with torch.no_grad(), autocast():
-                        x_rec = vq.decode(z_gt).float()
-                    with autocast():
-                        d_loss, s = ranke.disc_hinge_loss(disc(x_gt).float(), disc(x_rec).float(), cfg.disc_weight)
-                    d_loss.backward()
-                    stats.update({f"disc/{k}": v for k, v in s.items()})
-                    stats["grad_norm/disc"] = optimizer_step(opt_disc, list(disc.parameters()), world, 0.0)
-                # ---- 5. DECODER step on the same rollouts (docs/method.md §5) ----
-                stats.update(decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, step,
-                                          use_gan, autocast))
-                stats["grad_norm/decoder"] = optimizer_step(opt_dec, dec_params, world, cfg.grad_clip)
-                ranke.ema_update(ema_vq, vq, cfg.ema_vq_decay)                         # every decoder step
-                average_buffers(disc, world)          # D's BatchNorm statistics saw this rank's batches only
-        # ---- logging, samples, checkpoints ----
-        stats["step_time_s"] = time.time() - t0
-        stats["peak_mem_gb"] = (torch.cuda.max_memory_allocated(device) if use_cuda else peak_rss()) / 1024 ** 3
-        if master:
-            log_f.write(json.dumps(stats) + "\n")
-            log_f.flush()
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
-                             if k in ("reward/mean", "policy/kl", "decoder/total", "step_time_s")})
-            if tb:
-                for k, v in stats.items():
-                    tb.add_scalar(k, v, step + 1)
-            if wb:
-                wb.log(stats, step=step + 1)
-            if cfg.sample_every and (step + 1) % cfg.sample_every == 0 and cfg.method != "vapi":
-                with torch.no_grad(), autocast():
-                    rows = min(B, 4) * G
-                    save_grid(os.path.join(cfg.out_dir, f"samples_{step + 1:07d}.png"),
-                              vq.decode_indices(tokens[:rows]), prompts_g[:rows], G)
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
-    if master:
-        log_f.close()
-    if ddp:
-        dist.destroy_process_group()
+# The algorithm: one function per step of the box in the docstring. Each does its own forward / backward /
+# optimizer step and returns a dict of float stats.
+def rollout(cfg, bb, m, cond_g, mask_g, gen, autocast):
+    """1. ROLLOUT (docs/method.md §4.6, §4.2): tokens (B*G,N) from the online policy with CFG, and their per-token
+    log-probs (B*G,N) under the online ("old") and the reference policy. No gradient."""
+    t0 = time.time()
+    logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
+    kl_model = m.ema_gpt if cfg.kl_ref == "ema" else m.ref_gpt
+    with torch.no_grad(), autocast():
+        tokens = bb.sample(m.gpt, cond_g, mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                           top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)                     # (B*G, N)
+        logp_old = bb.logprobs(m.gpt, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()     # (B*G, N)
+        logp_ref = bb.logprobs(kl_model, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()
+    return tokens, logp_old, logp_ref, {"rollout_img_per_s": tokens.shape[0] / (time.time() - t0)}
 
 
-def peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def score_rollouts(cfg, bb, m, tokens, prompts_g):
+    """2. REWARD (docs/method.md §3 step 2, §7, §4.1): decode with the EMA decoder in fp32, score, and normalise
+    within each prompt's group. Returns rewards r (B*G,), advantages (B*G,), stats."""
+    with torch.no_grad():
+        x = m.ema_vq.decode_indices(tokens).float().clamp(-1, 1)                                # (B*G,3,S,S)
+        r, info = bb.reward_fn((x + 1) / 2, prompts_g)                                           # (B*G,)
+    adv, s = ranke.group_advantages(r.float(), cfg.group_size)                                   # §4.1
+    return r, adv, {"reward/mean": float(r.mean()), "reward/std": float(r.float().std()),
+                    **{f"reward/{k}": v for k, v in info.items()}, **{f"adv/{k}": v for k, v in s.items()}}
 
 
-def policy_step(cfg, bb, gpt, cond_g, mask_g, tokens, logp_old, logp_ref, adv, logp_scale, autocast):
-    """Gradient of L_GPT = L_pg + beta * L_KL (docs/method.md §4.3), accumulated over row chunks to bound memory."""
+def policy_step(cfg, bb, m, cond_g, mask_g, tokens, logp_old, logp_ref, adv, world, autocast):
+    """3. POLICY (docs/method.md §4.3): L_GPT = L_pg + beta * L_KL, gradients accumulated over row chunks of
+    --logp_chunk rows (token means over chunks = the mean over all tokens), then one AdamW step per PPO epoch."""
+    logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
     BG = tokens.shape[0]
     chunk = cfg.logp_chunk or BG
-    acc = {}
-    for i in range(0, BG, chunk):
-        sl = slice(i, i + chunk)
-        with autocast():
-            logp = bb.logprobs(gpt, cond_g[sl], mask_g[sl], tokens[sl], cfg_scale=logp_scale).float()   # (b, N)
-        loss, s = ranke.policy_loss(logp, logp_old[sl], logp_ref[sl], adv[sl], clip_eps=cfg.clip_eps,
-                                    beta=cfg.beta_kl, kl_estimator=cfg.kl_estimator)
-        frac = tokens[sl].shape[0] / BG                       # token means over chunks = mean over all tokens
-        (loss * frac).backward()
-        for k, v in s.items():
-            acc[f"policy/{k}"] = acc.get(f"policy/{k}", 0.0) + v * frac
-    return acc
+    for _ in range(cfg.ppo_epochs):                             # stats: those of the last epoch
+        stats = {}
+        for i in range(0, BG, chunk):
+            sl = slice(i, i + chunk)
+            with autocast():
+                logp = bb.logprobs(m.gpt, cond_g[sl], mask_g[sl], tokens[sl], cfg_scale=logp_scale).float()  # (b,N)
+            loss, s = ranke.policy_loss(logp, logp_old[sl], logp_ref[sl], adv[sl], clip_eps=cfg.clip_eps,
+                                        beta=cfg.beta_kl, kl_estimator=cfg.kl_estimator)           # §4.3
+            frac = tokens[sl].shape[0] / BG
+            (loss * frac).backward()
+            for k, v in s.items():
+                stats[f"policy/{k}"] = stats.get(f"policy/{k}", 0.0) + v * frac
+        stats["grad_norm/gpt"] = optimizer_step(m.opt_gpt, world, cfg.grad_clip)
+    return stats
 
 
-def decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, step, use_gan, autocast):
-    """Gradients of the decoder objective (docs/method.md §5.2): two backward passes, the optimizer step is the caller's."""
-    G, stats = cfg.group_size, {}
-    disc.requires_grad_(False)                                # D is a fixed critic during the decoder step
-    # (1) ground-truth reconstruction: L1 + perceptual + adaptive-weighted GAN (manifold anchor), own backward
+def disc_step(cfg, m, x_gt, z_gt, world, autocast):
+    """4. DISC (docs/method.md §6): hinge loss, real images vs the current decoder's reconstructions of them.
+    Called from disc_start on; before it the released loss is a detached zero, so nothing would update."""
+    with torch.no_grad(), autocast():
+        x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
     with autocast():
-        x_rec = vq.decode(z_gt).float()                        # (B,3,S,S)
-        d_rec = disc(x_rec).float() if use_gan else None
-    l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, vq.last_layer, bb.perceptual, use_gan=use_gan)
+        loss, s = ranke.disc_hinge_loss(m.disc(x_gt).float(), m.disc(x_rec).float(), cfg.disc_weight)   # §6
+    loss.backward()
+    stats = {f"disc/{k}": v for k, v in s.items()}
+    stats["grad_norm/disc"] = optimizer_step(m.opt_disc, world, 0.0)                    # no clipping
+    return stats
+
+
+def decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, autocast):
+    """5. DECODER (docs/method.md §5.2) on the rollouts of step 1: (a) GT reconstruction with its own backward;
+    (b) top-K selection and rank weights; (c) Rank-GAN + EMA consistency + reward backprop, one backward; then one
+    AdamW step on decoder + post_quant_conv. D is a fixed critic here (no gradient to its weights)."""
+    G, use_gan, stats = cfg.group_size, step >= cfg.disc_start, {}
+    m.disc.requires_grad_(False)
+    # (a) ground-truth reconstruction: L1 + perceptual + adaptive-weighted GAN (the manifold anchor)
+    with autocast():
+        x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
+        d_rec = m.disc(x_rec).float() if use_gan else None
+    l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan)  # §5.2 item 1
     (cfg.lambda_recon * l_gt).backward()
     stats.update({f"decoder/gt_{k}": v for k, v in s.items()})
-    # (2) selection: top-K per prompt by the rollout (EMA-decoder) rewards, rank weights (docs/method.md §5.1, D2, D3)
+    # (b) selection by the rollout (EMA-decoder) rewards, rank weights (§5.1, D2, D3)
     tau, _ = ranke.tau_schedule(step, cfg.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_frac)
     if cfg.rank_mode == "reward":
-        idx, w, s = ranke.rank_weights(r.float(), G, cfg.rank_k, tau)
+        idx, w, s = ranke.rank_weights(r.float(), G, cfg.rank_k, tau)                            # (B*K,), (B*K,)
     else:   # ablation: a uniform GAN on K random samples per prompt, w = 1 (docs/method.md §5.1)
         B = r.shape[0] // G
-        pick = torch.stack([torch.randperm(G, generator=torch.Generator().manual_seed(cfg.seed + step * 7919 + b))[:cfg.rank_k]
-                            for b in range(B)])                                                      # (B,K)
+        pick = torch.stack([torch.randperm(G, generator=torch.Generator().manual_seed(cfg.seed + step * 7919 + b))
+                            [:cfg.rank_k] for b in range(B)])                                    # (B,K)
         idx = (pick + G * torch.arange(B)[:, None]).reshape(-1).to(r.device)
         w, s = torch.ones(idx.shape[0], device=r.device), {}
     stats.update({f"rank/{k}": v for k, v in s.items()}, **{"rank/tau": float(tau)})
-    z_sel = tokens[idx]                                                                             # (B*K, N)
+    z_sel = tokens[idx]                                                                          # (B*K, N)
     with autocast():
-        x_sel = vq.decode_indices(z_sel).float().clamp(-1, 1)                                      # x_hat*
+        x_sel = m.vq.decode_indices(z_sel).float().clamp(-1, 1)                                 # x_hat*
         with torch.no_grad():
-            x_ema = ema_vq.decode_indices(z_sel).float()
-        d_sel = disc(x_sel).float() if use_gan else None
-    # (3) Rank-GAN + EMA consistency + reward backprop, one backward
+            x_ema = m.ema_vq.decode_indices(z_sel).float()
+        d_sel = m.disc(x_sel).float() if use_gan else None
+    # (c) Rank-GAN (§5.2 item 2) + EMA consistency (item 3) + reward backprop (item 4), one backward
     total = torch.zeros((), device=x_sel.device)
     if use_gan:
         l_rg, s = ranke.rank_gan_loss(d_sel, w, cfg.disc_weight)
@@ -588,44 +379,106 @@ def decoder_step(cfg, bb, vq, ema_vq, disc, x_gt, z_gt, tokens, r, prompts_g, st
         total = total + cfg.lambda_reward * l_r
         stats.update({f"decoder/reward_{k}": v for k, v in s.items()})
     total.backward()
-    disc.requires_grad_(True)
+    m.disc.requires_grad_(True)
     stats["decoder/total"] = float(total.detach()) + cfg.lambda_recon * float(l_gt.detach())
+    stats["grad_norm/decoder"] = optimizer_step(m.opt_dec, world, cfg.grad_clip)
     return stats
 
 
-def vapi_iteration(cfg, bb, gpt, ref_gpt, vq, x_gt, cond, mask, gen, opt_gpt, gpt_params, world, autocast):
-    """VA-pi (docs/method.md §12.2): teacher-forced policy step with a reconstruction reward; decoder frozen."""
+def vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast):
+    """VA-pi (docs/method.md §12.2), replacing steps 1-5: teacher-forced policy step on ground-truth tokens with a
+    noisy context and a reconstruction reward through the frozen decoder; one AdamW step."""
     G = cfg.group_size
     with torch.no_grad():
-        z_gt = vq.encode_indices(x_gt.float())                                       # (B, N) ground-truth tokens
-    z_in, s_noise = vapi.noisy_context(z_gt, cfg.vapi_xi, vq.cfg.codebook_size, gen)  # corrupted context
+        z_gt = m.vq.encode_indices(x_gt.float())                                                 # (B,N) GT tokens
+    z_in, s_noise = vapi.noisy_context(z_gt, cfg.vapi_xi, m.vq.cfg.codebook_size, gen)          # step 3
     with autocast():
-        logits = bb.logits(gpt, z_in, cond, mask).float()                             # (B,N,V), one forward
-    samples, _ = vapi.positionwise_sample(logits.detach(), G, gen)                   # (B*G, N) drawn per position
+        logits = bb.logits(m.gpt, z_in, cond, mask).float()                                      # (B,N,V)
+    samples, _ = vapi.positionwise_sample(logits.detach(), G, gen)                              # (B*G,N), step 5
     with torch.no_grad(), autocast():
-        x_hat = vq.decode_indices(samples).float().clamp(-1, 1)                       # frozen decoder
-    r, s_r = vapi.recon_reward(x_hat, x_gt.repeat_interleave(G, 0).float(), bb.perceptual)
+        x_hat = m.vq.decode_indices(samples).float().clamp(-1, 1)                               # frozen decoder
+    r, s_r = vapi.recon_reward(x_hat, x_gt.repeat_interleave(G, 0).float(), bb.perceptual)     # step 6
     adv, s_a = ranke.group_advantages(r, G)
-    logp = vapi.positionwise_logprobs(logits, samples)                                 # (B*G,N), differentiable
-    if cfg.vapi_kl:                                                                     # optional k3 KL to the base
+    logp = vapi.positionwise_logprobs(logits, samples)                                           # (B*G,N), with grad
+    if cfg.vapi_kl:                                                                              # optional k3 KL
         with torch.no_grad(), autocast():
-            logp_ref = vapi.positionwise_logprobs(bb.logits(ref_gpt, z_in, cond, mask).float(), samples)
+            logp_ref = vapi.positionwise_logprobs(bb.logits(m.ref_gpt, z_in, cond, mask).float(), samples)
     else:
         logp_ref = logp.detach()
     pg, s_p = ranke.policy_loss(logp, logp.detach(), logp_ref, adv, clip_eps=cfg.clip_eps, beta=cfg.vapi_kl,
                                 kl_estimator="k3")
-    ce, s_c = vapi.ce_prior(logits, z_gt)                                             # prior regulariser
+    ce, s_c = vapi.ce_prior(logits, z_gt)                                                        # step 9
     (pg + cfg.vapi_ce * ce).backward()
     stats = {f"vapi/{k}": v for d in (s_noise, s_r, s_p, s_c) for k, v in d.items()}
-    stats.update({f"adv/{k}": v for k, v in s_a.items()})
-    stats["reward/mean"] = float(r.mean())
-    stats["grad_norm/gpt"] = optimizer_step(opt_gpt, gpt_params, world, cfg.grad_clip)
+    stats.update({f"adv/{k}": v for k, v in s_a.items()}, **{"reward/mean": float(r.mean())})
+    stats["grad_norm/gpt"] = optimizer_step(m.opt_gpt, world, cfg.grad_clip)
     return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def main(cfg: Config):
+    rank, world, device, autocast, compute_dtype = setup_distributed(cfg)
+    master = rank == 0
+    if master:
+        print(json.dumps(asdict(cfg), indent=1), flush=True)
+    torch.manual_seed(cfg.seed)                                     # identical model init on every rank
+    bb = build_backbone(cfg, device, rank)
+    m = build_models(cfg, bb, device, compute_dtype)
+    gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
+    step = resume(cfg, m, gen, bb.stream, world, rank) if cfg.resume else 0
+    log = Logger(cfg, master)
+    B, G = cfg.batch_prompts, cfg.group_size
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not master, desc=cfg.method)
+    for step in bar:
+        t0 = time.time()
+        x_gt, captions = bb.stream.next()                               # (B,3,S,S) in [-1,1], B captions
+        x_gt = x_gt.to(device)
+        stats = {"step": step + 1, **{f"data/{k}": v for k, v in bb.stream.stats().items()}}
+        cond, mask = (t.to(device) for t in bb.text_encoder(captions))  # (B,T,D), (B,T)
+        if cfg.method == "vapi":
+            stats.update(vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast))
+        else:
+            cond_g, mask_g = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)   # (B*G,T,D), prompt-major
+            prompts_g = [c for c in captions for _ in range(G)]
+            # 1. ROLLOUT
+            tokens, logp_old, logp_ref, s = rollout(cfg, bb, m, cond_g, mask_g, gen, autocast)
+            stats.update(s)
+            # 2. REWARD
+            r, adv, s = score_rollouts(cfg, bb, m, tokens, prompts_g)
+            stats.update(s)
+            # 3. POLICY (+ policy EMA every ema_gpt_every steps)
+            if cfg.method in ("ranke", "grpo"):
+                stats.update(policy_step(cfg, bb, m, cond_g, mask_g, tokens, logp_old, logp_ref, adv, world, autocast))
+                if (step + 1) % cfg.ema_gpt_every == 0:
+                    ranke.ema_update(m.ema_gpt, m.gpt, cfg.ema_gpt_decay)                 # §4.7
+            if cfg.method in ("ranke", "decoder"):
+                with torch.no_grad():                                   # frozen encoder + codebook, fp32
+                    z_gt = m.vq.codebook_lookup(m.vq.encode_indices(x_gt.float()))       # (B,C,h,w)
+                # 4. DISC (from disc_start)
+                if step >= cfg.disc_start:
+                    stats.update(disc_step(cfg, m, x_gt, z_gt, world, autocast))
+                # 5. DECODER (+ decoder EMA every step)
+                stats.update(decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, autocast))
+                ranke.ema_update(m.ema_vq, m.vq, cfg.ema_vq_decay)                        # §5.2
+                average_buffers(m.disc, world)      # D's BatchNorm statistics saw this rank's batches only
+        stats["step_time_s"] = time.time() - t0
+        stats["peak_mem_gb"] = peak_memory_gb(device)
+        log.write(stats, step + 1, bar)
+        if master and cfg.sample_every and (step + 1) % cfg.sample_every == 0 and cfg.method != "vapi":
+            rows = min(B, 4) * G
+            with torch.no_grad(), autocast():
+                x = m.vq.decode_indices(tokens[:rows])
+            save_grid(os.path.join(cfg.out_dir, f"samples_{step + 1:07d}.png"), x, prompts_g[:rows], G)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(cfg, m, step + 1, gen, bb.stream, world, rank)
+    log.close()
+    teardown(world)
 
 
 if __name__ == "__main__":
     cfg = parse_config()
     if cfg.dry_run:
+        from dry_run import dry_run   # memory estimator: its own small file
         dry_run(cfg)
     else:
         main(cfg)

@@ -1,0 +1,165 @@
+"""Plumbing for train.py: processes and devices (torchrun), BatchNorm-buffer averaging, run checkpoints with a
+cross-rank weight check, resume, and logging. Nothing in this file is part of the method; train.py holds the
+algorithm (docs/method.md §3).
+
+Self-check:  python runtime.py   (writes a checkpoint of a small module to a temp dir, resumes it, compares bits)
+
+Symbols: rank / world = this process's index / the number of processes (torchrun), m = train.Models.
+"""
+import hashlib
+import json
+import os
+import resource
+import torch
+import torch.distributed as dist
+
+import ckpt
+
+def setup_distributed(cfg):
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process. Returns rank, world size,
+    device, an autocast factory (bf16 on CUDA when --bf16) and the compute dtype."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        rank, world, local = 0, 1, 0
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    bf16 = use_cuda and cfg.bf16
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    return rank, world, device, autocast, (torch.bfloat16 if bf16 else torch.float32)
+
+
+def average_buffers(module, world):
+    """BatchNorm running statistics differ per rank (local batches): average them so every rank holds the same D."""
+    if world > 1:
+        for b in module.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= world
+
+
+def fingerprint(modules) -> str:
+    """sha1 over every parameter and buffer: equal strings <=> bit-identical weights (checked across ranks)."""
+    h = hashlib.sha1()
+    for mod in modules:
+        for k, v in mod.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+STATE = ("gpt", "ref_gpt", "ema_gpt", "vq", "ema_vq", "disc", "opt_gpt", "opt_dec", "opt_disc")
+
+
+def save_checkpoint(cfg, m, step, gen, stream, world, rank):
+    """All ranks send their RNG/data state and a weight fingerprint; rank 0 checks the fingerprints agree and
+    writes one checkpoint atomically (temp file + rename), keeping the newest --keep_ckpts."""
+    state = {"gen": gen.get_state(), "data": stream.state_dict(), "fingerprint": fingerprint([m.gpt, m.vq, m.disc])}
+    states = [state]
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, state)
+    if len({s["fingerprint"] for s in states}) != 1:          # every rank must hold the same weights
+        raise RuntimeError(f"ranks diverged at step {step}: weight fingerprints {[s['fingerprint'] for s in states]}")
+    if rank == 0:
+        ck = dict(config=dict(vars(cfg)), step=step, world_size=world, rank_state=states,
+                  **{k: getattr(m, k).state_dict() for k in STATE})
+        ckpt.atomic_save(ck, os.path.join(cfg.out_dir, f"ckpt_{step:07d}.pt"))
+        for old in ckpt.list_ckpts(cfg.out_dir)[:-cfg.keep_ckpts]:
+            os.remove(old)
+
+
+def resume(cfg, m, gen, stream, world, rank) -> int:
+    """Load the newest readable checkpoint of --out_dir into models, optimizers, RNG and data stream (bit-exact)."""
+    if not ckpt.list_ckpts(cfg.out_dir):
+        return 0
+    ck, path = ckpt.load_latest_ckpt(cfg.out_dir)
+    if ck["world_size"] != world:
+        raise SystemExit(f"{path} was written by {ck['world_size']} processes; resume with the same count")
+    for k in STATE:
+        getattr(m, k).load_state_dict(ck[k])
+    gen.set_state(ck["rank_state"][rank]["gen"])
+    stream.load_state_dict(ck["rank_state"][rank]["data"])
+    if rank == 0:
+        print(f"[resume] {path} at step {ck['step']}", flush=True)
+    return ck["step"]
+
+
+class Logger:
+    """metrics.jsonl (always) and, on request, TensorBoard or Weights & Biases; rank 0 only."""
+
+    def __init__(self, cfg, master):
+        self.f = self.tb = self.wb = None
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if not master:
+            return
+        self.f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
+        if cfg.logger == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(cfg.out_dir)
+        if cfg.logger == "wandb":
+            import wandb
+            self.wb = wandb.init(project="ranke", config=dict(vars(cfg)), dir=cfg.out_dir)
+
+    def write(self, stats, step, bar):
+        if self.f is None:
+            return
+        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
+                         if k in ("reward/mean", "policy/kl", "decoder/total", "step_time_s")})
+        self.f.write(json.dumps(stats) + "\n")
+        self.f.flush()
+        for k, v in stats.items() if self.tb else ():
+            self.tb.add_scalar(k, v, step)
+        if self.wb:
+            self.wb.log(stats, step=step)
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+
+
+def peak_memory_gb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024 ** 3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024 ** 3
+
+
+
+
+def teardown(world):
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import tempfile
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    nets = {k: torch.nn.Linear(3, 2) for k in ("gpt", "ref_gpt", "ema_gpt", "vq", "ema_vq", "disc")}
+    opts = {f"opt_{k}": torch.optim.AdamW(nets[v].parameters()) for k, v in (("gpt", "gpt"), ("dec", "vq"),
+                                                                             ("disc", "disc"))}
+
+    class Stream:   # the data stream's resumable state, as train.py's streams provide it
+        def __init__(self):
+            self.i = 0
+
+        def state_dict(self):
+            return {"i": self.i}
+
+        def load_state_dict(self, d):
+            self.i = d["i"]
+    cfg = SimpleNamespace(out_dir=tempfile.mkdtemp(), keep_ckpts=2)   # the two Config fields used here
+    m, gen, stream = SimpleNamespace(**nets, **opts), torch.Generator().manual_seed(1), Stream()
+    stream.i = 7
+    save_checkpoint(cfg, m, 3, gen, stream, world=1, rank=0)
+    before = fingerprint(nets.values())
+    for net in nets.values():
+        torch.nn.init.zeros_(net.weight)
+    stream.i, gen = 0, torch.Generator().manual_seed(99)
+    step = resume(cfg, m, gen, stream, world=1, rank=0)
+    assert step == 3 and stream.i == 7 and fingerprint(nets.values()) == before, "resume is not bit-exact"
+    print(f"runtime self-check: checkpoint at step {step} written to {cfg.out_dir} and restored bit-exactly")
