@@ -1,15 +1,23 @@
-"""(image, caption) pairs for post-training: a folder, a jsonl list, or WebDataset-style tars.
+"""(image, caption) pairs for post-training: a folder, a jsonl list, or WebDataset-style tars; the ONE image
+preprocessing of the repository; and the [-1,1] -> uint8 conversion and sample-grid writer.
 
 Paper concept: the prompt/ground-truth source of one RankE iteration (docs/method.md §3 "Take B (image, caption)
 pairs", §9 Data). Captions are the RL prompts; images are the real samples for the decoder's ground-truth
-reconstruction and for the discriminator.
+reconstruction and for the discriminator, and (VQ-encoded) the real token histogram p_GT of the LCS measurement
+(docs/method.md §10, shift.py): both go through `preprocess`, so p_GT is measured on the images the model trains on.
 
 Accepted sources (`--data`):
   * a folder:  `a.jpg` + `a.txt` side by side (any of .jpg .jpeg .png .webp), searched recursively;
   * a jsonl:   one `{"image": "relative/or/absolute.jpg", "caption": "..."}` per line;
   * a tar, or several comma-separated: members `KEY.jpg` + `KEY.txt` (the released BLIP3o / HPDv2 15k tars).
-Preprocessing (docs/method.md §9, docs/method.md §13.12): halve with BOX while the short side >= 2S, bicubic resize of
-the short side to S, centre crop S x S, scale to [-1, 1].
+Preprocessing (`preprocess`, docs/method.md §9): matches the released RankE transform (syjmelody/RankE@2798acc
+autoregressive/post_train/post_train.py:254-259, applied to every sample by dataset/sft_dataset.py:273-324):
+torchvision Resize(S, BICUBIC) of the PIL image (short side -> S, long side int(S * long / short), truncated; PIL's
+bicubic, which always antialiases), CenterCrop(S) (offset int(round((side - S) / 2)), Python's half-to-even round),
+ToTensor, Normalize(0.5, 0.5). Reimplemented on PIL + numpy (no torchvision import), equal to torchvision's
+output bit for bit (tests/test_data.py). LlamaGen's own `center_crop_arr` (docs/method.md §13.12: BOX-halving while
+the short side >= 2S, long side rounded instead of truncated, crop offset floored) gives slightly different
+pixels even below 2S (e.g. a 151x100 image -> 97x64 there, 96x64 here); RankE trains with the torchvision transform.
 
 Bad samples (unreadable image, empty caption, image missing its caption) are skipped and counted, never
 turned into black images (DEVIATION from the released loader, which substitutes a zero tensor or an empty
@@ -19,8 +27,14 @@ sample is an error.
 Randomness is explicit: `PairStream` draws a per-epoch permutation from (seed, rank, epoch) and remembers its
 position, so `state_dict()` / `load_state_dict()` resume the exact stream.
 
-Self-check: `python data.py` (writes a small tar with one corrupt image and one empty caption, reads it back).
-Symbols: B pairs per batch, S image side in pixels.
+Images out: `to_uint8` (clamp(127.5 x + 128, 0, 255), the LlamaGen / RankE evaluation convention, docs/method.md
+§11) is the one [-1,1] -> uint8 conversion; `save_grid` writes one PNG row per prompt (train.py's samples, the toy
+world's quality grid) with the captions in a .txt beside it.
+
+Self-check: `python data.py` (writes a small tar with one corrupt image and one empty caption, reads it back,
+writes a sample grid).
+Depends on: numpy, torch, PIL (no repository file: copies alone).
+Symbols: B pairs per batch, S image side in pixels, R prompts (grid rows), G images per prompt (grid columns).
 """
 import io
 import json
@@ -36,21 +50,82 @@ from PIL import Image
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def center_crop_arr(img: Image.Image, size: int) -> Image.Image:
-    """LlamaGen's centre crop (docs/method.md §13.12): BOX-halve, bicubic short side -> size, centre crop."""
-    while min(img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = size / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    arr = np.asarray(img)
-    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return Image.fromarray(arr[top: top + size, left: left + size])
+# ---------------------------------------------------------------------------------------------------------------
+# The one image preprocessing (the released RankE transform, see the module docstring)
+
+def preprocess(img: Image.Image, size: int) -> torch.Tensor:
+    """PIL image (any mode) -> float32 (3, size, size) in [-1, 1], exactly torchvision's
+    Compose([Resize(size, BICUBIC), CenterCrop(size), ToTensor(), Normalize(0.5, 0.5)]) on img.convert("RGB")
+    (RankE@2798acc autoregressive/post_train/post_train.py:254-259)."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"preprocess: size must be a positive int (the image side S), got {size!r}")
+    img = img.convert("RGB")                                   # sft_dataset.py:99-103 converts before the transform
+    w, h = img.size
+    # Resize(size): short side -> size, long side int(size * long / short) (torchvision truncates, no rounding);
+    # an image already of that size is returned untouched (torchvision skips the resample then).
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)              # PIL bicubic antialiases when downscaling
+    # CenterCrop(size): offsets int(round((side - size) / 2.0)); the long side is >= size, so no padding case.
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    # ToTensor (uint8 / 255) then Normalize(mean 0.5, std 0.5), in that float32 order so the values are identical.
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)  # (3,S,S)
+    return x.sub(0.5).div(0.5)
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (3, S, S) float in [-1, 1] (Normalize(0.5, 0.5))."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+def load_image(path: str, size: int) -> torch.Tensor:
+    """Image file -> preprocess(...) (3, S, S) in [-1, 1]; a missing or unreadable file names itself."""
+    try:
+        with Image.open(path) as img:
+            return preprocess(img, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from e
+
+
+def image_batches(paths, size: int, batch_size: int = 32):
+    """Image files -> iterator of float (B, 3, S, S) batches in [-1, 1] through `preprocess`: what shift.py's
+    histogram_from_images (p_GT of the LCS, docs/method.md §10 step 1) and any other real-image consumer take."""
+    paths = list(paths)
+    if batch_size < 1:
+        raise ValueError(f"image_batches: batch_size must be >= 1, got {batch_size}")
+    for i in range(0, len(paths), batch_size):
+        yield torch.stack([load_image(p, size) for p in paths[i:i + batch_size]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images out: the one [-1,1] -> uint8 conversion and the sample grid
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] (any shape, e.g. (B,3,H,W)) -> uint8: clamp(127.5 x + 128, 0, 255), truncated
+    (the LlamaGen / RankE evaluation convention, docs/method.md §11)."""
+    return (127.5 * x.detach().float() + 128.0).clamp(0, 255).to(torch.uint8)
+
+
+def save_grid(path: str, images: torch.Tensor, captions, G: int) -> None:
+    """images (R*G, 3, S, S) in [-1, 1], prompt-major (row r = images r*G .. r*G+G-1) -> PNG at `path` with one
+    row of G images per prompt; captions (R*G strings, one per image, or R, one per row) -> the R row captions in
+    a .txt beside it (same name, .txt). Both files are written through a temp file + os.replace."""
+    if images.dim() != 4 or images.shape[1] != 3 or G < 1 or images.shape[0] % G:
+        raise ValueError(f"save_grid: images must be (R*G, 3, S, S) with G={G} dividing the count, got "
+                         f"{tuple(images.shape)}")
+    R, S = images.shape[0] // G, images.shape[-1]
+    captions = list(captions)
+    if len(captions) == R * G:
+        captions = captions[::G]                                  # one per row: the first of each group
+    elif len(captions) != R:
+        raise ValueError(f"save_grid: {len(captions)} captions for {R} rows of {G} images; pass R*G or R captions")
+    u8 = to_uint8(images).cpu()                                                      # (R*G, 3, S, W)
+    grid = u8.view(R, G, 3, S, u8.shape[-1]).permute(0, 3, 1, 4, 2).reshape(R * S, -1, 3)  # (R*S, G*W, 3)
+    tmp = path + ".tmp"
+    Image.fromarray(np.ascontiguousarray(grid.numpy())).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    txt = os.path.splitext(path)[0] + ".txt"
+    with open(txt + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(" ".join(str(c).split()) for c in captions) + "\n")
+    os.replace(txt + ".tmp", txt)
 
 
 @dataclass
@@ -122,6 +197,8 @@ class PairDataset:
     """All (image, caption) pairs of a source; `get(i)` returns (tensor, caption) or None for a bad sample."""
 
     def __init__(self, source: str, image_size: int):
+        if not isinstance(image_size, int) or image_size < 1:   # else every image would be "bad" in get()
+            raise ValueError(f"--image_size must be a positive int, got {image_size!r}")
         self.source, self.image_size, self.pairs = source, image_size, []
         for part in source.split(","):
             if os.path.isdir(part):
@@ -156,13 +233,13 @@ class PairDataset:
         try:
             if p.load_bytes is None:
                 raise OSError("no image member")
-            img = Image.open(io.BytesIO(p.load_bytes()))
-            img = center_crop_arr(img.convert("RGB"), self.image_size)
+            with Image.open(io.BytesIO(p.load_bytes())) as img:
+                x = preprocess(img, self.image_size)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
             self.bad[i] = "bad_image"
             print(f"[data] skipping {p.name}: unreadable image ({type(e).__name__}: {e})", file=sys.stderr)
             return None
-        return to_tensor(img), caption
+        return x, caption
 
 
 class PairStream:
@@ -254,3 +331,7 @@ if __name__ == "__main__":
         x, caps = stream.next()
         print("batch", tuple(x.shape), "range", round(x.min().item(), 3), round(x.max().item(), 3))
         print("captions", caps, "skipped", stream.ds.skipped)   # 2 good pairs repeat; 1 bad image, 1 empty caption
+        grid = os.path.join(d, "grid.png")
+        save_grid(grid, x, caps, G=2)                            # 2 rows of 2
+        print("grid", Image.open(grid).size, "row captions", open(grid[:-4] + ".txt").read().split("\n")[:2],
+              "| to_uint8(-1, 0, 1) =", to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist())

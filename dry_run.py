@@ -1,10 +1,10 @@
-"""Peak-memory estimate for a training configuration, without weights: `python train.py --dry_run` (or
-`python dry_run.py [train.py flags]`) builds the configured models on the meta device, prints parameter counts and a
-per-component memory estimate for the chosen batch.
+"""Peak-memory estimate for a training configuration, without weights: `python train.py --dry_run [flags]`
+builds the configured models on the meta device, prints parameter counts and a per-component memory estimate
+for the chosen batch.
 
 Activations are MEASURED as the bytes autograd saves during a forward on meta tensors (fp32), then halved under
 bf16 autocast (an approximation: norms and logits stay fp32). The total is a sum, an upper bound: the stages of
-an iteration run one after another. Self-check: python dry_run.py --backbone llamagen_xl
+an iteration run one after another. Self-check: python dry_run.py (the released LlamaGen-XL batch)
 
 Symbols: B prompts per GPU, G samples per prompt (BG = B*G rollouts), N image tokens, T caption slots.
 """
@@ -52,7 +52,7 @@ def dry_run(cfg):
     dec_act = saved_activation_bytes(lambda: vq.decode(z)) * act
     est = {
         "policy weights+grads+AdamW (fp32, 16 B/param)": 16 * n_gpt,
-        "reference policy (compute dtype)": 4 * act * n_gpt,
+        "reference policy (fp32, frozen)": 4 * n_gpt,
         "EMA policy (fp32)": 4 * n_gpt,
         f"KV cache for rollouts ([cond; null] = {2 * BG} rows)": 2 * (2 * BG) * gcfg.n_layer * (T + N) * gcfg.dim * 4 * act,
         f"policy activations, log-prob forward with grad ({rows} rows, grad_ckpt={cfg.grad_ckpt})": gpt_act,
@@ -71,6 +71,8 @@ def dry_run(cfg):
     return est
 
 
-if __name__ == "__main__":
-    import train
-    dry_run(train.parse_config())
+if __name__ == "__main__":   # the released LlamaGen-XL batch (train.py --backbone llamagen_xl --dry_run prints the same)
+    from types import SimpleNamespace
+    est = dry_run(SimpleNamespace(backbone="llamagen_xl", grad_ckpt=True, bf16=True, batch_prompts=4, group_size=8,
+                                  logp_chunk=0, rank_k=1))
+    assert 20 * 1024 ** 3 < sum(est.values()) < 80 * 1024 ** 3, "implausible estimate for the released batch"

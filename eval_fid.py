@@ -1,5 +1,6 @@
 """Evaluation of RankE (arXiv 2605.21195; docs/method.md §11): COCO-30K FID + CLIP score, HPSv2.1 benchmark, GenEval
-sampling, and the toy world's metrics (FID in the toy feature space, toy CLIP, attribute check, LCS).
+sampling. The toy world's metrics (toy FID, toy CLIP, attribute check, LCS) are in toy_eval.py, which builds on the
+Frechet distance here; this file imports no toy file.
 
 - frechet_distance / feature_stats: FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64, scipy sqrtm.
 - InceptionFeatures: clean-fid's "clean" mode, reimplemented without the clean-fid package: the StyleGAN2-ADA
@@ -16,9 +17,12 @@ sampling, and the toy world's metrics (FID in the toy feature space, toy CLIP, a
 Run the self-check (closed-form Gaussians):  python eval_fid.py
 COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014/val2014 --inception inception-2015-12-05.pt
 HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
+Toy:    python toy_eval.py --ckpt CKPT [--decoder online|ema|base]   (`python eval_fid.py toy ...` says so, exit 2)
 Tests:  pytest tests/test_eval_fid.py
-Depends on: numpy, scipy, PIL, tqdm, torch; siblings rewards.py (CLIP models) and shift.py (LCS, toy eval).
-Symbols: M images, F feature width (2048 Inception), S eval resolution, K codebook size, N image tokens.
+Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models). Generators
+hand in uint8 images: data.to_uint8 is the [-1,1] -> uint8 conversion (LlamaGen / RankE convention,
+docs/method.md §11).
+Symbols: M images, B batch, F feature width (2048 Inception), S eval resolution.
 """
 import argparse
 import csv
@@ -26,8 +30,8 @@ import glob
 import hashlib
 import itertools
 import json
-import math
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -37,7 +41,6 @@ from scipy import linalg
 from tqdm import tqdm
 
 import rewards
-import shift
 
 IMAGE_EXTS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # clean-fid's list
 CLIP_SCORE_PREFIX = "A photo depicts "  # docs/method.md §11 (GigaGAN protocol, arXiv 2104.08718)
@@ -75,11 +78,6 @@ def frechet_distance(mu1, s1, mu2, s2, eps=1e-6):
 
 
 # --------------------------------------------------------------------------------------------------- images
-def to_uint8(x):
-    """Decoder output in [-1, 1] (B,3,H,W) -> uint8: clamp(127.5 x + 128, 0, 255) (docs/method.md §11, LlamaGen)."""
-    return (127.5 * x.float() + 128.0).clamp(0, 255).to(torch.uint8)
-
-
 def center_crop_resize(img, res):
     """PIL image -> centre crop of the long edge to a square, PIL Lanczos resize to res x res (GigaGAN protocol)."""
     img = img.convert("RGB")
@@ -206,7 +204,7 @@ def _check_batch(images, n):
     if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[:2] != (n, 3):
         raise ValueError(f"generate must return a uint8 tensor ({n}, 3, H, W), got "
                          f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
-                         " (use eval_fid.to_uint8 on [-1,1] decoder output)")
+                         " (use data.to_uint8 on [-1,1] decoder output)")
     return images.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
 
 
@@ -374,101 +372,6 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
     return len(jobs)
 
 
-# --------------------------------------------------------------------------------------------------- toy world
-@torch.no_grad()
-def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, feature_fn, check, encode_indices,
-                 K, real_images_b=None, reward_fn=None, batch_size=64, device="cpu"):
-    """Toy-world metrics for one policy (fields of the toy ToyBundle):
-    sample_tokens: list[str] -> (B, N) int64 (the policy sampler with fixed eval settings and generator);
-    captions (M) and real_images (M,3,S,S) in [-1,1]: a held-out batch of ToyWorld.sample;
-    decode: (B, N) -> (B,3,S,S) in [-1,1] (vq.decode_indices); eval_clip_fn(images01, captions) -> (B,);
-    feature_fn(images01) -> (B, F); check(images [-1,1], captions) -> (B,) in [0,1] (ToyWorld.check);
-    encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: optional disjoint real set for the
-    LCS floor (else two halves of real_images); reward_fn: the training reward (reported as "reward" if given);
-    device: where real-image batches go (the models' device).
-    Returns a dict of floats: fid (toy feature space), clip, check, lcs_kl_nats, entropies (bits), real floor, n."""
-    if len(captions) != real_images.shape[0]:
-        raise ValueError(f"{len(captions)} captions but {real_images.shape[0]} real images")
-    tok, feats, clip, acc, rew = [], [], [], [], []
-    for s in range(0, len(captions), batch_size):
-        caps = list(captions[s:s + batch_size])
-        z = sample_tokens(caps)  # (B, N)
-        x = decode(z).clamp(-1, 1)  # (B,3,S,S)
-        x01 = (x + 1) / 2
-        tok.append(z.cpu())
-        feats.append(np.asarray(feature_fn(x01).cpu(), np.float64))
-        clip.append(eval_clip_fn(x01, caps).double().cpu())
-        acc.append(torch.as_tensor(check(x, caps)).double().cpu())
-        if reward_fn is not None:
-            rew.append(reward_fn(x01, caps)[0].double().cpu())
-    real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(), np.float64)
-                  for s in range(0, real_images.shape[0], batch_size)]
-    enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
-                                  for s in range(0, imgs.shape[0], batch_size)])
-    mu_f, s_f = feature_stats(np.concatenate(feats))
-    mu_r, s_r = feature_stats(np.concatenate(real_feats))
-    lcs = shift.report(torch.cat(tok), enc(real_images), K, None if real_images_b is None else enc(real_images_b))
-    return {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(clip).mean()),
-            "check": float(torch.cat(acc).mean()), **lcs, "n": len(captions),
-            **({"reward": float(torch.cat(rew).mean())} if rew else {})}
-
-
-@torch.no_grad()
-def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64, device="cpu",
-                        with_reward=True):
-    """evaluate_toy on a toy.ToyBundle: n captioned real scenes of `split` (plus n more, disjoint, for the LCS
-    floor) drawn with `generator`; sample_tokens: list[str] -> (B, N) (e.g. policy.sample + bundle.text_encoder)."""
-    real, captions = bundle.world.sample(n, generator, split)
-    real_b, _ = bundle.world.sample(n, generator, split)
-    return evaluate_toy(sample_tokens, captions, real, decode=bundle.vq.decode_indices,
-                        eval_clip_fn=bundle.eval_clip_fn, feature_fn=bundle.feature_fn, check=bundle.world.check,
-                        encode_indices=bundle.vq.encode_indices, K=bundle.vq.cfg.codebook_size, real_images_b=real_b,
-                        reward_fn=bundle.reward_fn if with_reward else None, batch_size=batch_size, device=device)
-
-
-TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")
-
-
-@torch.no_grad()
-def evaluate_toy_checkpoint(ckpt=None, *, toy_cache=".cache/toy", toy_preset="default", n=256, seed=0,
-                            cfg_scale=None, decoder="online"):
-    """One table row for a train.py checkpoint or, with ckpt=None, for the base models. The eval sampler uses the
-    run's rollout settings (CFG, temperature, top-k/p) and a fixed seed, so every method is sampled on the same
-    captions with the same random stream.
-    decoder: "online" = the checkpoint's decoder (online policy + online VQ, the released "COMBO 1"), "ema" = its
-    EMA decoder ("COMBO 2", docs/method.md §8), "base" = the base decoder. With a fixed seed the tokens do not depend on
-    the decoder, so online-vs-base isolates what the co-evolved decoder does to the same tokens.
-    reward / clip / fid / lcs_kl on n train-split captions; check on n train and n held-out captions."""
-    if decoder not in ("online", "ema", "base"):
-        raise ValueError(f"decoder={decoder!r}: use 'online' (the checkpoint's VQ), 'ema' or 'base'")
-    import policy
-    import toy
-    ck = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
-    conf = ck["config"] if ck else {"toy_cache": toy_cache, "toy_preset": toy_preset}
-    tcfg = toy.ToyConfig.tiny() if conf["toy_preset"] == "tiny" else toy.ToyConfig()
-    b = toy.load_toy(tcfg, cache_dir=conf["toy_cache"], progress=False)
-    if ck:
-        b.gpt.load_state_dict(ck["gpt"])
-        if decoder != "base":
-            b.vq.load_state_dict(ck["vq" if decoder == "online" else "ema_vq"])
-    scale = cfg_scale if cfg_scale is not None else conf.get("cfg_scale", 4.0)   # 4.0 = train.py's tiny preset
-    b.gpt.eval()
-    b.vq.eval()
-    sample_gen = torch.Generator().manual_seed(seed)
-
-    def sample_tokens(caps):
-        cond, mask = b.text_encoder(caps)
-        return policy.sample(b.gpt, cond, mask, cfg_scale=scale, temperature=conf.get("temperature", 1.0),
-                             top_k=conf.get("top_k", 0), top_p=conf.get("top_p", 1.0), generator=sample_gen)
-
-    tr = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 1), split="train")
-    ho = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 2),
-                             split="heldout", with_reward=False)
-    return {"reward": tr["reward"], "clip": tr["clip"], "check_train": tr["check"], "check_heldout": ho["check"],
-            "fid": tr["fid"], "lcs_kl": tr["lcs_kl_nats"], "lcs_floor": tr.get("real_floor_nats", float("nan")),
-            "step": ck["step"] if ck else 0}
-
-
 # --------------------------------------------------------------------------------------------------- CLI
 def _self_check():
     # Diagonal Gaussians: FD = ||mu1-mu2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2)); and FD of sampled features.
@@ -484,7 +387,15 @@ def _self_check():
           f"{frechet_distance(*feature_stats(x), *feature_stats(x)):.2e}")
 
 
+TOY_MOVED = ("eval_fid.py: the toy evaluation is now `python toy_eval.py --ckpt CKPT [--decoder online|ema|base] "
+             "[--toy_cache DIR --toy_preset default|tiny --n N --seed S]` (same flags, without `toy`)")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["toy"]:   # the former `eval_fid.py toy` subcommand: point to its new home, exit code 2
+        print(TOY_MOVED, file=sys.stderr)
+        raise SystemExit(2)
     ap = argparse.ArgumentParser(description="RankE evaluation (docs/method.md §11); no subcommand = self-check")
     sub = ap.add_subparsers(dest="cmd")
     c = sub.add_parser("coco", help="FID + CLIP score of fake_dir/images/*.png (made by sample_to_folder)")
@@ -505,22 +416,9 @@ def main(argv=None):
     h.add_argument("--hps", default=None, help="local HPS_v2.1_compressed.pt (default: hf://xswu/HPSv2/...)")
     h.add_argument("--batch_size", type=int, default=20)
     h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t = sub.add_parser("toy", help="toy-world metrics of a train.py checkpoint (or of the base models) as a table row")
-    t.add_argument("--ckpt", default=None, help="train.py checkpoint (default: the toy base models)")
-    t.add_argument("--toy_cache", default=".cache/toy")
-    t.add_argument("--toy_preset", default="default", choices=("default", "tiny"))
-    t.add_argument("--n", type=int, default=256, help="captions per split")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--decoder", default="online", choices=("online", "ema", "base"),
-                   help="the checkpoint's decoder, its EMA decoder, or the base decoder (same tokens either way)")
     args = ap.parse_args(argv)
     if args.cmd is None:
         return _self_check()
-    if args.cmd == "toy":
-        row = evaluate_toy_checkpoint(args.ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset, n=args.n,
-                                      seed=args.seed, decoder=args.decoder)
-        print(" | ".join(f"{k} {row[k]:.4f}" for k in TOY_COLUMNS))
-        return row
     if args.cmd == "coco":
         clip_fn = None if args.no_clip else make_clip_score(args.clip)
         res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),

@@ -9,7 +9,7 @@ left-aligned (pads first, zeroed); attention causal over [T text slots; N-1 imag
 masked, diagonal forced on.
 
 Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench_sampler.py
-Copy together with vq.py: `load_gpt` uses its read_state_dict / load_strict checkpoint plumbing.
+Copy together with ckpt.py: `load_gpt` uses its read_state_dict / load_strict checkpoint plumbing.
 Symbols: B prompts (rows), N image tokens (block_size, a g*g grid), T caption slots (cls_token_num), D caption width
 (caption_dim), V vocabulary (VQ codebook), H heads, hd head dim, S sequence length, R rows (B, or 2B with CFG).
 Follows: FoundationVision/LlamaGen@ce98ec4 autoregressive/models/gpt.py, autoregressive/models/generate.py,
@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vq import load_strict, read_state_dict
+from ckpt import load_strict, read_state_dict  # checkpoint plumbing (a leaf file, see ckpt.py)
 
 
 @dataclass

@@ -31,8 +31,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_advantages", "policy_loss", "rank_weights", "tau_schedule", "rank_gan_loss", "disc_hinge_loss",
-           "adaptive_gan_weight", "gt_recon_loss", "consistency_loss", "reward_loss", "ema_update"]
+__all__ = ["group_advantages", "policy_loss", "rank_weights", "uniform_selection", "tau_schedule", "rank_gan_loss",
+           "disc_hinge_loss", "adaptive_gan_weight", "gt_recon_loss", "consistency_loss", "reward_loss", "ema_update"]
 
 
 def _require(ok, msg):
@@ -128,6 +128,16 @@ def rank_weights(r, G, k, tau):
     return idx, w, stats
 
 
+def uniform_selection(B, G, k, seed, device="cpu"):
+    """The paper's "uniform GAN" ablation (docs/method.md §5.1): k samples per prompt drawn at random, without
+    looking at rewards, all with weight 1. Prompt b uses torch.Generator seeded with seed + b, so the draw is
+    reproducible and the same on every rank. -> (idx (B*k,) rows into the prompt-major (B*G) batch, w (B*k,), {})."""
+    _require(1 <= k <= G, f"k must be in [1, G={G}], got {k}")
+    pick = torch.stack([torch.randperm(G, generator=torch.Generator().manual_seed(seed + b))[:k] for b in range(B)])
+    idx = (pick + G * torch.arange(B)[:, None]).reshape(-1).to(device)                       # (B*k,)
+    return idx, torch.ones(idx.shape[0], device=device), {}
+
+
 def tau_schedule(step, total_steps, tau_start=4.0, tau_end=1.0, frac=0.2):
     """Cosine anneal of the rank temperature from tau_start to tau_end over the first frac*total_steps steps, then
     constant (docs/method.md §5.1). -> (tau: float, stats)."""
@@ -176,9 +186,10 @@ def adaptive_gan_weight(nll_loss, g_loss, last_layer, disc_weight=0.5, max_w=1e4
                "g_grad_norm": _f(g_grad.norm())}
 
 
-def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan):
+def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan, disc_weight=0.5):
     """Ground-truth reconstruction anchor (docs/method.md §5.2 item 1; lambda_r applied by the caller):
-    mean|x - x_rec| + mean dist(x, x_rec) [+ adaptive weight * (-mean D(x_rec)) when use_gan].
+    mean|x - x_rec| + mean dist(x, x_rec) [+ adaptive weight * (-mean D(x_rec)) when use_gan], where the adaptive
+    weight carries disc_weight (train.py --disc_weight, the same value as in the hinge and Rank-GAN terms).
     x, x_rec: (B,3,H,W) in [-1,1] (x_rec unclamped decoder output); d_fake_rec: (B,1,h,w) D logits on x_rec or
     None; dist(x, y) -> (B,) perceptual distance (LPIPS); last_layer: decoder conv_out.weight."""
     _require(x.shape == x_rec.shape, f"x {tuple(x.shape)} and x_rec {tuple(x_rec.shape)} must have the same shape")
@@ -193,7 +204,7 @@ def gt_recon_loss(x, x_rec, d_fake_rec, last_layer, dist, *, use_gan):
     loss, stats = nll, {"l1": _f(l1), "perceptual": _f(p)}
     if use_gan:
         g = -d_fake_rec.mean()                                            # docs/method.md §5.2 item 1: hinge generator
-        aw, s = adaptive_gan_weight(nll, g, last_layer)                   # includes disc_weight 0.5
+        aw, s = adaptive_gan_weight(nll, g, last_layer, disc_weight)      # disc_weight x adaptive ratio
         loss = nll + aw * g
         stats.update({"gan_g": _f(g), "adaptive_weight": _f(aw), "adaptive_fallback": s["fallback"]})
     stats["loss"] = _f(loss)

@@ -214,26 +214,29 @@ def _resolve_clip_l14(path):
             "make_reward('clip', path='/path/to/that/file') (train.py: --clip_path PATH)") from e
 
 
-def _load_clip(path):
+def _load_clip(ckpt):
     # DEVIATION(RankE@2798acc): the released reward uses HF transformers CLIPModel openai/clip-vit-large-patch14;
     # we use open_clip's port of the same OpenAI weights (QuickGELU, argmax/EOT text pooling). Same function up to
     # float32 rounding; the text side is truncated to 77 tokens with EOT kept, as CLIPProcessor(truncation=True).
-    model = load_open_clip("ViT-L-14", _resolve_clip_l14(path), quick_gelu=True)
+    model = load_open_clip("ViT-L-14", ckpt, quick_gelu=True)
     return ClipReward(model, open_clip.get_tokenizer("ViT-L-14"), image_size=224, mean=RELEASED_CLIP_MEAN,
                       std=RELEASED_CLIP_STD, scale=100.0, name="clip", resize="bilinear")
 
 
-def _load_hpsv2(path):
+def _resolve_hpsv2(path):
+    """Local file for HPS v2.1 (HPS_HUB_FILE when path is None)."""
     spec = HPS_HUB_FILE if path is None else path
     if spec.startswith("hf://"):
-        ckpt = _hub_download(spec, "hpsv2 reward", "path", "--hps_path")
-    elif os.path.isfile(spec):
-        ckpt = spec
-    else:
+        return _hub_download(spec, "hpsv2 reward", "path", "--hps_path")
+    if not os.path.isfile(spec):
         raise FileNotFoundError(f"hpsv2 reward: checkpoint {spec!r} not found; download "
                                 "https://huggingface.co/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt and pass "
                                 "make_reward('hpsv2', path='/path/to/HPS_v2.1_compressed.pt') "
                                 "(train.py: --hps_path PATH)")
+    return spec
+
+
+def _load_hpsv2(ckpt):
     model = load_open_clip("ViT-H-14", ckpt, quick_gelu=False)  # HPS: laion2B ViT-H-14 (plain GELU) fine-tuned
     # DEVIATION(RankE@2798acc, D6): the released HPS reward ran under torch.no_grad on PIL uint8 images (so its
     # reward-backprop term had zero gradient) and under fp16 autocast. Here: a differentiable tensor path (bicubic
@@ -243,21 +246,30 @@ def _load_hpsv2(path):
                       std=OPENAI_STD, scale=100.0, name="hpsv2", resize="bicubic_crop")
 
 
-_LOADERS = {"clip": _load_clip, "hpsv2": _load_hpsv2}
+_RESOLVERS = {"clip": _resolve_clip_l14, "hpsv2": _resolve_hpsv2}   # path flag -> local checkpoint file
+_LOADERS = {"clip": _load_clip, "hpsv2": _load_hpsv2}                # local checkpoint file -> ClipReward
 
 
 class LazyReward:
-    """Builds its ClipReward on the first call (or .load()) and caches it; same signature as ClipReward."""
+    """Builds its ClipReward on the first call (or .load()) and caches it; same signature as ClipReward.
+    .resolve() only finds the checkpoint file (a local path, the hub cache, or a download when online) without
+    building the model: train.py calls it at start-up so that a bad --clip_path / --hps_path fails in seconds."""
 
     def __init__(self, name, path=None):
         if name not in _LOADERS:
             raise ValueError(f"unknown reward {name!r}; available: {sorted(_LOADERS)}")
-        self.name, self.path, self._reward = name, path, None
+        self.name, self.path, self._reward, self._file = name, path, None, None
+
+    def resolve(self):
+        """-> local checkpoint file; FileNotFoundError naming the flag and the fix when there is none."""
+        if self._file is None:
+            self._file = _RESOLVERS[self.name](self.path)
+        return self._file
 
     def load(self):
-        """Resolve the checkpoint and build the model now (train.py calls this at start-up to fail fast)."""
+        """Build the model now (from the resolved file) and keep it."""
         if self._reward is None:
-            self._reward = _LOADERS[self.name](self.path)
+            self._reward = _LOADERS[self.name](self.resolve())
         return self._reward
 
     def __call__(self, images01, prompts):

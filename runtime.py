@@ -6,18 +6,47 @@ Self-check:  python runtime.py   (writes a checkpoint of a small module to a tem
 
 Symbols: rank / world = this process's index / the number of processes (torchrun), m = train.Models.
 """
+import argparse
 import hashlib
+import inspect
 import json
 import os
 import resource
+from dataclasses import asdict, fields
 import torch
 import torch.distributed as dist
 
 import ckpt
 
+def parse_dataclass_flags(cls, presets, choices, argv, default_preset):
+    """One flag per field of the dataclass `cls`; its help text is the comment after the field. --preset NAME (or
+    default_preset(--backbone)) picks the defaults from presets[NAME]; explicit flags override them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--backbone", default=None)
+    known, _ = pre.parse_known_args(argv)
+    preset = known.preset or default_preset(known.backbone)
+    if preset not in presets:
+        raise SystemExit(f"--preset {preset!r}: choose one of {sorted(presets)}")
+    defaults = {**asdict(cls()), **presets[preset], "preset": preset}
+    p = argparse.ArgumentParser(description="RankE post-training (train.py)",
+                                formatter_class=argparse.RawTextHelpFormatter)
+    src = inspect.getsource(cls).splitlines()
+    for f in fields(cls):
+        line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
+        help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
+        if f.type in (bool, "bool"):
+            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?", const=True,
+                           default=defaults[f.name], help=help_)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            p.add_argument(f"--{f.name}", type=typ, default=defaults[f.name], choices=choices.get(f.name), help=help_)
+    return cls(**vars(p.parse_args(argv)))
+
+
 def setup_distributed(cfg):
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process. Returns rank, world size,
-    device, an autocast factory (bf16 on CUDA when --bf16) and the compute dtype."""
+    device and an autocast factory (bf16 on CUDA when --bf16; weights stay fp32)."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -29,8 +58,20 @@ def setup_distributed(cfg):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     bf16 = use_cuda and cfg.bf16
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    return rank, world, device, autocast, (torch.bfloat16 if bf16 else torch.float32)
+    return rank, world, device, lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+
+
+def allreduce_grads(params, world):
+    """Average the gradients of `params` over ranks with one flat all_reduce (a missing grad counts as zeros)."""
+    if world == 1:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    i = 0
+    for p in params:
+        p.grad = flat[i: i + p.numel()].view_as(p).clone()
+        i += p.numel()
 
 
 def average_buffers(module, world):

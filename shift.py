@@ -21,13 +21,12 @@ CLI:                 python shift.py --tokens_model a.pt --tokens_real b.pt --K 
                      (each .pt holds an int tensor of token ids (M, N); without --tokens_real2 the floor is taken
                       between two random halves of --tokens_real, i.e. at half the sample count)
 Tests:               pytest tests/test_shift.py
-Depends on: torch, numpy (PIL only inside `histogram_from_images` when given file paths).
+Depends on: torch; no repository file (copies alone). Real-image files -> tensors: data.image_batches.
 Symbols: M images, N = h*w image tokens per image, K codebook size.
 """
 import argparse
 import math
 
-import numpy as np
 import torch
 
 
@@ -96,35 +95,22 @@ def real_floor(tokens_a, tokens_b, K, eps=1e-10):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Thin helpers that produce the histograms (the measurement itself is the four functions above).
-
-def _load_image(path, image_size):
-    """Image file -> (3, S, S) float in [-1, 1]: centre crop of the short side, bicubic resize to S."""
-    from PIL import Image
-    img = Image.open(path).convert("RGB")
-    s = min(img.size)
-    left, top = (img.width - s) // 2, (img.height - s) // 2
-    img = img.crop((left, top, left + s, top + s)).resize((image_size, image_size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()  # (3,S,S) in [0,255]
-    return x / 127.5 - 1.0
-
-
-def _batches(images, image_size, batch_size):
-    if isinstance(images, (list, tuple)) and images and isinstance(images[0], str):  # list of file paths
-        for i in range(0, len(images), batch_size):
-            yield torch.stack([_load_image(p, image_size) for p in images[i:i + batch_size]])
-    else:  # iterable of (B, 3, H, W) tensors in [-1, 1]
-        yield from images
-
+# Thin helpers that produce the histograms (the measurement itself is the four functions above). Real images come
+# in as tensors: data.image_batches loads files with the training preprocessing.
 
 @torch.no_grad()
-def histogram_from_images(encode_indices, images, K, *, image_size=256, batch_size=32):
+def histogram_from_images(encode_indices, batches, K):
     """p_GT: VQ-encode real images and pool their token ids (docs/method.md §10 step 1).
 
     encode_indices: callable (B,3,H,W) in [-1,1] -> (B, N) int64 (vq.VQModel.encode_indices);
-    images: list of image paths (centre-cropped and resized to image_size) or an iterable of tensor batches.
+    batches: an iterable of (B, 3, H, W) float tensors in [-1, 1]. For image FILES use
+    data.image_batches(paths, S, batch_size): the training preprocessing (data.preprocess), so p_GT is measured on
+    the images the model trains on (this file stays free of image I/O and copies alone).
     Returns (probabilities (K,) float64, all tokens (M, N) int64) so the caller can also split for real_floor."""
-    all_tokens = [encode_indices(x).cpu() for x in _batches(images, image_size, batch_size)]  # each (B, N)
+    if isinstance(batches, (list, tuple)) and batches and isinstance(batches[0], str):
+        raise TypeError("histogram_from_images takes tensor batches, not file paths: pass "
+                        "data.image_batches(paths, image_size, batch_size) (data.py, the training preprocessing)")
+    all_tokens = [encode_indices(x).cpu() for x in batches]  # each (B, N)
     if not all_tokens:
         raise ValueError("histogram_from_images: no images given")
     tokens = torch.cat(all_tokens)

@@ -1,17 +1,19 @@
-"""The toy world's base models: how each is built, trained, cached and reported (companion of toy.py).
+"""The toy world's base models: how each is built, trained, cached and reported (companion of toy_world.py).
 
-toy.py owns the world (scenes, captions, checker) and `load_toy`; this file holds what load_toy builds with it:
+toy_world.py owns the world (scenes, captions, checker) and `load_toy`; this file holds what load_toy builds with it:
   ToyFeatureNet       attribute CNN: toy-FID features (Inception stand-in) + `perceptual` (LPIPS stand-in)
   ToyTokenizer        word-level tokenizer of the toy CLIPs (EOT = largest id: open_clip pools at argmax)
   make_clip           the two open_clip CLIP architectures (reward: patch 4; independent evaluator: patch 8)
   train_feat / train_vq / train_gpt / train_clip   the training recipes (one tqdm bar each, explicit generators)
   _cached             the artifact cache: sha256-checked weights, written atomically, rebuilt when invalid
-  evaluate            the base-model quality table printed by `python toy.py`
+  evaluate            the base-model quality table printed by `python toy_world.py`
 Recipes follow: LlamaGen tokenizer/train_vq.py (L1/L2 + perceptual + codebook/commitment; GAN omitted, see
 train_vq), LlamaGen train_t2i.py (next-token CE, caption dropout 0.1), CLIP (symmetric InfoNCE) + hard negatives.
 
-Run: nothing to run here (`python toy.py` builds and reports); tests: pytest tests/test_toy.py.
-Depends on: torch, tqdm, open_clip; siblings policy.py (sample), eval_fid.py (Frechet distance). Copy with toy.py.
+Run: python toy_models.py (the pieces on random weights, seconds); `python toy_world.py` builds and reports.
+Tests: pytest tests/test_toy_world.py.
+Depends on: torch, tqdm, open_clip; siblings policy.py (sample), eval_fid.py (Frechet distance). Copy with
+toy_world.py. Part of the toy wing (toy_*.py): no concept file imports it; it never imports toy_world.py back.
 Symbols: B batch, N = 64 image tokens, K = 256 codes, E CLIP embedding width, F = 256 feature width.
 """
 import contextlib
@@ -149,7 +151,7 @@ def _cached(folder, name, model, train, deps, build):
             problem = f"unreadable ({type(e).__name__}: {e})"
         log.warning("toy cache: %s: %s; rebuilding it", path, problem)
     if not build:
-        raise FileNotFoundError(f"toy cache: no valid {path}; run `python toy.py` or load_toy(..., build=True)")
+        raise FileNotFoundError(f"toy cache: no valid {path}; run `python toy_world.py` or load_toy(..., build=True)")
     t0 = time.time()
     model.train()
     train(model)
@@ -277,7 +279,7 @@ def train_clip(clip, tokenizer, world, cfg, g, progress, name):
 
 
 # =================================================================================================================
-# Quality report (python toy.py)
+# Quality report (python toy_world.py)
 # =================================================================================================================
 @torch.no_grad()
 def evaluate(b, n, cfg_scale, g):
@@ -318,28 +320,22 @@ def evaluate(b, n, cfg_scale, g):
     return r, rows
 
 
-def save_grid(rows, path):
-    """rows: {label: (8,3,32,32) in [-1,1]} -> PNG, one row per label (x2 nearest upscaling), labels in a .txt."""
-    from PIL import Image
-    img = torch.cat([torch.cat(list(v), 2) for v in rows.values()], 1)                # (3, R*32, 8*32)
-    img = ((img + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).repeat_interleave(2, 0)
-    Image.fromarray(img.repeat_interleave(2, 1).numpy()).save(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    with open(os.path.splitext(path)[0] + ".txt", "w") as f:
-        f.write("rows, top to bottom:\n" + "\n".join(rows) + "\n")
-
-
-
-
-if __name__ == "__main__":   # seconds: the pieces on random weights (python toy.py --preset tiny builds a bundle)
-    from toy import ToyWorld
-    world = ToyWorld()
-    tok = ToyTokenizer(world.vocab)
-    x, caps = world.sample(4, torch.Generator().manual_seed(0))
+if __name__ == "__main__":   # seconds: the pieces on random weights (python toy_world.py --preset tiny builds a bundle)
+    # No ToyWorld here (toy_world.py imports this file; importing it back would be a cycle): a hand-made vocabulary,
+    # random images in [-1, 1] and a hand-written scene dict stand in for the world's.
+    g = torch.Generator().manual_seed(0)
+    vocab = sorted(set("a small large red blue circle square on the left to right of".split()))
+    tok = ToyTokenizer(vocab)
+    caps = ["a small red circle on the left", "a red circle to the right of a blue square"]
     print(f"{caps[0]!r} -> {tok(caps[:1])[0].tolist()} (EOT = {tok.eot}, the largest id)")
-    net = ToyFeatureNet()
+    x = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+    with _seeded(0):                                   # module init draws from the global RNG: fix it
+        net = ToyFeatureNet()
     print("perceptual(x, x) =", net.perceptual(x, x).tolist(), "(0 by construction);",
           "perceptual(x, flipped x) =", [round(v, 3) for v in net.perceptual(x, x.flip(-1)).tolist()])
-    print("attribute targets:", ToyFeatureNet.targets(world.scenes(2, torch.Generator().manual_seed(0))).tolist())
+    sc = dict(n_obj=torch.tensor([1, 2]), colour=torch.tensor([[0, 5], [0, 2]]), shape=torch.tensor([[0, 3], [0, 1]]),
+              size=torch.tensor([0, 1]), pos=torch.tensor([1, 0]), rel=torch.tensor([0, 1]))
+    print("attribute targets (one object; two objects, swapped into canonical order):",
+          ToyFeatureNet.targets(sc).tolist())
     for name in CLIP_ARCHS:
         print(f"{name}: {sum(p.numel() for p in make_clip(name, tok).parameters()):,} parameters")

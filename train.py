@@ -23,25 +23,24 @@ Plumbing (processes, checkpoints, resume, logging) lives in runtime.py; the memo
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
 T caption slots, D caption feature width, V codebook size.
 """
-import argparse
 import copy
-import inspect
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+import ckpt
 import policy
 import ranke
 import rewards
 import vapi
 import vq as vqlib
 from data import PairDataset, PairStream, WorldStream, save_grid
-from runtime import Logger, average_buffers, peak_memory_gb, resume, save_checkpoint, setup_distributed, teardown
+from runtime import (Logger, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb, resume,
+                     save_checkpoint, setup_distributed, teardown)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,12 +92,12 @@ class Config:
     tau_start: float = 4.0
     tau_end: float = 1.0
     tau_frac: float = 0.2
-    lambda_gan: float = 1.0        # lambda_g (x disc_weight 0.5 inside ranke.rank_gan_loss)
+    lambda_gan: float = 1.0        # lambda_g (times --disc_weight inside ranke.rank_gan_loss)
     lambda_reward: float = 0.01    # lambda_d
     lambda_recon: float = 1.0      # lambda_r
     lambda_consist: float = 10.0   # lambda_c
     disc_start: int = 100
-    disc_weight: float = 0.5
+    disc_weight: float = 0.5       # scales the D hinge, the Rank-GAN term and the adaptive GAN weight (released 0.5)
     ema_vq_decay: float = 0.99
     # VA-pi (docs/method.md §12.3; see vapi.VAPI_PRESET)
     vapi_xi: float = 0.5           # context-noise probability
@@ -145,33 +144,29 @@ CHOICES = dict(backbone=("tiny", "llamagen_xl"), method=("ranke", "grpo", "decod
                device=("auto", "cpu", "cuda"), preset=tuple(PRESETS), toy_preset=("default", "tiny"))
 
 
+# Allowed values: (requirement, test, flags). parse_config reports every violation at once.
+RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "ckpt_every", "keep_ckpts", "ppo_epochs",
+                                    "ema_gpt_every", "image_size")),
+         (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
+         ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
+         ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
+         ("in [0, 1]", lambda v: 0 <= v <= 1, ("vapi_xi", "ema_gpt_decay", "ema_vq_decay")),
+         (">= 0", lambda v: v >= 0, ("sample_every", "logp_chunk", "disc_start", "top_k", "lr_gpt", "lr_decoder",
+                                    "lr_disc", "weight_decay", "grad_clip", "beta_kl", "clip_eps", "lambda_gan",
+                                    "lambda_reward", "lambda_recon", "lambda_consist", "disc_weight", "vapi_ce",
+                                    "vapi_kl"))]
+
+
 def parse_config(argv=None) -> Config:
-    """Flags from the dataclass fields; a preset (or --backbone llamagen_xl) sets defaults that flags override."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=None)
-    pre.add_argument("--backbone", default=None)
-    known, _ = pre.parse_known_args(argv)
-    preset = known.preset or ("llamagen_xl_clip" if known.backbone == "llamagen_xl" else "tiny")
-    if preset not in PRESETS:
-        raise SystemExit(f"--preset {preset!r}: choose one of {sorted(PRESETS)}")
-    defaults = {**asdict(Config()), **PRESETS[preset], "preset": preset}
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    src = inspect.getsource(Config).splitlines()
-    for f in fields(Config):
-        # help text = the comment after the field in the dataclass above (one place to document each flag)
-        line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
-        help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
-        if f.type in (bool, "bool"):
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?", const=True,
-                           default=defaults[f.name], help=help_)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            p.add_argument(f"--{f.name}", type=typ, default=defaults[f.name], choices=CHOICES.get(f.name), help=help_)
-    cfg = Config(**vars(p.parse_args(argv)))
-    if cfg.rank_k < 1 or cfg.rank_k > cfg.group_size:
-        raise SystemExit(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
-    if cfg.group_size < 2:
-        raise SystemExit("--group_size must be >= 2: advantages are normalised within each prompt's group")
+    """Flags from the Config fields (help = each field's comment); a preset (or --backbone llamagen_xl) sets the
+    defaults, flags override them. Out-of-range values exit at once with every bad flag named."""
+    cfg = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset=lambda backbone: (
+        "llamagen_xl_clip" if backbone == "llamagen_xl" else "tiny"))
+    bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
+    if not 1 <= cfg.rank_k <= cfg.group_size:
+        bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    if bad:
+        raise SystemExit("bad flag values:\n  " + "\n  ".join(bad))
     return cfg
 
 
@@ -198,25 +193,55 @@ def build_backbone(cfg: Config, device, rank: int) -> Backbone:
         import toy_world   # the toy wing is imported only when the toy is asked for
         tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
         b = toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
-        if cfg.data:
-            stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
-        else:
-            stream = WorldStream(b.world, cfg.batch_prompts, data_seed)
+        stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
+                  else WorldStream(b.world, cfg.batch_prompts, data_seed))     # --data, or the world's generator
         text_encoder, gpt, vq, reward_fn, perceptual = b.text_encoder, b.gpt, b.vq, b.reward_fn, b.perceptual
     else:
-        if not cfg.data:
-            raise SystemExit("--backbone llamagen_xl needs --data (folder, .jsonl or .tar of image+caption pairs)")
         text_encoder = policy.T5TextEncoder(cfg.t5_path, device=device)
         gpt = policy.load_gpt(cfg.gpt_ckpt, policy.GPT_CONFIGS["GPT-XL-t2i"])
         vq = vqlib.load_vq(cfg.vq_ckpt, vqlib.VQ_CONFIGS["vq16"])
-        parts = {"clip": (rewards.make_reward("clip", path=cfg.clip_path or None), 1.0 if cfg.reward == "clip" else 0.0),
-                 "hpsv2": (rewards.make_reward("hpsv2", path=cfg.hps_path), 1.0 if cfg.reward == "hpsv2" else 0.0)}
-        reward_fn = rewards.WeightedReward(parts)
+        reward_fn = rewards.WeightedReward({cfg.reward: (rewards.make_reward(cfg.reward, reward_path(cfg)[1]), 1.0)})
         perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device)
         stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
     gpt.cfg.grad_ckpt = cfg.grad_ckpt
     return Backbone(text_encoder, gpt.to(device), vq.to(device), policy.sample, policy.token_logprobs,
                     lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
+
+
+def reward_path(cfg: Config):
+    return ("--clip_path", cfg.clip_path or None) if cfg.reward == "clip" else ("--hps_path", cfg.hps_path)
+
+
+def check_paths(cfg: Config) -> list:
+    """Every path flag of the run, checked before anything heavy loads (a bad path fails in seconds, not after T5
+    and a rollout); returns one message per bad flag, so a user learns all of them in one try. hf:// paths are
+    looked up in the hub cache (downloaded only when online)."""
+    bad = [f"--out_dir {cfg.out_dir!r} is a file; pass a directory (it is created if missing)"
+           if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir) else None]
+    bad += [ckpt.check_path("--data", p, "file_or_dir") for p in cfg.data.split(",") if p]
+    if cfg.backbone == "tiny":
+        bad.append(f"--toy_cache {cfg.toy_cache!r} is a file; pass a directory" if os.path.isfile(cfg.toy_cache)
+                   else None)
+        return [b for b in bad if b]
+    bad += [None if cfg.data else "--data: --backbone llamagen_xl needs (image, caption) pairs (folder, .jsonl, .tar)",
+            ckpt.check_path("--gpt_ckpt", cfg.gpt_ckpt), ckpt.check_path("--vq_ckpt", cfg.vq_ckpt)]
+    if not os.path.isdir(cfg.t5_path):          # else a hub id (google/flan-t5-xl): its files must be in the cache
+        hub_id = cfg.t5_path.count("/") == 1 and not cfg.t5_path.startswith((".", "/", "~"))
+        bad.append(ckpt.check_path("--t5_path", f"hf://{cfg.t5_path}/config.json") if hub_id else
+                   f"--t5_path {cfg.t5_path!r}: no such folder; pass the folder with the HF files of google/flan-t5-xl")
+    flag, path = reward_path(cfg)
+    try:                                        # the active reward's weights: local file, hub cache or open_clip's
+        rewards.make_reward(cfg.reward, path).resolve()
+    except FileNotFoundError as e:
+        bad.append(f"{flag}: {e}")
+    for flag, url in (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)):
+        path = getattr(cfg, flag[2:])
+        try:                                    # "" = the torch-hub cache copy, downloaded when online
+            path or ckpt.cached_download(None, url, f"LPIPS needs {url}: download it and pass {flag} PATH.")
+        except FileNotFoundError as e:
+            bad.append(f"{flag}: {e}")
+        bad.append(path and ckpt.check_path(flag, path))
+    return [b for b in bad if b]
 
 
 @dataclass
@@ -233,12 +258,13 @@ class Models:
     opt_disc: torch.optim.Optimizer
 
 
-def build_models(cfg: Config, bb: Backbone, device, compute_dtype) -> Models:
+def build_models(cfg: Config, bb: Backbone, device) -> Models:
     gpt, vq = bb.gpt.eval(), bb.vq.eval()           # policy runs without dropout: logp_old == logp at step 0
     vq.requires_grad_(False)
     for p in vq.decoder_parameters():               # decoder + post_quant_conv (docs/method.md §2)
         p.requires_grad_(cfg.method in ("ranke", "decoder"))
-    ref_gpt = frozen_copy(gpt, compute_dtype)       # KL anchor: frozen initial policy (D1)
+    ref_gpt = frozen_copy(gpt)                      # KL anchor: frozen initial policy (D1); fp32 weights under
+    #                                                 autocast as upstream, so logp_ref == logp_old at step 0 (§4.4)
     # DEVIATION: EMA copies stay fp32 even under bf16: a 0.999 / 0.99 EMA step is below bf16 resolution.
     ema_gpt, ema_vq = frozen_copy(gpt), frozen_copy(vq)
     disc = vqlib.PatchGAN().to(device).train()
@@ -247,24 +273,16 @@ def build_models(cfg: Config, bb: Backbone, device, compute_dtype) -> Models:
                   cfg.lr_gpt), adamw(vq.decoder_parameters(), cfg.lr_decoder), adamw(disc.parameters(), cfg.lr_disc))
 
 
-def frozen_copy(model, dtype=None):
-    m = copy.deepcopy(model).requires_grad_(False).eval()
-    return m.to(dtype) if dtype is not None else m
+def frozen_copy(model):
+    return copy.deepcopy(model).requires_grad_(False).eval()
 
 
 def optimizer_step(opt, world, clip):
-    """Average gradients over ranks (one flat all_reduce), clip the norm (clip > 0), step, zero. Every optimizer
-    goes through here, so policy, decoder and discriminator stay identical on all ranks.
+    """Average gradients over ranks, clip the norm (clip > 0), step, zero. Every optimizer goes through here, so
+    policy, decoder and discriminator stay identical on all ranks.
     # DEVIATION: the released LlamaGen trainer never synchronised decoder gradients (docs/method.md D8)."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    if world > 1:
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= world
-        i = 0
-        for p in params:
-            p.grad = flat[i: i + p.numel()].view_as(p).clone()
-            i += p.numel()
+    allreduce_grads(params, world)
     norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.zeros(())
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -344,7 +362,8 @@ def decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, auto
     with autocast():
         x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
         d_rec = m.disc(x_rec).float() if use_gan else None
-    l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan)  # §5.2 item 1
+    l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan,
+                                  disc_weight=cfg.disc_weight)                               # §5.2 item 1
     (cfg.lambda_recon * l_gt).backward()
     stats.update({f"decoder/gt_{k}": v for k, v in s.items()})
     # (b) selection by the rollout (EMA-decoder) rewards, rank weights (§5.1, D2, D3)
@@ -352,11 +371,7 @@ def decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, auto
     if cfg.rank_mode == "reward":
         idx, w, s = ranke.rank_weights(r.float(), G, cfg.rank_k, tau)                            # (B*K,), (B*K,)
     else:   # ablation: a uniform GAN on K random samples per prompt, w = 1 (docs/method.md §5.1)
-        B = r.shape[0] // G
-        pick = torch.stack([torch.randperm(G, generator=torch.Generator().manual_seed(cfg.seed + step * 7919 + b))
-                            [:cfg.rank_k] for b in range(B)])                                    # (B,K)
-        idx = (pick + G * torch.arange(B)[:, None]).reshape(-1).to(r.device)
-        w, s = torch.ones(idx.shape[0], device=r.device), {}
+        idx, w, s = ranke.uniform_selection(r.shape[0] // G, G, cfg.rank_k, cfg.seed + step * 7919, r.device)
     stats.update({f"rank/{k}": v for k, v in s.items()}, **{"rank/tau": float(tau)})
     z_sel = tokens[idx]                                                                          # (B*K, N)
     with autocast():
@@ -395,8 +410,8 @@ def vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast):
     with autocast():
         logits = bb.logits(m.gpt, z_in, cond, mask).float()                                      # (B,N,V)
     samples, _ = vapi.positionwise_sample(logits.detach(), G, gen)                              # (B*G,N), step 5
-    with torch.no_grad(), autocast():
-        x_hat = m.vq.decode_indices(samples).float().clamp(-1, 1)                               # frozen decoder
+    with torch.no_grad():       # frozen decoder, fp32 and unclamped, as the released VA-pi reward (§12.2 step 6)
+        x_hat = m.vq.decode_indices(samples).float()                                             # (B*G,3,S,S)
     r, s_r = vapi.recon_reward(x_hat, x_gt.repeat_interleave(G, 0).float(), bb.perceptual)     # step 6
     adv, s_a = ranke.group_advantages(r, G)
     logp = vapi.positionwise_logprobs(logits, samples)                                           # (B*G,N), with grad
@@ -417,13 +432,16 @@ def vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast):
 
 # ----------------------------------------------------------------------------------------------------------------
 def main(cfg: Config):
-    rank, world, device, autocast, compute_dtype = setup_distributed(cfg)
+    bad = check_paths(cfg)
+    if bad:
+        raise SystemExit("bad paths (nothing was loaded):\n  " + "\n  ".join(bad))
+    rank, world, device, autocast = setup_distributed(cfg)
     master = rank == 0
     if master:
         print(json.dumps(asdict(cfg), indent=1), flush=True)
     torch.manual_seed(cfg.seed)                                     # identical model init on every rank
     bb = build_backbone(cfg, device, rank)
-    m = build_models(cfg, bb, device, compute_dtype)
+    m = build_models(cfg, bb, device)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
     step = resume(cfg, m, gen, bb.stream, world, rank) if cfg.resume else 0
     log = Logger(cfg, master)
@@ -461,9 +479,7 @@ def main(cfg: Config):
                 stats.update(decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, autocast))
                 ranke.ema_update(m.ema_vq, m.vq, cfg.ema_vq_decay)                        # §5.2
                 average_buffers(m.disc, world)      # D's BatchNorm statistics saw this rank's batches only
-        stats["step_time_s"] = time.time() - t0
-        stats["peak_mem_gb"] = peak_memory_gb(device)
-        log.write(stats, step + 1, bar)
+        log.write({**stats, "step_time_s": time.time() - t0, "peak_mem_gb": peak_memory_gb(device)}, step + 1, bar)
         if master and cfg.sample_every and (step + 1) % cfg.sample_every == 0 and cfg.method != "vapi":
             rows = min(B, 4) * G
             with torch.no_grad(), autocast():

@@ -10,6 +10,7 @@ the base policy (off in every released script). train.py's vapi_iteration assemb
 
 Run the self-check:  python vapi.py   (a bigram toy policy over V=8 "codes" learns to reconstruct fixed GT token
 grids; the mean reward printed every 10 steps rises towards 0 and the argmax accuracy towards 1.)
+Copies alone (torch only); its self-check also needs ranke.py beside it.
 
 Symbols: B images, G samples per image, N image tokens, V = K codebook size, xi context-noise probability.
 Rows are image-major: row b*G + j is sample j of image b (same layout as ranke.py).
@@ -32,7 +33,9 @@ train_c2i_grpo.py:132-151 (position-wise sampling), 552-587 (reward), 840-849 (C
 import torch
 import torch.nn.functional as F
 
-import ranke  # noqa: F401  (VA-pi reuses ranke.group_advantages / ranke.policy_loss; see train.py, __main__)
+# No repository import at module level: this file copies alone. VA-pi's advantages and clipped surrogate are
+# ranke.group_advantages / ranke.policy_loss; train.py passes this file's outputs to them, and the self-check below
+# imports ranke itself (the only place here that needs it).
 
 __all__ = ["VAPI_PRESET", "noisy_context", "positionwise_sample", "positionwise_logprobs", "recon_reward", "ce_prior"]
 
@@ -141,6 +144,7 @@ def ce_prior(logits, targets):
 
 
 if __name__ == "__main__":
+    import ranke   # the self-check needs RankE's group advantages and PPO surrogate (see the module docstring)
     # Toy: class-conditional bigram policy logits[b, t] = E[context token t-1] + P[b, t] (sees only tokens[:, :t]);
     # "decoder" maps each code to a gray level; GT = 4 fixed token grids (one per class b). Reward = -(MSE + L1).
     gen = torch.Generator().manual_seed(0)

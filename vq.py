@@ -1,4 +1,4 @@
-"""LlamaGen VQ-16 image tokenizer and the VQGAN training parts (PatchGAN, LPIPS), plus checkpoint plumbing.
+"""LlamaGen VQ-16 image tokenizer and the VQGAN training parts (PatchGAN, LPIPS), with strict LlamaGen loading.
 
 Concept (docs/method.md §13.2-13.5, §13.13): a convolutional VQ-VAE. The encoder maps an image x in [-1,1] to a grid of
 8-d vectors z (downsample 16: 256 px -> 16x16 tokens); each vector and each codebook row is L2-normalised and
@@ -6,6 +6,7 @@ replaced by its cosine-nearest codebook row (straight-through gradient); the dec
 RankE (docs/method.md §5) fine-tunes only the decoder (+ post_quant_conv) with L1 + LPIPS + adaptive PatchGAN terms.
 
 Run the self-check (CPU, seconds): python vq.py        Tests: pytest -q tests/test_vq.py
+Copy together with ckpt.py (read_state_dict / load_strict / cached_download: reading upstream weight files).
 
 Symbols: B batch, C codebook_embed_dim (8), K codebook size (16384), H,W image size, h,w token grid (H/16),
 N = h*w image tokens (raster order: index = row*w + col), Z z_channels (256).
@@ -15,85 +16,14 @@ Follows: FoundationVision/LlamaGen tokenizer/tokenizer_image/vq_model.py, discri
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ---- Checkpoint plumbing (docs/method.md §13.1, §13.14.5, §13.4); policy.py imports these two ----
-_DROP = ("kv_cache", "freqs_cis", "causal_mask")  # never part of a model's weights (docs/method.md §13.14.3)
-
-
-def _hub_download(path_or_hub: str) -> str:
-    """'hf://owner/repo/filename' -> local path via huggingface_hub (cache); fails fast offline."""
-    parts = path_or_hub[len("hf://"):].split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ValueError(f"bad hub path {path_or_hub!r}: expected 'hf://owner/repo/filename'")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
-    flag = "--vq_ckpt" if "vq" in os.path.basename(filename).lower() else "--gpt_ckpt"
-    try:
-        from huggingface_hub import hf_hub_download
-        return hf_hub_download(repo_id, filename)
-    except Exception as e:  # offline (LocalEntryNotFoundError), no route, 404, gated, ...: chained, not swallowed
-        raise FileNotFoundError(
-            f"could not fetch {path_or_hub} from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            f"Download {url} and pass its local path instead (e.g. {flag} /path/{os.path.basename(filename)})."
-        ) from e
-
-
-def read_state_dict(path_or_hub: str, *, map_location="cpu") -> dict[str, torch.Tensor]:
-    """Local path or 'hf://owner/repo/filename' -> flat {key: tensor}: unwraps LlamaGen's {"model": ..., "args":
-    Namespace} wrapper, strips DDP / torch.compile prefixes, drops runtime buffers (KV caches, RoPE tables, masks)."""
-    path = _hub_download(path_or_hub) if path_or_hub.startswith("hf://") else path_or_hub
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r} (check the path, or download the file there)")
-    torch.serialization.add_safe_globals([argparse.Namespace])  # LlamaGen files may carry "args" (§13.14.5)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        if "weights only load failed" in str(e).lower() and "unsupported global" in str(e).lower():
-            raise RuntimeError(f"{path}: holds Python objects other than tensors/argparse.Namespace; re-save it "
-                               f"as a plain state_dict (torch.save(model.state_dict(), ...)). ({e})") from e
-        raise RuntimeError(f"{path}: cannot be read by torch.load: file is corrupt or truncated; re-download it "
-                           f"({type(e).__name__}: {e})") from e
-    sd = ckpt  # §13.1 step 1: unwrap "model", else "module", else "state_dict", else take the raw dict
-    if isinstance(ckpt, dict):
-        sd = next((ckpt[w] for w in ("model", "module", "state_dict") if isinstance(ckpt.get(w), dict)), ckpt)
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        top = list(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise RuntimeError(f"{path}: no state dict found (top level: {top}); expected a dict of tensors, "
-                           f"optionally under 'model', 'module' or 'state_dict'")
-    out = {}
-    for k, v in sd.items():
-        while k.startswith(("module.", "_orig_mod.")):  # §13.1 step 2 (DDP, torch.compile prefixes)
-            k = k.split(".", 1)[1]
-        k = k.replace("._orig_mod.", ".")  # torch.compile'd submodule
-        if not any(d in k.split(".") for d in _DROP):  # §13.1 step 3
-            out[k] = v
-    return out
-
-
-def load_strict(model: nn.Module, state_dict: dict, *, source: str) -> None:
-    """load_state_dict(strict=True) preceded by a readable key / shape comparison (docs/method.md §13.4)."""
-    want = model.state_dict()
-    missing = [k for k in want if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in want]
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(want[k].shape)}"
-              for k in want if k in state_dict and state_dict[k].shape != want[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"cannot load {source} into {type(model).__name__} strictly (wrong config? wrong file?):"]
-        for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-            if items:
-                more = f" ... (+{len(items) - 10} more)" if len(items) > 10 else ""
-                lines.append(f"  {len(items)} {name}: " + ", ".join(items[:10]) + more)
-        raise RuntimeError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
-
+from ckpt import cached_download, load_strict, read_state_dict  # checkpoint plumbing (a leaf file, see ckpt.py)
 
 # ---- VQ-16 (docs/method.md §13.2-13.5). Module names = LlamaGen's state-dict keys (§13.4); registration order = key order
 @dataclass
@@ -360,22 +290,11 @@ _LPIPS_CH = (64, 128, 256, 512, 512)
 
 
 def _fetch(path: str | None, url: str, what: str) -> str:
-    """Local file, or the torch-hub cache / a download of `url`; offline -> FileNotFoundError naming the file."""
-    if path is not None:
-        return path
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-    if os.path.isfile(cached):
-        return cached
-    hint = (f"LPIPS needs two weight files; missing: {what} from {url}. Download it and pass its path, LPIPS("
-            f"vgg_path=<torchvision vgg16-397923af.pth>, lin_path=<LlamaGen cache/vgg.pth>), or put it at {cached}.")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":  # the project's offline switch: do not even try the network
-        raise FileNotFoundError(f"offline (HF_HUB_OFFLINE=1). {hint}")
-    try:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        torch.hub.download_url_to_file(url, cached, progress=False)  # writes a temp file, then renames
-    except Exception as e:
-        raise FileNotFoundError(f"download failed ({type(e).__name__}: {e}). {hint}") from e
-    return cached
+    """Local file, or the torch-hub cache / a download of `url` (ckpt.cached_download); offline -> an error naming
+    the file and the two LPIPS arguments."""
+    return cached_download(path, url, f"LPIPS needs two weight files; missing: {what} from {url}. Download it and "
+                                      f"pass its path, LPIPS(vgg_path=<torchvision vgg16-397923af.pth>, "
+                                      f"lin_path=<LlamaGen cache/vgg.pth>).")
 
 
 class LPIPS(nn.Module):

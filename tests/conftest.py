@@ -21,8 +21,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
-    """Build the tiny toy world once for the whole session (seconds); used by test_train and test_reproduce."""
-    import toy
+    """Build the tiny toy world once for the whole session (seconds); used by test_train, test_toy_eval and
+    test_toy_reproduce."""
+    import toy_world
     d = str(tmp_path_factory.mktemp("toy_cache"))
-    toy.load_toy(toy.ToyConfig.tiny(), cache_dir=d, progress=False)
+    toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=d, progress=False)
     return d

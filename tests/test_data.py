@@ -1,4 +1,5 @@
-"""data.py: the three source layouts, LlamaGen's centre crop, skip-and-count, exact resume.
+"""data.py: the three source layouts, the one preprocessing (= the released RankE torchvision transform),
+skip-and-count, exact resume, to_uint8 and save_grid.
 
 Run: pytest -q tests/test_data.py
 """
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import PairDataset, PairStream, center_crop_arr, write_tar
+from data import PairDataset, PairStream, image_batches, load_image, preprocess, save_grid, to_uint8, write_tar
 
 
 def png(color, size=(40, 30)):
@@ -20,10 +21,64 @@ def png(color, size=(40, 30)):
     return buf.getvalue()
 
 
-def test_center_crop_matches_llamagen_rule():
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
-    out = center_crop_arr(img, 64)       # 300x500 -> BOX halve twice (75x125) -> bicubic short side 64 -> crop
-    assert out.size == (64, 64)
+@pytest.mark.parametrize("h, w, S", [(300, 500, 64), (501, 333, 64), (17, 40, 32), (32, 32, 32), (31, 33, 32),
+                                     (7, 9, 16), (257, 256, 256), (101, 99, 33), (3, 200, 16)])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_preprocess_equals_released_torchvision_transform(h, w, S, mode):
+    """The released RankE transform (RankE@2798acc autoregressive/post_train/post_train.py:254-259) applied to
+    img.convert("RGB") (dataset/sft_dataset.py): odd sizes exercise the truncated long side and the rounded
+    (half-to-even) crop offsets; up- and downscaling; equality is exact."""
+    from torchvision import transforms as T
+    a = np.random.default_rng(h * w + S).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(a).convert(mode)
+    released = T.Compose([T.Resize(S, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(S), T.ToTensor(),
+                          T.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])])
+    x = preprocess(img, S)
+    assert x.shape == (3, S, S) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x, released(img.convert("RGB")))
+
+
+def test_preprocess_crops_the_centre_and_checks_size(tmp_path):
+    a = np.zeros((40, 100, 3), np.uint8)
+    a[:, 30:70] = 255                                     # the central 40 columns survive the crop
+    x = preprocess(Image.fromarray(a), 40)
+    assert (x == 1).all()
+    with pytest.raises(ValueError, match="size"):
+        preprocess(Image.fromarray(a), 0)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    assert torch.equal(load_image(str(tmp_path / "a.png"), 40), x)
+    batches = list(image_batches([str(tmp_path / "a.png")] * 3, 40, batch_size=2))
+    assert [b.shape[0] for b in batches] == [2, 1] and torch.equal(batches[1][0], x)
+    with pytest.raises(OSError, match="nope.png"):
+        load_image(str(tmp_path / "nope.png"), 8)
+
+
+def test_to_uint8_convention():
+    x = torch.tensor([-1.5, -1.0, -0.99, 0.0, 0.5, 1.0, 2.0])
+    assert to_uint8(x).tolist() == [0, 0, 1, 128, 191, 255, 255]     # clamp(127.5 x + 128, 0, 255), truncated
+    assert to_uint8(x).dtype == torch.uint8
+
+
+def test_save_grid_rows_captions_atomic(tmp_path):
+    R, G, S = 2, 3, 4
+    vals = torch.linspace(-1, 1, R * G)
+    images = vals.view(-1, 1, 1, 1).expand(R * G, 3, S, S).contiguous()
+    caps = [f"prompt {r}" for r in range(R) for _ in range(G)]                  # one per image, prompt-major
+    path = str(tmp_path / "samples_0000001.png")
+    save_grid(path, images, caps, G)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (R * S, G * S, 3)
+    for r in range(R):
+        for j in range(G):
+            assert (grid[r * S:(r + 1) * S, j * S:(j + 1) * S] == int(to_uint8(vals[r * G + j]))).all()
+    assert (tmp_path / "samples_0000001.txt").read_text().splitlines() == ["prompt 0", "prompt 1"]
+    save_grid(path, images, ["row a", "row b"], G)                               # R captions work too
+    assert (tmp_path / "samples_0000001.txt").read_text().splitlines() == ["row a", "row b"]
+    assert sorted(os.listdir(tmp_path)) == ["samples_0000001.png", "samples_0000001.txt"]   # no temp files left
+    with pytest.raises(ValueError, match="captions"):
+        save_grid(path, images, ["one"], G)
+    with pytest.raises(ValueError, match="G=4"):
+        save_grid(path, images, caps, 4)
 
 
 def test_folder_jsonl_tar_agree(tmp_path):

@@ -8,6 +8,9 @@ import torch
 from PIL import Image
 
 import eval_fid as ef
+from data import to_uint8
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------------------------------- Frechet distance
@@ -56,7 +59,7 @@ def test_frechet_distance_bad_shapes():
 # ------------------------------------------------------------------------------------------- images / sampling
 def test_to_uint8_and_center_crop_resize():
     x = torch.tensor([-1.0, -0.99, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
-    assert ef.to_uint8(x).flatten().tolist() == [0, 1, 128, 255, 255]  # clamp(127.5 x + 128), truncated
+    assert to_uint8(x).flatten().tolist() == [0, 1, 128, 255, 255]  # clamp(127.5 x + 128), truncated (data.py)
     a = np.zeros((20, 40, 3), np.uint8)
     a[:, 10:30] = 200  # the centre 20 columns
     out = ef.center_crop_resize(Image.fromarray(a), 20)
@@ -296,54 +299,15 @@ def test_sample_geneval_layout(tmp_path):
     assert ef.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2) == 0
 
 
-# ------------------------------------------------------------------------------------------- toy
-def test_evaluate_toy_with_fake_world():
-    K, N, M = 16, 4, 40
-    g = torch.Generator().manual_seed(0)
-    real_tokens = torch.randint(0, K, (M, N), generator=g)
-
-    def decode(z):  # (B, N) -> (B,3,2,2) in [-1,1]; encode(decode(z)) == z
-        return (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)
-
-    def encode_indices(x):
-        return ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()
-
-    captions = [str(i) for i in range(M)]
-    real_images = decode(real_tokens)
-    common = dict(decode=decode, eval_clip_fn=lambda x, c: x.mean((1, 2, 3)) * 100,
-                  feature_fn=lambda x: x.flatten(1)[:, :4].double(), check=lambda x, c: torch.ones(len(c)),
-                  encode_indices=encode_indices, K=K, batch_size=16)
-    exact = ef.evaluate_toy(lambda caps: real_tokens[[int(c) for c in caps]], captions, real_images, **common)
-    assert abs(exact["fid"]) < 1e-6 and exact["lcs_kl_nats"] < 1e-9 and exact["check"] == 1.0 and exact["n"] == M
-    assert exact["entropy_model_bits"] == pytest.approx(exact["entropy_real_bits"])
-    collapsed = ef.evaluate_toy(lambda caps: torch.zeros(len(caps), N, dtype=torch.long), captions, real_images,
-                                **common)
-    assert collapsed["lcs_kl_nats"] > 1.0 and collapsed["entropy_model_bits"] == 0.0 and collapsed["fid"] > 0.1
-    assert collapsed["real_floor_nats"] == exact["real_floor_nats"] > 0
-
-
-def test_evaluate_toy_bundle_uses_bundle_fields():
-    from types import SimpleNamespace
-    K, N = 8, 4
-    sampled = []
-
-    class World:
-        def sample(self, n, generator, split="train"):
-            sampled.append(split)
-            z = torch.randint(0, K, (n, N), generator=generator)
-            return vq.decode_indices(z), [f"c{i}" for i in range(n)]
-
-        def check(self, x, caps):
-            return torch.full((len(caps),), 0.5)
-
-    decode = lambda z: (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)  # noqa: E731
-    encode = lambda x: ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()  # noqa: E731
-    vq = SimpleNamespace(cfg=SimpleNamespace(codebook_size=K), decode_indices=decode, encode_indices=encode)
-    bundle = SimpleNamespace(world=World(), vq=vq, eval_clip_fn=lambda x, c: torch.full((len(c),), 20.0),
-                             feature_fn=lambda x: x.flatten(1)[:, :4].double(),
-                             reward_fn=lambda x, c: (x.mean((1, 2, 3)) * 0 + 0.25, {}))
-    res = ef.evaluate_toy_bundle(bundle, lambda caps: torch.randint(0, K, (len(caps), N)), n=30,
-                                 generator=torch.Generator().manual_seed(0), split="heldout")
-    assert sampled == ["heldout", "heldout"] and res["check"] == 0.5 and res["clip"] == 20.0 and res["n"] == 30
-    assert res["reward"] == 0.25
-    assert res["real_floor_nats"] > 0 and res["lcs_kl_nats"] >= 0 and res["fid"] >= 0
+# ------------------------------------------------------------------------------------------- toy: moved out
+def test_toy_subcommand_points_to_toy_eval():
+    """The toy evaluation lives in toy_eval.py (the toy wing); the old subcommand exits 2 with one line saying so."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "eval_fid.py"), "toy", "--ckpt", "x.pt"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and "python toy_eval.py --ckpt" in res.stderr
+    with pytest.raises(SystemExit) as e:
+        ef.main(["toy"])
+    assert e.value.code == 2

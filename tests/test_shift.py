@@ -122,8 +122,11 @@ def test_helpers_from_images_and_sampler(tmp_path):
         p = str(tmp_path / f"{i}.png")
         Image.fromarray(np.full((20, 24, 3), v, np.uint8)).save(p)
         paths.append(p)
-    h, tokens = histogram_from_images(encode_indices, paths, K, image_size=16, batch_size=2)
+    from data import image_batches   # image files -> tensors with the training preprocessing (data.preprocess)
+    h, tokens = histogram_from_images(encode_indices, image_batches(paths, 16, batch_size=2), K)
     assert tokens.shape == (3, 4) and h[0] == pytest.approx(1 / 3) and h[K - 1] == pytest.approx(2 / 3)
+    with pytest.raises(TypeError, match="data.image_batches"):     # shift.py does no image I/O itself
+        histogram_from_images(encode_indices, paths, K)
     h2, _ = histogram_from_images(encode_indices, [torch.full((3, 3, 16, 16), -1.0)], K)
     assert h2[0] == 1.0
 

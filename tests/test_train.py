@@ -4,14 +4,17 @@ resume is bit-exact, two gloo processes stay bit-identical, bad data is skipped 
 Run: pytest -q tests/test_train.py
 """
 import io
+import inspect
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import ckpt
 import train
 from data import write_tar
 
@@ -27,12 +30,12 @@ def run(toy_cache, out_dir, *extra):
 
 
 def last_ckpt(out_dir):
-    return torch.load(train.list_ckpts(str(out_dir))[-1], map_location="cpu", weights_only=True)
+    return torch.load(ckpt.list_ckpts(str(out_dir))[-1], map_location="cpu", weights_only=True)
 
 
 def initial_models(toy_cache):
-    import toy
-    b = toy.load_toy(toy.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
+    import toy_world
+    b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
     return b.gpt.state_dict(), b.vq.state_dict()
 
 
@@ -57,17 +60,17 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
             assert torch.equal(ck["vq"][k], v), f"frozen tokenizer part {k} changed"
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2
-    # the toy evaluation reads the run's checkpoint and config back (eval_fid.py toy --ckpt)
+    # the toy evaluation reads the run's checkpoint and config back (toy_eval.py --ckpt)
     import math
-    import eval_fid
-    row = eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8)
-    assert row["step"] == 2 and all(math.isfinite(row[k]) for k in eval_fid.TOY_COLUMNS)
+    import toy_eval
+    row = toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8)
+    assert row["step"] == 2 and all(math.isfinite(row[k]) for k in toy_eval.TOY_COLUMNS)
     assert 0.0 <= row["check_train"] <= 1.0 and row["fid"] >= 0.0
     # same policy, same seed, base decoder: identical tokens (same LCS KL), different pixels (the decoder trained)
-    row_base = eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8, decoder="base")
+    row_base = toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8, decoder="base")
     assert row_base["lcs_kl"] == row["lcs_kl"] and row_base["fid"] != row["fid"]
     with pytest.raises(ValueError, match="decoder="):
-        eval_fid.evaluate_toy_checkpoint(train.list_ckpts(str(tmp_path))[-1], n=8, decoder="frozen")
+        toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8, decoder="frozen")
     for key in ("reward/mean", "policy/kl", "policy/clip_frac", "decoder/total", "grad_norm/decoder",
                 "disc/loss", "rank/tau", "step_time_s", "rollout_img_per_s", "peak_mem_gb"):
         assert any(key in l for l in lines), f"{key} missing from metrics.jsonl"
@@ -104,18 +107,18 @@ def test_resume_is_bit_identical(toy_cache, tmp_path):
 
 def test_truncated_checkpoint_falls_back_to_previous(toy_cache, tmp_path, capsys):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "1", "--keep_ckpts", "2")
-    newest = train.list_ckpts(str(tmp_path))[-1]
+    newest = ckpt.list_ckpts(str(tmp_path))[-1]
     data = open(newest, "rb").read()
     open(newest, "wb").write(data[: len(data) // 2])            # a kill mid-copy, say
-    ck, path = train.load_latest_ckpt(str(tmp_path))
+    ck, path = ckpt.load_latest_ckpt(str(tmp_path))
     assert ck["step"] == 1 and path != newest
     assert "unreadable" in capsys.readouterr().err
 
 
 def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
-    import toy
+    import toy_world
     from PIL import Image
-    world = toy.ToyWorld(toy.ToyConfig.tiny())
+    world = toy_world.ToyWorld(toy_world.ToyConfig.tiny())
     imgs, caps = world.sample(4, torch.Generator().manual_seed(0))
     samples = []
     for i, (x, c) in enumerate(zip(imgs, caps)):
@@ -133,7 +136,7 @@ def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
 
 
 def test_two_process_gloo_ranks_stay_identical(toy_cache, tmp_path):
-    # train.save() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on mismatch;
+    # runtime.save_checkpoint() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on mismatch;
     # checkpointing every step makes that check run after each step.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            os.path.join(ROOT, "train.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir",
@@ -153,7 +156,8 @@ def test_two_process_gloo_ranks_stay_identical(toy_cache, tmp_path):
 def test_dry_run_llamagen_xl_counts(capsys):
     cfg = train.parse_config(["--backbone", "llamagen_xl", "--dry_run"])
     assert cfg.preset == "llamagen_xl_clip" and cfg.lr_gpt == 1e-6 and cfg.cfg_scale == 6.0
-    est = train.dry_run(cfg)
+    import dry_run
+    est = dry_run.dry_run(cfg)
     out = capsys.readouterr().out
     assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (docs/method.md §6)
     assert sum(est.values()) > 20 * 1024 ** 3
@@ -166,3 +170,55 @@ def test_config_flags_and_presets():
         train.parse_config(["--method", "nonsense"])
     with pytest.raises(SystemExit):
         train.parse_config(["--rank_k", "9"])
+
+
+def test_disc_weight_reaches_all_three_terms(toy_cache, tmp_path, monkeypatch):
+    # --disc_weight scales the D hinge, the Rank-GAN term and the adaptive GAN weight (docs/method.md §5.2, §6)
+    import ranke
+    seen = {}
+    for name in ("disc_hinge_loss", "rank_gan_loss", "adaptive_gan_weight"):
+        fn = getattr(ranke, name)
+
+        def spy(*a, _fn=fn, _name=name, **k):
+            out = _fn(*a, **k)
+            bound = inspect.signature(_fn).bind(*a, **k)
+            bound.apply_defaults()
+            seen.setdefault(_name, set()).add(bound.arguments.get("disc_weight", bound.arguments.get("disc_factor")))
+            return out
+        monkeypatch.setattr(ranke, name, spy)
+    run(toy_cache, tmp_path, "--steps", "1", "--ckpt_every", "1", "--disc_weight", "0.3")
+    assert seen == {"disc_hinge_loss": {0.3}, "rank_gan_loss": {0.3}, "adaptive_gan_weight": {0.3}}
+    # and it changes the adaptive weight itself: same gradients, weight proportional to disc_weight
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    layer = torch.nn.Conv2d(3, 3, 1)
+    x_rec = layer(x)
+    d = x_rec.mean(1, keepdim=True)
+    dist = lambda a, b: (a - b).pow(2).flatten(1).mean(1)  # noqa: E731
+    w = [ranke.gt_recon_loss(x, x_rec, d, layer.weight, dist, use_gan=True, disc_weight=dw)[1]["adaptive_weight"]
+         for dw in (0.5, 0.3)]
+    assert w[1] == pytest.approx(w[0] * 0.3 / 0.5, rel=1e-6) and w[0] > 0
+
+
+def test_bad_flags_exit_nonzero_naming_each_flag(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--batch_prompts", "0", "--steps", "-3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "--batch_prompts 0" in res.stderr and "--steps -3" in res.stderr
+    with pytest.raises(SystemExit, match="--out_dir .*is a file"):
+        train.main(train.parse_config(["--toy_preset", "tiny", "--out_dir", str(a_file)]))
+    assert a_file.read_text() == "x"                                 # nothing was lost
+
+
+def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
+    t0 = time.time()
+    argv = ["--backbone", "llamagen_xl", "--data", str(tmp_path / "missing.tar"), "--gpt_ckpt", str(tmp_path / "g.pt"),
+            "--vq_ckpt", "hf://nobody/nothing/vq.pt", "--t5_path", str(tmp_path / "no_t5"),
+            "--clip_path", str(tmp_path / "clip.pt"), "--lpips_vgg", str(tmp_path / "vgg.pth")]
+    with pytest.raises(SystemExit) as e:
+        train.main(train.parse_config(argv))
+    msg = str(e.value)
+    for flag in ("--data", "--gpt_ckpt", "--vq_ckpt", "--t5_path", "--clip_path", "--lpips_vgg"):
+        assert flag in msg, f"{flag} not named in:\n{msg}"
+    assert time.time() - t0 < 30

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+import ckpt
 import vq
 
 HUB_VQ = "hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt"
@@ -211,10 +212,10 @@ def test_read_state_dict_drops_runtime_entries(tmp_path):
     sd = {"module.a.weight": torch.ones(2), "layers.0.attention.kv_cache.k_cache": torch.zeros(1),
           "freqs_cis": torch.zeros(3), "causal_mask": torch.zeros(2, 2)}
     torch.save({"state_dict": sd}, tmp_path / "c.pt")
-    assert list(vq.read_state_dict(str(tmp_path / "c.pt"))) == ["a.weight"]
+    assert list(ckpt.read_state_dict(str(tmp_path / "c.pt"))) == ["a.weight"]
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="no state dict found"):
-        vq.read_state_dict(str(tmp_path / "bad.pt"))
+        ckpt.read_state_dict(str(tmp_path / "bad.pt"))
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path, tiny):
@@ -223,7 +224,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path, tiny):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match="corrupt") as err:
-        vq.read_state_dict(str(path))
+        ckpt.read_state_dict(str(path))
     assert str(path) in str(err.value)
 
 
@@ -232,7 +233,7 @@ def test_wrong_key_and_wrong_shape_are_named(tmp_path, tiny):
     sd["decoder.conv_out.wieght"] = sd.pop("decoder.conv_out.weight")
     m = vq.VQModel(vq.VQ_CONFIGS["tiny"])
     with pytest.raises(RuntimeError) as err:
-        vq.load_strict(m, sd, source="x.pt")
+        ckpt.load_strict(m, sd, source="x.pt")
     msg = str(err.value)
     assert "missing keys: decoder.conv_out.weight" in msg and "unexpected keys: decoder.conv_out.wieght" in msg
     _save_wrapped(tiny, str(tmp_path / "vq.pt"))
@@ -250,13 +251,13 @@ def test_hub_path_offline_fails_fast_with_instructions():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by tests/conftest.py before huggingface_hub is imported
     t0 = time.time()
     with pytest.raises(FileNotFoundError) as err:
-        vq.read_state_dict(HUB_VQ)
+        ckpt.read_state_dict(HUB_VQ)
     assert time.time() - t0 < 10
     msg = str(err.value)
     assert "https://huggingface.co/peizesun/llamagen_t2i/resolve/main/vq_ds16_t2i.pt" in msg
     assert "--vq_ckpt /path/vq_ds16_t2i.pt" in msg
     with pytest.raises(ValueError, match="owner/repo/filename"):
-        vq.read_state_dict("hf://peizesun/vq.pt")
+        ckpt.read_state_dict("hf://peizesun/vq.pt")
 
 
 # ---- PatchGAN and LPIPS -----------------------------------------------------------------------------------------

@@ -1,16 +1,20 @@
 """The paper's comparison (docs/method.md §1: the paper's tables and its uniform-GAN ablation) reproduced on the toy world: Base, Standard RL (GRPO, frozen decoder),
 RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi, several seeds each, from the same base models.
 
-    python reproduce_toy.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}
-    python reproduce_toy.py --seeds 0 --steps 40  # a quick look
+    python toy_reproduce.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}
+    python toy_reproduce.py --seeds 0 --steps 40  # a quick look
 
 Every run is `python train.py --seed S ...` (a subprocess, so each is exactly what a user would run); runs and
 evaluations already on disk are reused, so an interrupted reproduction continues where it stopped. Each
-checkpoint is scored by eval_fid.evaluate_toy_checkpoint on the same captions with the same sampling seed:
+checkpoint is scored by toy_eval.evaluate_toy_checkpoint on the same captions with the same sampling seed:
 training reward, eval-CLIP (an independent CLIP), attribute-checker accuracy on train and held-out combinations,
 toy FID and the LCS KL. The table reports mean +- std over seeds at the final step; curves.png shows the same over
 training steps. For the RankE runs the final policy is also scored through the frozen BASE decoder (same seed, so
 the same tokens): the difference between the two rows is what the co-evolved decoder contributes.
+
+Tests: pytest tests/test_toy_reproduce.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy_*.py): it imports
+toy_eval.py and runs train.py as a subprocess; no concept file imports it.
+Symbols: mean +- std = mean and sample standard deviation (ddof 1) over seeds.
 """
 import argparse
 import json
@@ -21,7 +25,7 @@ import time
 
 import numpy as np
 
-import eval_fid
+import toy_eval
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 METHODS = {                                   # name -> train.py flags
@@ -63,7 +67,7 @@ def main():
 
     def evaluate(ckpt, key, decoder="online"):
         if key not in cache:
-            cache[key] = eval_fid.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset,
+            cache[key] = toy_eval.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset,
                                                           n=args.n, seed=1234, decoder=decoder)
             os.makedirs(args.out, exist_ok=True)
             with open(cache_path + ".tmp", "w") as f:

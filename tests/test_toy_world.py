@@ -1,6 +1,6 @@
-"""Tests of the toy world (toy.py, toy_models.py): generator, held-out split, exact checker, cache, bundle.
+"""Tests of the toy world (toy_world.py, toy_models.py): generator, held-out split, exact checker, cache, bundle.
 
-Run: pytest -q tests/test_toy.py   (CPU; builds the tiny preset a few times into tmp folders)
+Run: pytest -q tests/test_toy_world.py   (CPU; builds the tiny preset a few times into tmp folders)
 """
 import json
 import logging
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import toy_models
-from toy import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
+from toy_world import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
 from toy_models import ToyFeatureNet, ToyTokenizer
 
 WORLD = ToyWorld()
@@ -179,6 +179,13 @@ def test_build_is_reproducible(built, tmp_path):
     for n in ("feat", "vq", "gpt", "clip_reward", "clip_eval"):
         with open(os.path.join(b.cache_path, n + ".json")) as f1, open(os.path.join(b2.cache_path, n + ".json")) as f2:
             assert json.load(f1)["sha256"] == json.load(f2)["sha256"], n
+
+
+def test_cache_key_is_stable():
+    """The key hashes the config values only (no module or class name), so renaming toy.py -> toy_world.py kept every
+    existing .cache/toy/<key> folder valid. A deliberate recipe change bumps TOY_VERSION and updates these values."""
+    assert config_key(ToyConfig()) == "61b7773826d028f8"
+    assert config_key(ToyConfig.tiny()) == "2308ae0533566384"
 
 
 def test_config_change_gives_a_new_key_and_a_rebuild(built):

@@ -17,16 +17,18 @@ Compositional split: the HELDOUT (colour, shape) pairs never occur in the genera
 every split="heldout" scene has one. The evaluators (CLIPs, feature CNN) see all pairs, as a real CLIP has seen
 far more than the generator.
 
-Run:    python toy.py [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
+Run:    python toy_world.py [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
         first call builds and caches the base models (820 s measured on an idle 2-core CPU, 2 threads;
         --preset tiny: seconds), later calls load them in 0.3 s; then prints the quality table and writes a sample
         grid PNG. The trained weights depend on the torch thread count (float reduction order), which the cache key
         does not include: builds with 1 and 2 threads give different, equally trained models (README, toy world).
-Tests:  pytest tests/test_toy.py
+Tests:  pytest tests/test_toy_world.py
 Use:    b = load_toy(ToyConfig()); x, caps = b.world.sample(8, torch.Generator().manual_seed(0)); b.world.check(x, caps)
 Cache:  cache_dir/<config_key(cfg)>/{feat,vq,gpt,clip_reward,clip_eval}.pt + .json (sha256, upstream sha256s);
         a missing, truncated, corrupt or stale file is rebuilt with a logged warning, never used.
-Depends on: torch; siblings vq.py, policy.py, rewards.py, toy_models.py (the models and their training recipes).
+Depends on: torch; siblings vq.py, policy.py, rewards.py, data.py (save_grid), toy_models.py (the models and their
+training recipes). Part of the toy wing (toy_*.py): it imports concept files, no concept file imports it.
+Evaluation of trained checkpoints on this world: toy_eval.py.
 Symbols: n scenes, S = 32 image side, C = 6 colours, N = 64 image tokens, K = 256 codes, T = 16 caption slots,
 D = 64 caption width, F = 256 feature width; coordinates (x, y) in pixels, y down; images in [-1, 1] unless "01".
 """
@@ -41,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from policy import GPT, GPT_CONFIGS, WordTextEncoder
+from data import save_grid
 from rewards import ClipReward
-from toy_models import (CLIP_ARCHS, ToyFeatureNet, ToyTokenizer, _cached, _seeded, evaluate, make_clip, save_grid,
+from toy_models import (CLIP_ARCHS, ToyFeatureNet, ToyTokenizer, _cached, _seeded, evaluate, make_clip,
                         train_clip, train_feat, train_gpt, train_vq)
 from vq import VQ_CONFIGS, VQModel
 
@@ -416,5 +419,6 @@ if __name__ == "__main__":
     for k, v in table.items():
         print(f"{k:<56}" + (f"{v['train']:>10.3f}{v['heldout']:>10.3f}" if isinstance(v, dict) else f"{v:>10.3f}"))
     out = args.out or os.path.join(bundle.cache_path, "samples.png")
-    save_grid(grid, out)
+    x = torch.cat(list(grid.values()))                                    # (R*8, 3, 32, 32), one row per label
+    save_grid(out, x.repeat_interleave(2, -1).repeat_interleave(2, -2), list(grid), G=8)   # x2 nearest upscale
     print(f"sample grid: {out}")

@@ -1,4 +1,4 @@
-"""reproduce_toy.py end to end on the tiny toy world: runs, evaluations, table, curves, base-decoder rows."""
+"""toy_reproduce.py end to end on the tiny toy world: runs, evaluations, table, curves, base-decoder rows."""
 import json
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_reproduce_toy_tiny(toy_cache, tmp_path):
+def test_toy_reproduce_tiny(toy_cache, tmp_path):
     out = tmp_path / "repro"
-    cmd = [sys.executable, os.path.join(ROOT, "reproduce_toy.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache,
+    cmd = [sys.executable, os.path.join(ROOT, "toy_reproduce.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache,
            "--seeds", "0", "1", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "--out", str(out),
            "--extra", "--batch_prompts 2 --group_size 4 --disc_start 0 --device cpu"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -1,0 +1,138 @@
+"""Tests for toy_eval.py (the toy world's evaluation): metrics on fake worlds, a checkpoint row with its three
+decoders, and the --ckpt errors (missing file, folder, empty, corrupt, foreign dict) without a traceback.
+
+Run: pytest -q tests/test_toy_eval.py   (CPU; uses the session's tiny toy cache)
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ckpt
+import toy_eval as te
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------------------------------- metrics on fakes
+def test_evaluate_toy_with_fake_world():
+    K, N, M = 16, 4, 40
+    g = torch.Generator().manual_seed(0)
+    real_tokens = torch.randint(0, K, (M, N), generator=g)
+
+    def decode(z):  # (B, N) -> (B,3,2,2) in [-1,1]; encode(decode(z)) == z
+        return (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)
+
+    def encode_indices(x):
+        return ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()
+
+    captions = [str(i) for i in range(M)]
+    real_images = decode(real_tokens)
+    common = dict(decode=decode, eval_clip_fn=lambda x, c: x.mean((1, 2, 3)) * 100,
+                  feature_fn=lambda x: x.flatten(1)[:, :4].double(), check=lambda x, c: torch.ones(len(c)),
+                  encode_indices=encode_indices, K=K, batch_size=16)
+    exact = te.evaluate_toy(lambda caps: real_tokens[[int(c) for c in caps]], captions, real_images, **common)
+    assert abs(exact["fid"]) < 1e-6 and exact["lcs_kl_nats"] < 1e-9 and exact["check"] == 1.0 and exact["n"] == M
+    assert exact["entropy_model_bits"] == pytest.approx(exact["entropy_real_bits"])
+    collapsed = te.evaluate_toy(lambda caps: torch.zeros(len(caps), N, dtype=torch.long), captions, real_images,
+                                **common)
+    assert collapsed["lcs_kl_nats"] > 1.0 and collapsed["entropy_model_bits"] == 0.0 and collapsed["fid"] > 0.1
+    assert collapsed["real_floor_nats"] == exact["real_floor_nats"] > 0
+
+
+def test_evaluate_toy_bundle_uses_bundle_fields():
+    from types import SimpleNamespace
+    K, N = 8, 4
+    sampled = []
+
+    class World:
+        def sample(self, n, generator, split="train"):
+            sampled.append(split)
+            z = torch.randint(0, K, (n, N), generator=generator)
+            return vq.decode_indices(z), [f"c{i}" for i in range(n)]
+
+        def check(self, x, caps):
+            return torch.full((len(caps),), 0.5)
+
+    decode = lambda z: (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)  # noqa: E731
+    encode = lambda x: ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()  # noqa: E731
+    vq = SimpleNamespace(cfg=SimpleNamespace(codebook_size=K), decode_indices=decode, encode_indices=encode)
+    bundle = SimpleNamespace(world=World(), vq=vq, eval_clip_fn=lambda x, c: torch.full((len(c),), 20.0),
+                             feature_fn=lambda x: x.flatten(1)[:, :4].double(),
+                             reward_fn=lambda x, c: (x.mean((1, 2, 3)) * 0 + 0.25, {}))
+    res = te.evaluate_toy_bundle(bundle, lambda caps: torch.randint(0, K, (len(caps), N)), n=30,
+                                 generator=torch.Generator().manual_seed(0), split="heldout")
+    assert sampled == ["heldout", "heldout"] and res["check"] == 0.5 and res["clip"] == 20.0 and res["n"] == 30
+    assert res["reward"] == 0.25
+    assert res["real_floor_nats"] > 0 and res["lcs_kl_nats"] >= 0 and res["fid"] >= 0
+
+
+# ------------------------------------------------------------------------------------------- a checkpoint row
+@pytest.fixture(scope="module")
+def fake_run(toy_cache, tmp_path_factory):
+    """A train.py-shaped checkpoint of the tiny toy world: base GPT, a perturbed online VQ decoder, base as EMA."""
+    import toy_world
+    b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
+    vq = {k: v.clone() for k, v in b.vq.state_dict().items()}
+    w = vq["decoder.conv_out.weight"]
+    vq["decoder.conv_out.weight"] = w + 0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    d = tmp_path_factory.mktemp("run")
+    path = str(d / "ckpt_0000003.pt")
+    ckpt.atomic_save({"config": {"toy_cache": toy_cache, "toy_preset": "tiny", "cfg_scale": 4.0}, "gpt":
+                      b.gpt.state_dict(), "vq": vq, "ema_vq": b.vq.state_dict(), "step": 3}, path)
+    return path
+
+
+def test_checkpoint_row_and_decoders(fake_run, toy_cache):
+    rows = {dec: te.evaluate_toy_checkpoint(fake_run, n=8, decoder=dec) for dec in te.DECODERS}
+    online, ema, base = rows["online"], rows["ema"], rows["base"]
+    assert online["step"] == 3 and all(math.isfinite(online[k]) for k in te.TOY_COLUMNS)
+    assert 0.0 <= online["check_train"] <= 1.0 and online["fid"] >= 0.0
+    # same policy, same seed: identical tokens (same LCS KL) whatever the decoder; other decoder, other pixels
+    assert online["lcs_kl"] == base["lcs_kl"] == ema["lcs_kl"] and online["fid"] != base["fid"]
+    assert ema == base                                        # this fake run's EMA decoder is the base decoder
+    base_models = te.evaluate_toy_checkpoint(None, toy_cache=toy_cache, toy_preset="tiny", n=8)
+    assert base_models["step"] == 0 and base_models["lcs_kl"] == base["lcs_kl"]   # the checkpoint holds the base GPT
+    with pytest.raises(ValueError, match="decoder="):
+        te.evaluate_toy_checkpoint(fake_run, n=8, decoder="frozen")
+
+
+# ------------------------------------------------------------------------------------------- --ckpt errors
+def _run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "toy_eval.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_missing_ckpt_is_a_clear_error_not_a_traceback(tmp_path):
+    missing = str(tmp_path / "missing.pt")
+    res = _run("--ckpt", missing)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("toy_eval.py: error: --ckpt") and missing in last and "no such file" in last
+    assert "ckpt_" in last and "omit --ckpt" in last                              # says what to pass instead
+
+
+@pytest.mark.parametrize("kind", ["folder", "empty", "corrupt", "foreign"])
+def test_bad_ckpt_files_are_named(kind, tmp_path, fake_run):
+    path = tmp_path / "c.pt"
+    if kind == "folder":
+        path = tmp_path
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "corrupt":                                          # a checkpoint cut short by a kill mid-write
+        data = open(fake_run, "rb").read()
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        torch.save({"model": {}}, path)
+    with pytest.raises(ckpt.CkptError) as err:
+        te.read_train_ckpt(str(path))
+    msg = str(err.value)
+    assert msg.startswith("--ckpt ") and str(path) in msg and "\n" not in msg
+    assert {"folder": "is a folder", "empty": "empty", "corrupt": "cannot be read", "foreign": "lacks"}[kind] in msg
+    with pytest.raises(SystemExit) as e:                              # the command line: exit 2, no traceback
+        te.main(["--ckpt", str(path)])
+    assert e.value.code == 2
