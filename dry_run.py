@@ -71,7 +71,7 @@ def dry_run(cfg):
     return est
 
 
-if __name__ == "__main__":   # the released LlamaGen-XL batch (train.py --backbone llamagen_xl --dry_run prints the same)
+if __name__ == "__main__":  # the released LlamaGen-XL batch (train.py --backbone llamagen_xl --dry_run prints the same)
     from types import SimpleNamespace
     est = dry_run(SimpleNamespace(backbone="llamagen_xl", grad_ckpt=True, bf16=True, batch_prompts=4, group_size=8,
                                   logp_chunk=0, rank_k=1))

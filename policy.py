@@ -4,9 +4,9 @@ Concept (arXiv 2605.21195; docs/method.md §4.2 per-token log-probs, §4.6 rollo
 §13.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
 tokens of a VQ grid in raster order, and predicts z_t at every step: log pi(z | c) = sum_t log pi(z_t | z_<t, c).
 Sampling: classifier-free guidance (CFG) against a learnt null caption, top-k / top-p, a static KV cache;
-`sample_naive` is the slow oracle it is tested against. Text convention everywhere (docs/method.md D11): caption features
-left-aligned (pads first, zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns
-masked, diagonal forced on.
+`sample_naive` is the slow oracle it is tested against. Text convention everywhere (docs/method.md D11): caption
+features left-aligned (pads first, zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key
+columns masked, diagonal forced on.
 
 Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench_sampler.py
 Copy together with ckpt.py: `load_gpt` uses its read_state_dict / load_strict checkpoint plumbing.
@@ -226,7 +226,8 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
                          f"text encoder with max_len={T} and width {D}, or the matching GPTConfig")
     if cond_mask.dtype != torch.bool or cond_mask.shape != cond.shape[:2]:
         raise ValueError(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} {cond_mask.shape}")
-    if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):  # docs/method.md D11: text left-aligned, so the last slot is always a real token
+    # docs/method.md D11: text left-aligned, so the last slot is always a real token
+    if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):
         raise ValueError("cond_mask[:, -1] must be True: caption features must be left-aligned (pads first) and "
                          "non-empty; use left_align() / the encoders in policy.py")
     if tokens is not None and (tokens.dtype != torch.long or tokens.shape[:-1] != cond.shape[:1]
@@ -235,7 +236,7 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
                          f"{tuple(tokens.shape)}")
 
 
-# ---- Sampling (generate.py; docs/method.md §13.11) and log-probs (docs/method.md §4.2) -----------------------------------
+# ---- Sampling (generate.py; docs/method.md §13.11) and log-probs (docs/method.md §4.2) ---------------------------
 def top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(...,V) -> (...,V) with filtered entries at -inf; HF v3.2 rule as in generate.py:16-54, but the input is not
     edited in place. top-k keeps logits >= the k-th largest (ties kept); top-p then keeps the shortest prefix of the
@@ -275,7 +276,7 @@ def _prepare(model: GPT, cond, cond_mask, cfg_scale, temperature=1.0, top_k=0, t
 @torch.no_grad()
 def sample(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,N) int64 image tokens, raster order (docs/method.md §4.6; docs/method.md §13.11): prefill the T text slots into a
+    """(B,N) int64 image tokens, raster order (docs/method.md §4.6, §13.11): prefill the T text slots into a
     static KV cache, then one token per step: CFG, temperature, top-k, top-p, torch.multinomial on `generator`
     (None: torch's default one). Same tokens as `sample_naive` for the same generator state."""
     cfg, B, T, N = model.cfg, cond.shape[0], model.cfg.cls_token_num, model.cfg.block_size
@@ -312,7 +313,7 @@ def sample_naive(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0,
 
 
 def token_logprobs(model: GPT, cond, cond_mask, tokens, *, cfg_scale=1.0) -> torch.Tensor:
-    """(B,N) differentiable log pi(z_t | z_<t, c) by one teacher-forced forward (docs/method.md §4.2). Runs in the model's
+    """(B,N) differentiable log pi(z_t | z_<t, c), one teacher-forced forward (docs/method.md §4.2). Runs in the model's
     current mode (RankE: eval). cfg_scale == 1: conditional branch only, as released; otherwise log-softmax of the
     CFG-combined logits (docs/method.md §4.5, `--logp_cfg guided`), cond and null halves in one batched forward.
     Equals the sampler's per-step log-distribution at temperature 1 without top-k / top-p."""
@@ -335,7 +336,7 @@ def load_gpt(path_or_hub: str, cfg: GPTConfig, *, map_location="cpu") -> GPT:
     return model.eval()
 
 
-# ---- Text encoders: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned (docs/method.md D11) -------
+# ---- Text encoders: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned (docs/method.md D11) -
 def left_align(feats: torch.Tensor, mask: torch.Tensor):
     """Right-padded (B,T,D) features + (B,T) mask -> each row rotated so its L valid vectors fill the LAST L slots,
     mask flipped to pads-first, pads zeroed (sample_t2i.py:92-106; as in training, dataset/t2i.py:114-122)."""

@@ -86,15 +86,15 @@ def policy_loss(logp, logp_old, logp_ref, adv, *, clip_eps=0.2, beta=0.05, kl_es
     _require(clip_eps > 0, f"clip_eps must be > 0, got {clip_eps}")
     logp_old, logp_ref, a = logp_old.detach(), logp_ref.detach(), adv.detach()[:, None]   # a: (B*G, 1)
     log_ratio = logp - logp_old
-    ratio = log_ratio.exp()                                               # docs/method.md §4.3: rho_t = exp(l_theta - l_old)
+    ratio = log_ratio.exp()                                          # docs/method.md §4.3: rho_t = exp(l_theta - l_old)
     surr = ratio * a
     surr_clip = ratio.clamp(1 - clip_eps, 1 + clip_eps) * a
-    pg = -torch.minimum(surr, surr_clip).mean()                           # docs/method.md §4.3: -mean min(rho A, clip(rho) A)
+    pg = -torch.minimum(surr, surr_clip).mean()                     # docs/method.md §4.3: -mean min(rho A, clip(rho) A)
     d = logp - logp_ref
     if kl_estimator == "k2":
-        kl_tok = 0.5 * d.pow(2)                                           # docs/method.md §4.3: 1/2 (l_theta - l_ref)^2 (k2)
+        kl_tok = 0.5 * d.pow(2)                                      # docs/method.md §4.3: 1/2 (l_theta - l_ref)^2 (k2)
     else:
-        kl_tok = (torch.expm1(-d) + d).clamp_min(0)   # docs/method.md D7 alt: exp(ref-l) - (ref-l) - 1 (k3); >= 0 in floats too
+        kl_tok = (torch.expm1(-d) + d).clamp_min(0)   # D7 alternative, k3: exp(ref-l) - (ref-l) - 1; >= 0 in floats too
     kl = kl_tok.mean()
     loss = pg + beta * kl                                                 # docs/method.md §4.3: L_GPT
     with torch.no_grad():

@@ -221,7 +221,7 @@ def train_vq(vq, world, cfg, perceptual, g, progress):
                 pick = torch.randint(len(z), (len(dead),), generator=g)
                 vq.quantize.embedding.weight[dead] = F.normalize(z[pick], dim=-1)
             usage.zero_()
-        z_q, commit, idx = vq.encode(x)                                                # commit = codebook + beta*commitment
+        z_q, commit, idx = vq.encode(x)                                            # commit = codebook + beta*commitment
         x_rec = vq.decode(z_q)
         l1, l2 = (x_rec - x).abs().mean(), (x_rec - x).pow(2).mean()
         p = perceptual(x_rec, x).mean()

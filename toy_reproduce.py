@@ -1,5 +1,6 @@
-"""The paper's comparison (docs/method.md §1: the paper's tables and its uniform-GAN ablation) reproduced on the toy world: Base, Standard RL (GRPO, frozen decoder),
-RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi, several seeds each, from the same base models.
+"""The paper's comparison (docs/method.md §1: the paper's tables and its uniform-GAN ablation) reproduced on the
+toy world: Base, Standard RL (GRPO, frozen decoder), RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi,
+several seeds each, from the same base models.
 
     python toy_reproduce.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}
     python toy_reproduce.py --seeds 0 --steps 40  # a quick look

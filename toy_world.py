@@ -55,7 +55,7 @@ from vq import VQ_CONFIGS, VQModel
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
            "yellow": (240, 220, 50), "white": (235, 235, 235), "pink": (235, 80, 200)}
 BACKGROUND = (20, 20, 30)
-RADIUS, MIN_AREA = 60.0, 12          # colour residual radius (see segment); smallest pixel area that counts as an object
+RADIUS, MIN_AREA = 60.0, 12         # colour residual radius (see segment); smallest pixel area that counts as an object
 SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = {"small": (7, 10), "large": (13, 16)}          # bounding-box extent in pixels (inclusive range)
 SIZE_SPLIT = 11.5                                       # checker: extent <= 11.5 is "small"

@@ -340,8 +340,8 @@ def policy_step(cfg, bb, m, cond_g, mask_g, tokens, logp_old, logp_ref, adv, wor
 
 
 def disc_step(cfg, m, x_gt, z_gt, world, autocast):
-    """4. DISC (docs/method.md §6): hinge loss, real images vs the current decoder's reconstructions of them.
-    Called from disc_start on; before it the released loss is a detached zero, so nothing would update."""
+    """4. DISC (docs/method.md §6): hinge loss, real images vs the current decoder's reconstructions of them. Runs
+    from disc_start on; before it the released loss is a detached zero: no gradient, and AdamW skips None grads."""
     with torch.no_grad(), autocast():
         x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
     with autocast():

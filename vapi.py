@@ -6,7 +6,7 @@ uniform random index with probability xi); ONE teacher-forced forward gives a di
 sequences position-wise from it; decode each with the frozen VQ decoder; reward = -(MSE + perceptual) to the GT
 image; group-z-scored advantages and the PPO-clipped surrogate (reused from ranke.py: this file builds on it);
 plus beta x next-token cross-entropy on the same noisy-context logits as a prior regulariser; optional k3 KL to
-the base policy (off in every released script). train.py's vapi_iteration assembles these with policy.GPT.
+the base policy (off in every released script). train.py's vapi_step assembles these with policy.GPT.
 
 Run the self-check:  python vapi.py   (a bigram toy policy over V=8 "codes" learns to reconstruct fixed GT token
 grids; the mean reward printed every 10 steps rises towards 0 and the argmax accuracy towards 1.)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ckpt import cached_download, load_strict, read_state_dict  # checkpoint plumbing (a leaf file, see ckpt.py)
 
-# ---- VQ-16 (docs/method.md §13.2-13.5). Module names = LlamaGen's state-dict keys (§13.4); registration order = key order
+# ---- VQ-16 (docs/method.md §13.2-13.5). Module names = LlamaGen's state-dict keys (§13.4), registered in key order
 @dataclass
 class VQConfig:
     codebook_size: int = 16384       # K
