@@ -5,9 +5,11 @@
         --gpt_ckpt t2i_XL_stage1_256.pt --vq_ckpt vq_ds16_t2i.pt --t5_path flan-t5-xl --clip_path clip-L14.pt
     torchrun --nproc_per_node=8 train.py --backbone llamagen_xl ...   # 8 GPUs (gloo on CPU, nccl on GPU)
     python train.py --backbone llamagen_xl --dry_run                  # parameter counts + memory estimate
+    python train.py --backbone janus_pro_1b --data train_subset_15k.tar --janus_ckpt Janus-Pro-1B/pytorch_model.bin \
+        --janus_tokenizer Janus-Pro-1B --clip_path clip-L14.pt         # Janus-Pro-1B (32 prompts/update on 8 GPUs)
 
 The algorithm (docs/method.md §3). Each numbered step is one function below, in this order; main()'s loop calls
-them in this order. Per rank and iteration, with B (image, caption) pairs from the data:
+them in this order. Per rank and iteration, with B (image, caption) pairs per micro-batch (--grad_accum of them):
   1. ROLLOUT   rollout()         B x G token grids from the online policy with CFG; their per-token log-probs under
                                  the online ("old") and the frozen reference policy (§4.2, §4.6).
   2. REWARD    score_rollouts()  decode with the EMA decoder, score, group-normalised advantages (§4.1, §7).
@@ -18,7 +20,8 @@ them in this order. Per rank and iteration, with B (image, caption) pairs from t
                                  decoder EMA every step.
   --method ranke (default): 1-5 | grpo (standard RL): 1-3, the decoder never changes | decoder: 1-2, 4-5
   --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
-Plumbing (processes, checkpoints, resume, logging) lives in runtime.py; the memory estimator in dry_run.py.
+What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (processes, checkpoints,
+resume, logging) in runtime.py; the memory estimator in dry_run.py.
 
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
 T caption slots, D caption feature width, V codebook size.
@@ -32,13 +35,11 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-import ckpt
-import policy
 import ranke
-import rewards
 import vapi
 import vq as vqlib
-from data import PairDataset, PairStream, WorldStream, save_grid
+from backbones import Backbone, build_backbone, check_paths
+from data import save_grid
 from runtime import (Logger, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb, resume,
                      save_checkpoint, setup_distributed, teardown)
 
@@ -47,8 +48,8 @@ from runtime import (Logger, allreduce_grads, average_buffers, parse_dataclass_f
 # Configuration: one flat dataclass; every field is a flag. Presets hold the released hyperparameters.
 @dataclass
 class Config:
-    preset: str = "tiny"           # named preset applied before the flags (tiny | llamagen_xl_clip | llamagen_xl_hps)
-    backbone: str = "tiny"         # tiny (toy world, CPU) | llamagen_xl (LlamaGen GPT-XL t2i + VQ-16)
+    preset: str = "tiny"           # named preset applied before the flags (see PRESETS)
+    backbone: str = "tiny"         # tiny (toy world, CPU) | llamagen_xl (GPT-XL t2i + VQ-16) | janus_pro_1b
     method: str = "ranke"          # ranke | grpo | decoder | vapi
     out_dir: str = "runs/tiny"     # checkpoints, metrics.jsonl, sample grids
     seed: int = 42                 # model init is identical on all ranks; data and rollouts get seed + rank
@@ -64,7 +65,8 @@ class Config:
     toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
     toy_preset: str = "default"    # default | tiny (seconds-fast, low quality: tests)
     image_size: int = 32           # S
-    batch_prompts: int = 8         # B per rank (released LlamaGen: 4)
+    batch_prompts: int = 8         # B per rank and micro-batch (released LlamaGen: 4, Janus: 2)
+    grad_accum: int = 1            # micro-batches per optimizer update (Janus preset: 2; a real accumulation, D9)
     group_size: int = 8            # G (released: 8)
     # rollout sampling (docs/method.md §4.6)
     cfg_scale: float = 4.0         # LlamaGen 6.0
@@ -112,6 +114,10 @@ class Config:
     hps_path: str = "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"
     lpips_vgg: str = ""            # torchvision vgg16 weights file ("" = torchvision download)
     lpips_lin: str = ""            # LlamaGen's lpips vgg.pth ("" = download)
+    # Janus-Pro-1B (docs/method.md §17)
+    janus_ckpt: str = "hf://deepseek-ai/Janus-Pro-1B/pytorch_model.bin"   # original or HF-converted layout
+    janus_tokenizer: str = "deepseek-ai/Janus-Pro-1B"  # folder with the tokenizer files (or the hub id)
+    janus_config: str = "janus_pro_1b"  # janus_pro_1b | tiny (a 32-px test configuration)
     # systems
     device: str = "auto"           # auto | cpu | cuda
     bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
@@ -138,15 +144,26 @@ PRESETS = {
                              group_size=8, lr_gpt=1e-6, weight_decay=1e-4, vapi_xi=0.5, vapi_ce=0.1, vapi_kl=0.0,
                              grad_ckpt=True),
 }
-CHOICES = dict(backbone=("tiny", "llamagen_xl"), method=("ranke", "grpo", "decoder", "vapi"),
-               kl_estimator=("k2", "k3"), kl_ref=("frozen", "ema"), logp_cfg=("cond", "guided"),
+# docs/method.md §8, columns "Janus CLIP" / "Janus HPS", in optimizer updates: 2 prompts x grad_accum 2 x 8 GPUs =
+# 32 prompts per update, as the scripts intended (the released accumulation kept only every second micro-batch and
+# counted micro-steps, D9: its disc_start 100, total 4680, checkpoint 500 and 6k evaluated steps become 50, 2340,
+# 250 and 3000 updates here). Learning rates as actually run (D15), fp32 master weights (docs/method.md §17).
+for _name, _beta, _reward in (("janus_pro_1b_clip", 0.05, "clip"), ("janus_pro_1b_hps", 0.01, "hpsv2")):
+    PRESETS[_name] = dict(backbone="janus_pro_1b", out_dir=f"runs/{_name}", steps=3000, total_steps=2340,
+                          ckpt_every=250, sample_every=250, image_size=384, batch_prompts=2, grad_accum=2,
+                          group_size=8, cfg_scale=5.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5,
+                          beta_kl=_beta, lambda_reward=0.05, lambda_consist=5.0, disc_start=50, reward=_reward,
+                          grad_ckpt=True)
+CHOICES = dict(backbone=("tiny", "llamagen_xl", "janus_pro_1b"), janus_config=("janus_pro_1b", "tiny"),
+               method=("ranke", "grpo", "decoder", "vapi"), kl_estimator=("k2", "k3"), kl_ref=("frozen", "ema"),
+               logp_cfg=("cond", "guided"),
                rank_mode=("reward", "uniform"), logger=("none", "tensorboard", "wandb"), reward=("clip", "hpsv2"),
                device=("auto", "cpu", "cuda"), preset=tuple(PRESETS), toy_preset=("default", "tiny"))
 
 
 # Allowed values: (requirement, test, flags). parse_config reports every violation at once.
-RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "ckpt_every", "keep_ckpts", "ppo_epochs",
-                                    "ema_gpt_every", "image_size")),
+RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "grad_accum", "ckpt_every", "keep_ckpts",
+                                    "ppo_epochs", "ema_gpt_every", "image_size")),
          (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
          ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
          ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
@@ -160,88 +177,14 @@ RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "c
 def parse_config(argv=None) -> Config:
     """Flags from the Config fields (help = each field's comment); a preset (or --backbone llamagen_xl) sets the
     defaults, flags override them. Out-of-range values exit at once with every bad flag named."""
-    cfg = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset=lambda backbone: (
-        "llamagen_xl_clip" if backbone == "llamagen_xl" else "tiny"))
+    cfg = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset=lambda backbone: {
+        "llamagen_xl": "llamagen_xl_clip", "janus_pro_1b": "janus_pro_1b_clip"}.get(backbone, "tiny"))
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
     if bad:
         raise SystemExit("bad flag values:\n  " + "\n  ".join(bad))
     return cfg
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The backbone seam: everything model-specific the loop needs. A second backbone (Janus-Pro-1B) is one more builder
-# of this record; the loop never looks inside the models beyond these calls.
-@dataclass
-class Backbone:
-    text_encoder: object   # captions -> (cond (B,T,D), cond_mask (B,T))
-    gpt: torch.nn.Module    # policy, used only through the three calls below
-    vq: torch.nn.Module     # tokenizer: decoder_parameters(), last_layer, encode_indices, codebook_lookup, decode,
-    #                         decode_indices, cfg.codebook_size
-    sample: object          # (gpt, cond, mask, cfg_scale=, temperature=, top_k=, top_p=, generator=) -> (B,N)
-    logprobs: object        # (gpt, cond, mask, tokens, cfg_scale=) -> (B,N)
-    logits: object          # (gpt, tokens, cond, mask) -> (B,N,V) teacher-forced (VA-pi)
-    reward_fn: object       # (images01, prompts) -> (scores (B,), info)
-    perceptual: object      # (x, y) -> (B,) in [-1, 1]
-    stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); stats, state_dict, load_state_dict
-
-
-def build_backbone(cfg: Config, device, rank: int) -> Backbone:
-    data_seed = cfg.seed + 1000 * rank
-    if cfg.backbone == "tiny":
-        import toy_world   # the toy wing is imported only when the toy is asked for
-        tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
-        b = toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
-        stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
-                  else WorldStream(b.world, cfg.batch_prompts, data_seed))     # --data, or the world's generator
-        text_encoder, gpt, vq, reward_fn, perceptual = b.text_encoder, b.gpt, b.vq, b.reward_fn, b.perceptual
-    else:
-        text_encoder = policy.T5TextEncoder(cfg.t5_path, device=device)
-        gpt = policy.load_gpt(cfg.gpt_ckpt, policy.GPT_CONFIGS["GPT-XL-t2i"])
-        vq = vqlib.load_vq(cfg.vq_ckpt, vqlib.VQ_CONFIGS["vq16"])
-        reward_fn = rewards.WeightedReward({cfg.reward: (rewards.make_reward(cfg.reward, reward_path(cfg)[1]), 1.0)})
-        perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device)
-        stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
-    gpt.cfg.grad_ckpt = cfg.grad_ckpt
-    return Backbone(text_encoder, gpt.to(device), vq.to(device), policy.sample, policy.token_logprobs,
-                    lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
-
-
-def reward_path(cfg: Config):
-    return ("--clip_path", cfg.clip_path or None) if cfg.reward == "clip" else ("--hps_path", cfg.hps_path)
-
-
-def check_paths(cfg: Config) -> list:
-    """Every path flag of the run, checked before anything heavy loads (a bad path fails in seconds, not after T5
-    and a rollout); returns one message per bad flag, so a user learns all of them in one try. hf:// paths are
-    looked up in the hub cache (downloaded only when online)."""
-    bad = [f"--out_dir {cfg.out_dir!r} is a file; pass a directory (it is created if missing)"
-           if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir) else None]
-    bad += [ckpt.check_path("--data", p, "file_or_dir") for p in cfg.data.split(",") if p]
-    if cfg.backbone == "tiny":
-        bad.append(f"--toy_cache {cfg.toy_cache!r} is a file; pass a directory" if os.path.isfile(cfg.toy_cache)
-                   else None)
-        return [b for b in bad if b]
-    bad += [None if cfg.data else "--data: --backbone llamagen_xl needs (image, caption) pairs (folder, .jsonl, .tar)",
-            ckpt.check_path("--gpt_ckpt", cfg.gpt_ckpt), ckpt.check_path("--vq_ckpt", cfg.vq_ckpt)]
-    if not os.path.isdir(cfg.t5_path):          # else a hub id (google/flan-t5-xl): its files must be in the cache
-        hub_id = cfg.t5_path.count("/") == 1 and not cfg.t5_path.startswith((".", "/", "~"))
-        bad.append(ckpt.check_path("--t5_path", f"hf://{cfg.t5_path}/config.json") if hub_id else
-                   f"--t5_path {cfg.t5_path!r}: no such folder; pass the folder with the HF files of google/flan-t5-xl")
-    flag, path = reward_path(cfg)
-    try:                                        # the active reward's weights: local file, hub cache or open_clip's
-        rewards.make_reward(cfg.reward, path).resolve()
-    except FileNotFoundError as e:
-        bad.append(f"{flag}: {e}")
-    for flag, url in (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)):
-        path = getattr(cfg, flag[2:])
-        try:                                    # "" = the torch-hub cache copy, downloaded when online
-            path or ckpt.cached_download(None, url, f"LPIPS needs {url}: download it and pass {flag} PATH.")
-        except FileNotFoundError as e:
-            bad.append(f"{flag}: {e}")
-        bad.append(path and ckpt.check_path(flag, path))
-    return [b for b in bad if b]
 
 
 @dataclass
@@ -290,142 +233,174 @@ def optimizer_step(opt, world, clip):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The algorithm: one function per step of the box in the docstring. Each does its own forward / backward /
-# optimizer step and returns a dict of float stats.
-def rollout(cfg, bb, m, cond_g, mask_g, gen, autocast):
+# The algorithm: one function per step of the box in the docstring. Steps 1-2 run once per micro-batch of B
+# prompts; steps 3-5 take the update's micro-batches (--grad_accum of them), accumulate gradients over them, make
+# one optimizer step and return a dict of float stats.
+@dataclass
+class Batch:
+    """One micro-batch: B (image, caption) pairs, then what steps 1, 2 and 4 add to it."""
+    x_gt: torch.Tensor                  # (B,3,S,S) ground-truth images in [-1,1]
+    cond: torch.Tensor                  # (B,T,D) caption features, or (B,T) prompt token ids (Janus)
+    mask: torch.Tensor                  # (B,T) bool
+    cond_g: torch.Tensor                # (B*G,...) cond repeated per sample, prompt-major
+    mask_g: torch.Tensor                # (B*G,T)
+    prompts_g: list                     # B*G captions, prompt-major
+    tokens: torch.Tensor = None         # (B*G,N) rollouts (step 1)
+    logp_old: torch.Tensor = None       # (B*G,N) under the online policy at sampling time
+    logp_ref: torch.Tensor = None       # (B*G,N) under the KL reference
+    r: torch.Tensor = None              # (B*G,) rewards on EMA-decoder images (step 2)
+    adv: torch.Tensor = None            # (B*G,) group-normalised advantages
+    z_gt: torch.Tensor = None           # (B,C,h,w) frozen-encoder codebook vectors of x_gt
+
+
+def add_stats(stats, new, weight, prefix=""):
+    """stats[prefix + k] += weight * v: means over micro-batches (weight = their share of the update)."""
+    for k, v in new.items():
+        stats[prefix + k] = stats.get(prefix + k, 0.0) + v * weight
+
+
+def rollout(cfg, bb, m, b, gen, autocast):
     """1. ROLLOUT (docs/method.md §4.6, §4.2): tokens (B*G,N) from the online policy with CFG, and their per-token
     log-probs (B*G,N) under the online ("old") and the reference policy. No gradient."""
     t0 = time.time()
     logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
     kl_model = m.ema_gpt if cfg.kl_ref == "ema" else m.ref_gpt
     with torch.no_grad(), autocast():
-        tokens = bb.sample(m.gpt, cond_g, mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                           top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)                     # (B*G, N)
-        logp_old = bb.logprobs(m.gpt, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()     # (B*G, N)
-        logp_ref = bb.logprobs(kl_model, cond_g, mask_g, tokens, cfg_scale=logp_scale).float()
-    return tokens, logp_old, logp_ref, {"rollout_img_per_s": tokens.shape[0] / (time.time() - t0)}
+        b.tokens = bb.sample(m.gpt, b.cond_g, b.mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                             top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)                   # (B*G, N)
+        b.logp_old = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
+        b.logp_ref = bb.logprobs(kl_model, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
+    return {"rollout_img_per_s": b.tokens.shape[0] / (time.time() - t0)}
 
 
-def score_rollouts(cfg, bb, m, tokens, prompts_g):
+def score_rollouts(cfg, bb, m, b):
     """2. REWARD (docs/method.md §3 step 2, §7, §4.1): decode with the EMA decoder in fp32, score, and normalise
-    within each prompt's group. Returns rewards r (B*G,), advantages (B*G,), stats."""
+    within each prompt's group: rewards r (B*G,) and advantages (B*G,)."""
     with torch.no_grad():
-        x = m.ema_vq.decode_indices(tokens).float().clamp(-1, 1)                                # (B*G,3,S,S)
-        r, info = bb.reward_fn((x + 1) / 2, prompts_g)                                           # (B*G,)
-    adv, s = ranke.group_advantages(r.float(), cfg.group_size)                                   # §4.1
-    return r, adv, {"reward/mean": float(r.mean()), "reward/std": float(r.float().std()),
-                    **{f"reward/{k}": v for k, v in info.items()}, **{f"adv/{k}": v for k, v in s.items()}}
+        x = m.ema_vq.decode_indices(b.tokens).float().clamp(-1, 1)                              # (B*G,3,S,S)
+        b.r, info = bb.reward_fn((x + 1) / 2, b.prompts_g)                                       # (B*G,)
+    b.adv, s = ranke.group_advantages(b.r.float(), cfg.group_size)                               # §4.1
+    return {"reward/mean": float(b.r.mean()), "reward/std": float(b.r.float().std()),
+            **{f"reward/{k}": v for k, v in info.items()}, **{f"adv/{k}": v for k, v in s.items()}}
 
 
-def policy_step(cfg, bb, m, cond_g, mask_g, tokens, logp_old, logp_ref, adv, world, autocast):
-    """3. POLICY (docs/method.md §4.3): L_GPT = L_pg + beta * L_KL, gradients accumulated over row chunks of
-    --logp_chunk rows (token means over chunks = the mean over all tokens), then one AdamW step per PPO epoch."""
+def policy_step(cfg, bb, m, batches, world, autocast):
+    """3. POLICY (docs/method.md §4.3): L_GPT = L_pg + beta * L_KL over all tokens of the update, gradients
+    accumulated over micro-batches and row chunks of --logp_chunk rows, then one AdamW step per PPO epoch."""
     logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
-    BG = tokens.shape[0]
-    chunk = cfg.logp_chunk or BG
+    rows = sum(b.tokens.shape[0] for b in batches)
     for _ in range(cfg.ppo_epochs):                             # stats: those of the last epoch
         stats = {}
-        for i in range(0, BG, chunk):
-            sl = slice(i, i + chunk)
-            with autocast():
-                logp = bb.logprobs(m.gpt, cond_g[sl], mask_g[sl], tokens[sl], cfg_scale=logp_scale).float()  # (b,N)
-            loss, s = ranke.policy_loss(logp, logp_old[sl], logp_ref[sl], adv[sl], clip_eps=cfg.clip_eps,
-                                        beta=cfg.beta_kl, kl_estimator=cfg.kl_estimator)           # §4.3
-            frac = tokens[sl].shape[0] / BG
-            (loss * frac).backward()
-            for k, v in s.items():
-                stats[f"policy/{k}"] = stats.get(f"policy/{k}", 0.0) + v * frac
+        for b in batches:
+            for i in range(0, b.tokens.shape[0], cfg.logp_chunk or b.tokens.shape[0]):
+                sl = slice(i, i + (cfg.logp_chunk or b.tokens.shape[0]))
+                with autocast():
+                    logp = bb.logprobs(m.gpt, b.cond_g[sl], b.mask_g[sl], b.tokens[sl], cfg_scale=logp_scale).float()
+                loss, s = ranke.policy_loss(logp, b.logp_old[sl], b.logp_ref[sl], b.adv[sl], clip_eps=cfg.clip_eps,
+                                            beta=cfg.beta_kl, kl_estimator=cfg.kl_estimator)       # §4.3, (b,N)
+                frac = b.tokens[sl].shape[0] / rows                 # token means over chunks = mean over all
+                (loss * frac).backward()
+                add_stats(stats, s, frac, "policy/")
         stats["grad_norm/gpt"] = optimizer_step(m.opt_gpt, world, cfg.grad_clip)
     return stats
 
 
-def disc_step(cfg, m, x_gt, z_gt, world, autocast):
+def disc_step(cfg, m, batches, world, autocast):
     """4. DISC (docs/method.md §6): hinge loss, real images vs the current decoder's reconstructions of them. Runs
     from disc_start on; before it the released loss is a detached zero: no gradient, and AdamW skips None grads."""
-    with torch.no_grad(), autocast():
-        x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
-    with autocast():
-        loss, s = ranke.disc_hinge_loss(m.disc(x_gt).float(), m.disc(x_rec).float(), cfg.disc_weight)   # §6
-    loss.backward()
-    stats = {f"disc/{k}": v for k, v in s.items()}
-    stats["grad_norm/disc"] = optimizer_step(m.opt_disc, world, 0.0)                    # no clipping
+    stats = {}
+    for b in batches:
+        with torch.no_grad(), autocast():
+            x_rec = m.vq.decode(b.z_gt).float()                                                  # (B,3,S,S)
+        with autocast():
+            loss, s = ranke.disc_hinge_loss(m.disc(b.x_gt).float(), m.disc(x_rec).float(), cfg.disc_weight)  # §6
+        (loss / len(batches)).backward()
+        add_stats(stats, s, 1 / len(batches), "disc/")
+    stats["grad_norm/disc"] = optimizer_step(m.opt_disc, world, 0.0)                          # no clipping
     return stats
 
 
-def decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, autocast):
-    """5. DECODER (docs/method.md §5.2) on the rollouts of step 1: (a) GT reconstruction with its own backward;
-    (b) top-K selection and rank weights; (c) Rank-GAN + EMA consistency + reward backprop, one backward; then one
-    AdamW step on decoder + post_quant_conv. D is a fixed critic here (no gradient to its weights)."""
-    G, use_gan, stats = cfg.group_size, step >= cfg.disc_start, {}
+def decoder_step(cfg, bb, m, batches, step, world, autocast):
+    """5. DECODER (docs/method.md §5.2) on the rollouts of step 1: (a) top-K selection and rank weights over the
+    whole update; per micro-batch (b) GT reconstruction with its own backward and (c) Rank-GAN + EMA consistency +
+    reward backprop, one backward; then one AdamW step on decoder + post_quant_conv. D is a fixed critic here."""
+    G, use_gan, n, stats = cfg.group_size, step >= cfg.disc_start, len(batches), {}
     m.disc.requires_grad_(False)
-    # (a) ground-truth reconstruction: L1 + perceptual + adaptive-weighted GAN (the manifold anchor)
-    with autocast():
-        x_rec = m.vq.decode(z_gt).float()                                                        # (B,3,S,S)
-        d_rec = m.disc(x_rec).float() if use_gan else None
-    l_gt, s = ranke.gt_recon_loss(x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan,
-                                  disc_weight=cfg.disc_weight)                               # §5.2 item 1
-    (cfg.lambda_recon * l_gt).backward()
-    stats.update({f"decoder/gt_{k}": v for k, v in s.items()})
-    # (b) selection by the rollout (EMA-decoder) rewards, rank weights (§5.1, D2, D3)
+    # (a) selection by the rollout (EMA-decoder) rewards, rank weights (§5.1, D2, D3)
+    r = torch.cat([b.r for b in batches]).float()                                                # (n*B*G,)
     tau, _ = ranke.tau_schedule(step, cfg.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_frac)
     if cfg.rank_mode == "reward":
-        idx, w, s = ranke.rank_weights(r.float(), G, cfg.rank_k, tau)                            # (B*K,), (B*K,)
+        idx, w, s = ranke.rank_weights(r, G, cfg.rank_k, tau)                                   # (n*B*K,) each
     else:   # ablation: a uniform GAN on K random samples per prompt, w = 1 (docs/method.md §5.1)
         idx, w, s = ranke.uniform_selection(r.shape[0] // G, G, cfg.rank_k, cfg.seed + step * 7919, r.device)
     stats.update({f"rank/{k}": v for k, v in s.items()}, **{"rank/tau": float(tau)})
-    z_sel = tokens[idx]                                                                          # (B*K, N)
-    with autocast():
-        x_sel = m.vq.decode_indices(z_sel).float().clamp(-1, 1)                                 # x_hat*
-        with torch.no_grad():
-            x_ema = m.ema_vq.decode_indices(z_sel).float()
-        d_sel = m.disc(x_sel).float() if use_gan else None
-    # (c) Rank-GAN (§5.2 item 2) + EMA consistency (item 3) + reward backprop (item 4), one backward
-    total = torch.zeros((), device=x_sel.device)
-    if use_gan:
-        l_rg, s = ranke.rank_gan_loss(d_sel, w, cfg.disc_weight)
-        total = total + cfg.lambda_gan * l_rg
-        stats.update({f"decoder/rankgan_{k}": v for k, v in s.items()})
-    l_c, s = ranke.consistency_loss(x_sel, x_ema, bb.perceptual)
-    total = total + cfg.lambda_consist * l_c
-    stats.update({f"decoder/consist_{k}": v for k, v in s.items()})
-    if cfg.lambda_reward:
-        scores, _ = bb.reward_fn((x_sel + 1) / 2, [prompts_g[i] for i in idx.tolist()])
-        l_r, s = ranke.reward_loss(scores.float(), w)
-        total = total + cfg.lambda_reward * l_r
-        stats.update({f"decoder/reward_{k}": v for k, v in s.items()})
-    total.backward()
+    total_sum, BG = 0.0, batches[0].tokens.shape[0]
+    for i, b in enumerate(batches):
+        # (b) ground-truth reconstruction: L1 + perceptual + adaptive-weighted GAN (the manifold anchor)
+        with autocast():
+            x_rec = m.vq.decode(b.z_gt).float()                                                  # (B,3,S,S)
+            d_rec = m.disc(x_rec).float() if use_gan else None
+        l_gt, s = ranke.gt_recon_loss(b.x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan,
+                                      disc_weight=cfg.disc_weight)                           # §5.2 item 1
+        (cfg.lambda_recon * l_gt / n).backward()
+        add_stats(stats, s, 1 / n, "decoder/gt_")
+        # (c) this micro-batch's selected samples x_hat* = Dec(z*)
+        mine = (idx >= i * BG) & (idx < (i + 1) * BG)
+        z_sel, w_i, frac = b.tokens[idx[mine] - i * BG], w[mine], int(mine.sum()) / idx.shape[0]    # (B*K, N)
+        with autocast():
+            x_sel = m.vq.decode_indices(z_sel).float().clamp(-1, 1)                             # x_hat*
+            with torch.no_grad():
+                x_ema = m.ema_vq.decode_indices(z_sel).float()
+            d_sel = m.disc(x_sel).float() if use_gan else None
+        total = torch.zeros((), device=x_sel.device)
+        if use_gan:                                                                              # §5.2 item 2
+            l_rg, s = ranke.rank_gan_loss(d_sel, w_i, cfg.disc_weight)
+            total = total + cfg.lambda_gan * l_rg
+            add_stats(stats, s, frac, "decoder/rankgan_")
+        l_c, s = ranke.consistency_loss(x_sel, x_ema, bb.perceptual)                              # §5.2 item 3
+        total = total + cfg.lambda_consist * l_c
+        add_stats(stats, s, frac, "decoder/consist_")
+        if cfg.lambda_reward:                                                                    # §5.2 item 4
+            scores, _ = bb.reward_fn((x_sel + 1) / 2, [b.prompts_g[j] for j in (idx[mine] - i * BG).tolist()])
+            l_r, s = ranke.reward_loss(scores.float(), w_i)
+            total = total + cfg.lambda_reward * l_r
+            add_stats(stats, s, frac, "decoder/reward_")
+        (total * frac).backward()
+        total_sum += float(total.detach()) * frac + cfg.lambda_recon * float(l_gt.detach()) / n
     m.disc.requires_grad_(True)
-    stats["decoder/total"] = float(total.detach()) + cfg.lambda_recon * float(l_gt.detach())
+    stats["decoder/total"] = total_sum
     stats["grad_norm/decoder"] = optimizer_step(m.opt_dec, world, cfg.grad_clip)
     return stats
 
 
-def vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast):
+def vapi_step(cfg, bb, m, batches, gen, world, autocast):
     """VA-pi (docs/method.md §12.2), replacing steps 1-5: teacher-forced policy step on ground-truth tokens with a
-    noisy context and a reconstruction reward through the frozen decoder; one AdamW step."""
-    G = cfg.group_size
-    with torch.no_grad():
-        z_gt = m.vq.encode_indices(x_gt.float())                                                 # (B,N) GT tokens
-    z_in, s_noise = vapi.noisy_context(z_gt, cfg.vapi_xi, m.vq.cfg.codebook_size, gen)          # step 3
-    with autocast():
-        logits = bb.logits(m.gpt, z_in, cond, mask).float()                                      # (B,N,V)
-    samples, _ = vapi.positionwise_sample(logits.detach(), G, gen)                              # (B*G,N), step 5
-    with torch.no_grad():       # frozen decoder, fp32 and unclamped, as the released VA-pi reward (§12.2 step 6)
-        x_hat = m.vq.decode_indices(samples).float()                                             # (B*G,3,S,S)
-    r, s_r = vapi.recon_reward(x_hat, x_gt.repeat_interleave(G, 0).float(), bb.perceptual)     # step 6
-    adv, s_a = ranke.group_advantages(r, G)
-    logp = vapi.positionwise_logprobs(logits, samples)                                           # (B*G,N), with grad
-    if cfg.vapi_kl:                                                                              # optional k3 KL
-        with torch.no_grad(), autocast():
-            logp_ref = vapi.positionwise_logprobs(bb.logits(m.ref_gpt, z_in, cond, mask).float(), samples)
-    else:
-        logp_ref = logp.detach()
-    pg, s_p = ranke.policy_loss(logp, logp.detach(), logp_ref, adv, clip_eps=cfg.clip_eps, beta=cfg.vapi_kl,
-                                kl_estimator="k3")
-    ce, s_c = vapi.ce_prior(logits, z_gt)                                                        # step 9
-    (pg + cfg.vapi_ce * ce).backward()
-    stats = {f"vapi/{k}": v for d in (s_noise, s_r, s_p, s_c) for k, v in d.items()}
-    stats.update({f"adv/{k}": v for k, v in s_a.items()}, **{"reward/mean": float(r.mean())})
+    noisy context and a reconstruction reward through the frozen decoder; one AdamW step per update."""
+    G, n, stats = cfg.group_size, len(batches), {}
+    for b in batches:
+        with torch.no_grad():
+            z_gt = m.vq.encode_indices(b.x_gt.float())                                          # (B,N) GT tokens
+        z_in, s_noise = vapi.noisy_context(z_gt, cfg.vapi_xi, m.vq.cfg.codebook_size, gen)      # step 3
+        with autocast():
+            logits = bb.logits(m.gpt, z_in, b.cond, b.mask).float()                              # (B,N,V)
+        samples, _ = vapi.positionwise_sample(logits.detach(), G, gen)                          # (B*G,N), step 5
+        with torch.no_grad():   # frozen decoder, fp32 and unclamped, as the released VA-pi reward (§12.2 step 6)
+            x_hat = m.vq.decode_indices(samples).float()                                         # (B*G,3,S,S)
+        r, s_r = vapi.recon_reward(x_hat, b.x_gt.repeat_interleave(G, 0).float(), bb.perceptual)  # step 6
+        adv, s_a = ranke.group_advantages(r, G)
+        logp = vapi.positionwise_logprobs(logits, samples)                                       # (B*G,N), with grad
+        if cfg.vapi_kl:                                                                          # optional k3 KL
+            with torch.no_grad(), autocast():
+                logp_ref = vapi.positionwise_logprobs(bb.logits(m.ref_gpt, z_in, b.cond, b.mask).float(), samples)
+        else:
+            logp_ref = logp.detach()
+        pg, s_p = ranke.policy_loss(logp, logp.detach(), logp_ref, adv, clip_eps=cfg.clip_eps, beta=cfg.vapi_kl,
+                                    kl_estimator="k3")
+        ce, s_c = vapi.ce_prior(logits, z_gt)                                                    # step 9
+        ((pg + cfg.vapi_ce * ce) / n).backward()
+        for d in (s_noise, s_r, s_p, s_c):
+            add_stats(stats, d, 1 / n, "vapi/")
+        add_stats(stats, {**{f"adv/{k}": v for k, v in s_a.items()}, "reward/mean": float(r.mean())}, 1 / n)
     stats["grad_norm/gpt"] = optimizer_step(m.opt_gpt, world, cfg.grad_clip)
     return stats
 
@@ -448,43 +423,38 @@ def main(cfg: Config):
     B, G = cfg.batch_prompts, cfg.group_size
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not master, desc=cfg.method)
     for step in bar:
-        t0 = time.time()
-        x_gt, captions = bb.stream.next()                               # (B,3,S,S) in [-1,1], B captions
-        x_gt = x_gt.to(device)
-        stats = {"step": step + 1, **{f"data/{k}": v for k, v in bb.stream.stats().items()}}
-        cond, mask = (t.to(device) for t in bb.text_encoder(captions))  # (B,T,D), (B,T)
+        t0, stats, batches = time.time(), {"step": step + 1}, []
+        for _ in range(cfg.grad_accum):                             # micro-batches of B prompts, one update
+            x_gt, captions = bb.stream.next()                       # (B,3,S,S) in [-1,1], B captions
+            cond, mask = (t.to(device) for t in bb.text_encoder(captions))      # (B,T,D) or (B,T), (B,T)
+            b = Batch(x_gt.to(device), cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                      [c for c in captions for _ in range(G)])
+            if cfg.method != "vapi":
+                add_stats(stats, rollout(cfg, bb, m, b, gen, autocast), 1 / cfg.grad_accum)        # 1. ROLLOUT
+                add_stats(stats, score_rollouts(cfg, bb, m, b), 1 / cfg.grad_accum)                # 2. REWARD
+            batches.append(b)
+        stats.update({f"data/{k}": v for k, v in bb.stream.stats().items()})   # skipped bad samples so far
         if cfg.method == "vapi":
-            stats.update(vapi_step(cfg, bb, m, x_gt, cond, mask, gen, world, autocast))
-        else:
-            cond_g, mask_g = cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)   # (B*G,T,D), prompt-major
-            prompts_g = [c for c in captions for _ in range(G)]
-            # 1. ROLLOUT
-            tokens, logp_old, logp_ref, s = rollout(cfg, bb, m, cond_g, mask_g, gen, autocast)
-            stats.update(s)
-            # 2. REWARD
-            r, adv, s = score_rollouts(cfg, bb, m, tokens, prompts_g)
-            stats.update(s)
-            # 3. POLICY (+ policy EMA every ema_gpt_every steps)
-            if cfg.method in ("ranke", "grpo"):
-                stats.update(policy_step(cfg, bb, m, cond_g, mask_g, tokens, logp_old, logp_ref, adv, world, autocast))
-                if (step + 1) % cfg.ema_gpt_every == 0:
-                    ranke.ema_update(m.ema_gpt, m.gpt, cfg.ema_gpt_decay)                 # §4.7
-            if cfg.method in ("ranke", "decoder"):
-                with torch.no_grad():                                   # frozen encoder + codebook, fp32
-                    z_gt = m.vq.codebook_lookup(m.vq.encode_indices(x_gt.float()))       # (B,C,h,w)
-                # 4. DISC (from disc_start)
-                if step >= cfg.disc_start:
-                    stats.update(disc_step(cfg, m, x_gt, z_gt, world, autocast))
-                # 5. DECODER (+ decoder EMA every step)
-                stats.update(decoder_step(cfg, bb, m, x_gt, z_gt, tokens, r, prompts_g, step, world, autocast))
-                ranke.ema_update(m.ema_vq, m.vq, cfg.ema_vq_decay)                        # §5.2
-                average_buffers(m.disc, world)      # D's BatchNorm statistics saw this rank's batches only
+            stats.update(vapi_step(cfg, bb, m, batches, gen, world, autocast))
+        if cfg.method in ("ranke", "grpo"):
+            stats.update(policy_step(cfg, bb, m, batches, world, autocast))                        # 3. POLICY
+            if (step + 1) % cfg.ema_gpt_every == 0:
+                ranke.ema_update(m.ema_gpt, m.gpt, cfg.ema_gpt_decay)                             # §4.7
+        if cfg.method in ("ranke", "decoder"):
+            for b in batches:
+                with torch.no_grad():                               # frozen encoder + codebook, fp32
+                    b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt.float()))          # (B,C,h,w)
+            if step >= cfg.disc_start:
+                stats.update(disc_step(cfg, m, batches, world, autocast))                         # 4. DISC
+            stats.update(decoder_step(cfg, bb, m, batches, step, world, autocast))                # 5. DECODER
+            ranke.ema_update(m.ema_vq, m.vq, cfg.ema_vq_decay)                                    # §5.2
+            average_buffers(m.disc, world)          # D's BatchNorm statistics saw this rank's batches only
         log.write({**stats, "step_time_s": time.time() - t0, "peak_mem_gb": peak_memory_gb(device)}, step + 1, bar)
         if master and cfg.sample_every and (step + 1) % cfg.sample_every == 0 and cfg.method != "vapi":
             rows = min(B, 4) * G
             with torch.no_grad(), autocast():
-                x = m.vq.decode_indices(tokens[:rows])
-            save_grid(os.path.join(cfg.out_dir, f"samples_{step + 1:07d}.png"), x, prompts_g[:rows], G)
+                x = m.vq.decode_indices(batches[0].tokens[:rows])
+            save_grid(os.path.join(cfg.out_dir, f"samples_{step + 1:07d}.png"), x, batches[0].prompts_g[:rows], G)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(cfg, m, step + 1, gen, bb.stream, world, rank)
     log.close()

@@ -27,6 +27,8 @@ TOY_PREFIX = "toy_"
 ALLOWED = {
     ("vq", "ckpt"): (False, "load_vq / LPIPS read upstream weight files with ckpt.read_state_dict / load_strict"),
     ("policy", "ckpt"): (False, "load_gpt reads LlamaGen GPT weights with ckpt.read_state_dict / load_strict"),
+    ("janus", "ckpt"): (False, "load_janus reads Janus-Pro weights with ckpt.read_state_dict / resolve / load_strict"),
+    ("janus", "vq"): (False, "Janus's gen_vision_model is vq.VQModel (LlamaGen VQ-16 keys); load_janus builds it"),
     ("eval_fid", "rewards"): (False, "the CLIP score and HPS v2.1 models are rewards.py's open_clip loaders"),
     ("vapi", "ranke"): (True, "the self-check trains with ranke.group_advantages / ranke.policy_loss"),
 }
@@ -165,9 +167,10 @@ def test_toy_wing_is_imported_only_by_itself_and_lazily_by_train():
         if m.startswith(TOY_PREFIX):
             continue
         for dep, where in deps.items():
-            if dep.startswith(TOY_PREFIX) and (m != "train" or where != {"function"}):
+            if dep.startswith(TOY_PREFIX) and (m not in ("train", "backbones") or where != {"function"}):
                 bad.append((m, dep, where))
-    assert not bad, ("only toy_*.py may import the toy wing, and train.py only inside a function: " + _fmt(bad))
+    assert not bad, ("only toy_*.py may import the toy wing, and train.py / backbones.py only inside a function: "
+                     + _fmt(bad))
 
 
 # ------------------------------------------------------------------------------------------- copy alone
@@ -184,8 +187,8 @@ def _deps_to_copy(m):
 
 
 _PROBE = ("import importlib, os, sys; m = importlib.import_module(sys.argv[1]); here = os.path.realpath(os.getcwd()); "
-          "repo = [k for k, v in sys.modules.items() if os.path.realpath(getattr(v, '__file__', None) or '')"
-          ".startswith(os.path.realpath(sys.argv[2]) + os.sep)]; "
+          "repo = [k for k, v in sys.modules.items() if os.path.dirname(os.path.realpath(getattr(v, '__file__', None)"
+          " or '/')) == os.path.realpath(sys.argv[2])]; "   # a top-level repository file (not a venv inside the repo)
           "assert os.path.realpath(m.__file__).startswith(here + os.sep), m.__file__; "
           "assert not repo, f'loaded from the repository: {repo}'")
 

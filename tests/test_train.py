@@ -222,3 +222,61 @@ def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
     for flag in ("--data", "--gpt_ckpt", "--vq_ckpt", "--t5_path", "--clip_path", "--lpips_vgg"):
         assert flag in msg, f"{flag} not named in:\n{msg}"
     assert time.time() - t0 < 30
+
+
+def split_batch(b, parts, G):
+    """A micro-batch of B prompts -> `parts` micro-batches of B / parts prompts (the same rollouts)."""
+    B = b.x_gt.shape[0]
+    out = []
+    for i in range(parts):
+        p, g = slice(i * B // parts, (i + 1) * B // parts), slice(i * B * G // parts, (i + 1) * B * G // parts)
+        out.append(train.Batch(b.x_gt[p], b.cond[p], b.mask[p], b.cond_g[g], b.mask_g[g], b.prompts_g[g],
+                               b.tokens[g], b.logp_old[g], b.logp_ref[g], b.r[g], b.adv[g], b.z_gt[p]))
+    return out
+
+
+def test_grad_accum_gives_the_full_batch_update(toy_cache, monkeypatch):
+    # --grad_accum 2 with half the prompts per micro-batch == one micro-batch of all prompts: same rollouts in, the
+    # same policy and decoder gradients at the optimizer step (float tolerance; after AdamW's first step, whose
+    # update is ~lr * sign(g), rounding-level differences of near-zero gradients would show as +-lr flips).
+    # GAN off (before disc_start): D's BatchNorm statistics and the adaptive GAN weight are per micro-batch by
+    # nature, as in any gradient accumulation.
+    G = 4
+    cfg = train.parse_config(["--toy_preset", "tiny", "--toy_cache", toy_cache, "--batch_prompts", "4", "--group_size",
+                              str(G), "--rank_k", "2", "--disc_start", "100", "--device", "cpu"])
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    step_fn, grads = train.optimizer_step, []
+
+    def recording_step(opt, world, clip):
+        grads.append([p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None])
+        return step_fn(opt, world, clip)
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    tokens = []
+    for parts in (1, 2):
+        torch.manual_seed(cfg.seed)
+        bb = train.build_backbone(cfg, torch.device("cpu"), 0)
+        m = train.build_models(cfg, bb, torch.device("cpu"))
+        x_gt, captions = bb.stream.next()
+        cond, mask = bb.text_encoder(captions)
+        b = train.Batch(x_gt, cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                        [c for c in captions for _ in range(G)])
+        train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
+        train.score_rollouts(cfg, bb, m, b)
+        with torch.no_grad():
+            b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
+        batches = split_batch(b, parts, G) if parts > 1 else [b]
+        train.policy_step(cfg, bb, m, batches, 1, autocast)
+        train.decoder_step(cfg, bb, m, batches, 0, 1, autocast)
+        tokens.append(b.tokens)
+    assert torch.equal(tokens[0], tokens[1])                                # the same rollouts went in
+    (gpt1, dec1, gpt2, dec2) = grads
+    assert len(gpt1) == len(gpt2) > 0 and len(dec1) == len(dec2) > 0
+    for a, b in zip(gpt1 + dec1, gpt2 + dec2):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    assert sum(float(g.norm()) for g in gpt1) > 0 and sum(float(g.norm()) for g in dec1) > 0
+
+
+def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
+    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--grad_accum", "2", "--batch_prompts", "1")
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)

@@ -1,0 +1,136 @@
+"""The backbone seam of train.py: everything model-specific the RankE loop needs, as one record per backbone.
+
+RankE (arXiv 2605.21195) is backbone-agnostic: the loop (train.py, docs/method.md §3) only samples, scores
+log-probs, decodes and rewards. A backbone provides a `Backbone` record; adding one (as Janus-Pro-1B was added
+beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_paths`, nothing in the loop.
+
+  policy side    tiny (the toy world's GPT + VQ)  |  llamagen_xl (GPT-XL t2i + VQ-16 + FLAN-T5-XL, policy.py)
+                 |  janus_pro_1b (Janus-Pro-1B generation path + its VQ-16 + its own tokenizer, janus.py)
+  world side     --data given: (image, caption) pairs (data.py), CLIP / HPSv2 reward (rewards.py), LPIPS (vq.py)
+                 no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
+                               (toy_world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
+
+Self-check: none of its own (it only wires other files together); tests/test_train.py runs every backbone.
+Symbols: B prompts per rank, T prompt length (caption slots / token ids), D caption feature width, N image tokens,
+V image-token vocabulary, S image side.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+import ckpt
+import policy
+import rewards
+import vq as vqlib
+from data import PairDataset, PairStream, WorldStream
+
+
+@dataclass
+class Backbone:
+    text_encoder: object   # captions -> (cond, mask): T5 features (B,T,D) + mask (B,T), or Janus token ids (B,T)
+    gpt: torch.nn.Module    # policy, used only through the three calls below; .cfg.grad_ckpt is set from the flag
+    vq: torch.nn.Module     # tokenizer: decoder_parameters(), last_layer, encode_indices, codebook_lookup, decode,
+    #                         decode_indices, cfg.codebook_size
+    sample: object          # (gpt, cond, mask, cfg_scale=, temperature=, top_k=, top_p=, generator=) -> (B,N)
+    logprobs: object        # (gpt, cond, mask, tokens, cfg_scale=) -> (B,N)
+    logits: object          # (gpt, tokens, cond, mask) -> (B,N,V) teacher-forced (VA-pi)
+    reward_fn: object       # (images01, prompts) -> (scores (B,), info)
+    perceptual: object      # (x, y) -> (B,) in [-1, 1]
+    stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); stats, state_dict, load_state_dict
+
+
+def image_side(cfg) -> int:
+    """Side in pixels of the images the configured policy's tokenizer decodes."""
+    if cfg.backbone == "janus_pro_1b":
+        import janus
+        jc = janus.JANUS_CONFIGS[cfg.janus_config]
+        return int(round(jc.image_tokens ** 0.5)) * 2 ** (len(janus.janus_vq_config(jc).ch_mult) - 1)
+    return 256 if cfg.backbone == "llamagen_xl" else 32
+
+
+def uses_toy_world(cfg) -> bool:
+    return cfg.backbone == "tiny" or not cfg.data
+
+
+def build_backbone(cfg, device, rank: int) -> Backbone:
+    data_seed = cfg.seed + 1000 * rank
+    toy = None
+    if uses_toy_world(cfg):
+        import toy_world   # the toy wing is imported only when the toy is asked for
+        tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
+        toy = toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
+    # ---- policy side: text encoder, policy, tokenizer, and the sampler / log-prob calls ----
+    sample, logprobs = policy.sample, policy.token_logprobs
+    if cfg.backbone == "tiny":
+        text_encoder, gpt, vq = toy.text_encoder, toy.gpt, toy.vq
+    elif cfg.backbone == "llamagen_xl":
+        text_encoder = policy.T5TextEncoder(cfg.t5_path, device=device)
+        gpt = policy.load_gpt(cfg.gpt_ckpt, policy.GPT_CONFIGS["GPT-XL-t2i"])
+        vq = vqlib.load_vq(cfg.vq_ckpt, vqlib.VQ_CONFIGS["vq16"])
+    else:
+        import janus       # imported only for this backbone
+        gpt, vq = janus.load_janus(cfg.janus_ckpt, janus.JANUS_CONFIGS[cfg.janus_config])
+        text_encoder = janus.JanusTextEncoder(cfg.janus_tokenizer, gpt.cfg, device=device)
+        sample, logprobs = janus.sample, janus.token_logprobs
+    # ---- world side: data stream, reward, perceptual distance ----
+    if toy is not None:
+        reward_fn, perceptual = toy.reward_fn, toy.perceptual
+        stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
+                  else WorldStream(toy.world, cfg.batch_prompts, data_seed))
+    else:
+        reward_fn = rewards.WeightedReward({cfg.reward: (rewards.make_reward(cfg.reward, reward_path(cfg)[1]), 1.0)})
+        perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device)
+        stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
+    gpt.cfg.grad_ckpt = cfg.grad_ckpt
+    return Backbone(text_encoder, gpt.to(device), vq.to(device), sample, logprobs,
+                    lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
+
+
+def reward_path(cfg):
+    return ("--clip_path", cfg.clip_path or None) if cfg.reward == "clip" else ("--hps_path", cfg.hps_path)
+
+
+def check_paths(cfg) -> list:
+    """Every path flag of the run, checked before anything heavy loads (a bad path fails in seconds, not after T5
+    and a rollout); returns one message per bad flag, so a user learns all of them in one try. hf:// paths are
+    looked up in the hub cache (downloaded only when online)."""
+    bad = [f"--out_dir {cfg.out_dir!r} is a file; pass a directory (it is created if missing)"
+           if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir) else None]
+    bad += [ckpt.check_path("--data", p, "file_or_dir") for p in cfg.data.split(",") if p]
+    if uses_toy_world(cfg):
+        bad.append(f"--toy_cache {cfg.toy_cache!r} is a file; pass a directory" if os.path.isfile(cfg.toy_cache)
+                   else None)
+        if cfg.backbone != "tiny" and image_side(cfg) != 32:
+            bad.append(f"--data: --backbone {cfg.backbone} decodes {image_side(cfg)}-px images and needs (image, "
+                       "caption) pairs (folder, .jsonl, .tar); without --data only 32-px tokenizers fit the toy world")
+    else:
+        flag, path = reward_path(cfg)
+        try:                                    # the active reward's weights: local file, hub cache or open_clip's
+            rewards.make_reward(cfg.reward, path).resolve()
+        except FileNotFoundError as e:
+            bad.append(f"{flag}: {e}")
+        for flag, url in (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)):
+            path = getattr(cfg, flag[2:])
+            try:                                # "" = the torch-hub cache copy, downloaded when online
+                path or ckpt.cached_download(None, url, f"LPIPS needs {url}: download it and pass {flag} PATH.")
+            except FileNotFoundError as e:
+                bad.append(f"{flag}: {e}")
+            bad.append(path and ckpt.check_path(flag, path))
+    if cfg.backbone == "llamagen_xl":
+        bad += [ckpt.check_path("--gpt_ckpt", cfg.gpt_ckpt), ckpt.check_path("--vq_ckpt", cfg.vq_ckpt),
+                check_hub_folder("--t5_path", cfg.t5_path, "config.json", "google/flan-t5-xl")]
+    if cfg.backbone == "janus_pro_1b":
+        bad += [ckpt.check_path("--janus_ckpt", cfg.janus_ckpt),
+                check_hub_folder("--janus_tokenizer", cfg.janus_tokenizer, "tokenizer_config.json",
+                                 "deepseek-ai/Janus-Pro-1B")]
+    return [b for b in bad if b]
+
+
+def check_hub_folder(flag, value, probe, hub_name):
+    """A local folder, or a hub id (owner/name) whose `probe` file is in the hub cache (or downloadable)."""
+    if os.path.isdir(value):
+        return None
+    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+        return ckpt.check_path(flag, f"hf://{value}/{probe}")
+    return f"{flag} {value!r}: no such folder; pass the folder with the Hugging Face files of {hub_name}"

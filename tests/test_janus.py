@@ -1,0 +1,287 @@
+"""janus.py: the Janus-Pro-1B generation path as a policy (sampler, log-probs, padding, null prompt, loading, text side).
+
+The oracle for the Llama trunk, the gen modules, the null prompt and generation is transformers'
+JanusForConditionalGeneration (skipped when the installed transformers lacks it), fed the same tiny random weights.
+CPU, offline, ~20 s on one thread.   Run: OMP_NUM_THREADS=1 pytest -q tests/test_janus.py
+"""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import janus
+import vq
+from janus_fixtures import CFG, SPECIALS, random_tiny, to_hf_key, write_tiny_janus
+
+BOS, PAD, BOI = CFG.bos_id, CFG.pad_id, CFG.boi_id
+DROPPED_COUNTS = {"vision_model.": 5, "aligner.": 4, "language_model.lm_head.": 1}   # janus_fixtures.UNDERSTANDING
+
+
+def prompts(lengths, extra_pad=0):
+    """Left-padded prompts BOS, caption ids, <begin_of_image>: caption lengths `lengths`, extra_pad more pad columns."""
+    g = torch.Generator().manual_seed(len(lengths))
+    T = max(lengths) + 2 + extra_pad
+    ids, mask = torch.full((len(lengths), T), PAD), torch.zeros(len(lengths), T, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        ids[b, T - n - 2:] = torch.cat([torch.tensor([BOS]), torch.randint(4, 200, (n,), generator=g),
+                                        torch.tensor([BOI])])
+        mask[b, T - n - 2:] = True
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_tiny(0)[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("janus")
+    return {lay: write_tiny_janus(d / lay, lay) for lay in ("original", "hf")}
+
+
+# ---- sampler, log-probs, padding, null prompt ---------------------------------------------------------------------
+@pytest.mark.parametrize("seed,cfg_scale,top_k,top_p", [(0, 5.0, 0, 1.0), (1, 1.0, 0, 1.0), (2, 3.0, 10, 1.0),
+                                                         (3, 5.0, 20, 0.9), (4, 1.0, 5, 1.0)])
+def test_kv_cache_sampler_matches_naive(model, seed, cfg_scale, top_k, top_p):
+    ids, mask = prompts([1, 4, 7])
+    kw = dict(cfg_scale=cfg_scale, temperature=0.9, top_k=top_k, top_p=top_p)
+    fast = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+    slow = janus.sample_naive(model, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+    assert fast.shape == (3, CFG.image_tokens) and fast.dtype == torch.long
+    assert torch.equal(fast, slow)
+    assert len(fast.unique()) > 3                                   # far from a constant: the check has teeth
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_token_logprobs_equal_the_samplers(model, cfg_scale):
+    ids, mask = prompts([2, 5])
+    tokens, lp = janus.sample(model, ids, mask, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0),
+                              return_logprobs=True)
+    got = janus.token_logprobs(model, ids, mask, tokens, cfg_scale=cfg_scale)
+    assert got.shape == (2, CFG.image_tokens) and got.requires_grad            # differentiable
+    torch.testing.assert_close(got, lp, atol=2e-5, rtol=0)
+    assert lp.std() > 0.1                                           # not uniform
+    if cfg_scale != 1.0:                                            # the guided log-probs differ from cond-only ones
+        assert (janus.token_logprobs(model, ids, mask, tokens) - lp).abs().max() > 1e-2
+
+
+def test_token_logprobs_are_differentiable_and_grad_ckpt_is_exact():
+    m = random_tiny(1)[0]
+    ids, mask = prompts([3, 6])
+    tokens = torch.randint(0, CFG.image_vocab, (2, CFG.image_tokens), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for ck in (False, True):
+        m.cfg.grad_ckpt = ck
+        m.zero_grad()
+        janus.token_logprobs(m, ids, mask, tokens).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+def test_extra_left_padding_changes_nothing(model):
+    ids, mask = prompts([2, 6])
+    ids2, mask2 = prompts([2, 6], extra_pad=5)
+    assert torch.equal(ids2[:, 5:], ids) and not mask2[:, :5].any()
+    tokens = torch.randint(0, CFG.image_vocab, (2, CFG.image_tokens), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(tokens, ids2, mask2), model(tokens, ids, mask), atol=1e-5, rtol=0)
+    for cfg_scale in (1.0, 4.0):                        # null rows too
+        a, b = (janus.token_logprobs(model, i, m, tokens, cfg_scale=cfg_scale) for i, m in ((ids, mask), (ids2, mask2)))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    s = [janus.sample(model, i, m, cfg_scale=4.0, top_k=1) for i, m in ((ids, mask), (ids2, mask2))]
+    assert torch.equal(*s)
+
+
+def test_null_prompt_rule():
+    ids, mask = prompts([0, 3, 5])
+    null, m = janus.null_prompt(ids, mask, CFG)
+    assert m is mask and ids[1, 3] != PAD                               # mask unchanged, input not edited
+    assert null.tolist() == [[PAD] * 5 + [BOS, BOI], [PAD, PAD, BOS, PAD, PAD, PAD, BOI], [BOS] + [PAD] * 5 + [BOI]]
+
+
+def test_input_checks(model):
+    ids, mask = prompts([3])
+    with pytest.raises(ValueError, match="left-padded"):                # right padding
+        model(torch.zeros(1, 2, dtype=torch.long), torch.cat([ids, torch.full((1, 1), PAD)], 1),
+              torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], 1))
+    with pytest.raises(ValueError, match="int64"):
+        model(torch.zeros(1, 2, dtype=torch.long), ids.int(), mask)
+
+
+def test_sample_under_bf16_autocast(model):
+    ids, mask = prompts([2, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = janus.sample(model, ids, mask, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(0))
+        lp = janus.token_logprobs(model, ids, mask, t)
+    assert t.shape == (2, CFG.image_tokens) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
+
+
+# ---- parity with transformers' JanusForConditionalGeneration ------------------------------------------------------
+def hf_janus(model, vqm):
+    """transformers' Janus with a tiny config matching CFG, our weights renamed into it (vision side random)."""
+    tf = pytest.importorskip("transformers")
+    if not hasattr(tf, "JanusForConditionalGeneration"):
+        pytest.skip("transformers lacks JanusForConditionalGeneration (needs >= 4.52)")
+    text = dict(model_type="llama", vocab_size=CFG.vocab_size, hidden_size=CFG.dim, intermediate_size=CFG.ffn_hidden,
+                num_hidden_layers=CFG.n_layer, num_attention_heads=CFG.n_head, num_key_value_heads=CFG.n_head,
+                rms_norm_eps=CFG.norm_eps, rope_theta=CFG.rope_base, max_position_embeddings=CFG.max_positions,
+                bos_token_id=BOS, eos_token_id=251, pad_token_id=PAD)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=64,
+                  patch_size=16, num_image_tokens=CFG.image_tokens, projection_dim=CFG.dim)   # (64/16)^2 = 16
+    vc = vqm.cfg
+    vqc = dict(embed_dim=vc.codebook_embed_dim, num_embeddings=vc.codebook_size, base_channels=vc.ch,
+               channel_multiplier=list(vc.ch_mult), num_res_blocks=vc.num_res_blocks, latent_channels=vc.z_channels,
+               projection_dim=CFG.dim, image_token_embed_dim=CFG.dim)
+    hf = tf.JanusForConditionalGeneration(tf.JanusConfig(text_config=text, vision_config=vision, vq_config=vqc))
+    ours = {**model.state_dict(), **{f"gen_vision_model.{k}": v for k, v in vqm.state_dict().items()}}
+    ours = {to_hf_key(k): v for k, v in ours.items() if not k.endswith("codebook_used")}
+    hf_keys = {k for k in hf.state_dict() if not k.startswith(("model.vision_model.", "model.aligner.", "lm_head."))}
+    assert set(ours) == hf_keys                                     # the key maps match transformers' module names
+    assert {janus.hf_to_original(k) for k in hf_keys} == {k for k in (*model.state_dict(), *(
+        f"gen_vision_model.{k}" for k in vqm.state_dict())) if not k.endswith("codebook_used")}
+    hf.load_state_dict(ours, strict=False)
+    return hf.eval()
+
+
+def test_parity_with_transformers():
+    model, vqm = random_tiny(2)
+    hf = hf_janus(model, vqm)
+    ids, mask = prompts([2, 5, 8])
+    B, N, s = ids.shape[0], CFG.image_tokens, 3.0
+    gc = dict(bos_token_id=BOS, pad_token_id=PAD, generation_kwargs={"boi_token_id": BOI}, guidance_scale=s,
+              num_return_sequences=1)
+    from transformers import GenerationConfig
+    # greedy CFG tokens (HF argmax; ours top-k 1)
+    want = hf.generate(ids, attention_mask=mask.long(), generation_mode="image",
+                       generation_config=GenerationConfig(do_sample=False, **gc))
+    assert torch.equal(janus.sample(model, ids, mask, cfg_scale=s, top_k=1), want)
+    # sampled tokens: HF draws from the global RNG, ours from a generator in the same state
+    torch.manual_seed(7)
+    want = hf.generate(ids, attention_mask=mask.long(), generation_mode="image",
+                       generation_config=GenerationConfig(do_sample=True, top_k=10, **gc))
+    got = janus.sample(model, ids, mask, cfg_scale=s, top_k=10, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(got, want) and len(got.unique()) > 3
+    # teacher-forced logits, conditional and null rows (HF: arange positions; ours cumsum(mask) - 1)
+    tokens = want
+    x = torch.cat([ids, janus.null_prompt(ids, mask, CFG)[0]])
+    m, z = torch.cat([mask, mask]), tokens.repeat(2, 1)
+    with torch.no_grad():
+        emb = torch.cat([hf.get_input_embeddings()(x), hf.prepare_embeddings_for_image_generation(z[:, :-1])], 1)
+        am = torch.cat([m, torch.ones(2 * B, N - 1, dtype=torch.bool)], 1).long()
+        h = hf.model.language_model(inputs_embeds=emb, attention_mask=am).last_hidden_state
+        want_logits = hf.model.generation_head(h[:, x.shape[1] - 1:])
+        got_logits = model(z, x, m)
+    torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=0)
+    # VQ decode of the same tokens (HF renames of gen_vision_model)
+    with torch.no_grad():
+        torch.testing.assert_close(vqm.decode_indices(tokens), hf.model.vqmodel.decode(tokens), atol=1e-4, rtol=0)
+
+
+# ---- loading --------------------------------------------------------------------------------------------------------
+def test_load_original_layout_reports_dropped_keys(files):
+    path, _ = files["original"]
+    model, vqm = janus.load_janus(path, CFG)
+    assert model.load_report == {"layout": "original", "dropped": DROPPED_COUNTS, "filled": []}
+    assert not model.training and not vqm.training and isinstance(vqm, vq.VQModel)
+    assert all(p.dtype == torch.float32 for p in [*model.parameters(), *vqm.parameters()])
+    ref, ref_vq = random_tiny(0)                                    # the weights write_tiny_janus saved
+    for a, b in ((model, ref), (vqm, ref_vq)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert model.cfg is not CFG                                     # own copy: build_backbone edits .cfg
+
+
+def test_hf_layout_loads_identical_weights(files):
+    (a, avq), (b, bvq) = (janus.load_janus(files[lay][0], CFG) for lay in ("original", "hf"))
+    assert b.load_report == {"layout": "hf", "dropped": DROPPED_COUNTS, "filled": ["quantize.codebook_used"]}
+    for x, y in ((a, b), (avq, bvq)):
+        sx, sy = x.state_dict(), y.state_dict()
+        assert sx.keys() == sy.keys() and all(torch.equal(sx[k], sy[k]) for k in sx)
+
+
+def _rewrite(src, dst, edit):
+    sd = torch.load(src, weights_only=True)
+    edit(sd)
+    torch.save(sd, dst)
+    return str(dst)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "missing keys: language_model.model.norm.weight"),
+    ("extra", "unexpected key 'lm_head_extra.weight'"),
+    ("misshapen", r"gen_embed.weight: checkpoint \(64, 9\) vs model \(64, 8\)"),
+    ("vq_missing", "missing keys: decoder.conv_out.bias"),
+    ("corrupt", "corrupt"),
+])
+def test_strict_loading_errors_name_the_key_and_file(files, tmp_path, case, match):
+    src = files["original"][0]
+    dst = tmp_path / f"{case}.bin"
+    if case == "corrupt":
+        dst.write_bytes(open(src, "rb").read()[:1000])
+    else:
+        _rewrite(src, dst, {"missing": lambda sd: sd.pop("language_model.model.norm.weight"),
+                            "extra": lambda sd: sd.update({"lm_head_extra.weight": torch.zeros(2)}),
+                            "misshapen": lambda sd: sd.update({"gen_embed.weight": torch.zeros(64, 9)}),
+                            "vq_missing": lambda sd: sd.pop("gen_vision_model.decoder.conv_out.bias")}[case])
+    with pytest.raises((RuntimeError, FileNotFoundError), match=match) as e:
+        janus.load_janus(str(dst), CFG)
+    assert str(dst) in str(e.value)
+
+
+def test_corrupt_hf_file_names_the_file(tmp_path, files):
+    dst = tmp_path / "model.safetensors"
+    dst.write_bytes(open(files["hf"][0], "rb").read()[:500])
+    with pytest.raises(RuntimeError, match="corrupt") as e:
+        janus.load_janus(str(dst), CFG)
+    assert str(dst) in str(e.value)
+
+
+def test_full_size_parameter_counts():
+    """Janus-Pro-1B's generation path on the meta device. Reference counts: the released architecture
+    (deepseek-ai/Janus janus/models/modeling_vlm.py:190-219 with the Janus-Pro-1B config: LlamaModel 2048 wide,
+    24 layers, FFN 5632, vocab 102400; gen_embed 16384 x 8; gen_aligner / gen_head MLPs; VQ_16 = LlamaGen VQ-16),
+    counted from the upstream modules instantiated with random weights: 1,556,937,355 without lm_head."""
+    with torch.device("meta"):
+        model = janus.JanusGen(janus.JANUS_CONFIGS["janus_pro_1b"])
+        vqm = vq.VQModel(janus.janus_vq_config(janus.JANUS_CONFIGS["janus_pro_1b"]))
+    n = {k: sum(p.numel() for p in m.parameters()) for k, m in (
+        ("body", model.language_model.model), ("gen_embed", model.gen_embed), ("gen_aligner", model.gen_aligner),
+        ("gen_head", model.gen_head), ("vq", vqm))}
+    assert n == {"body": 1_442_940_928, "gen_embed": 131_072, "gen_aligner": 4_214_784, "gen_head": 37_767_168,
+                 "vq": 71_883_403}
+    # the body in closed form: embeddings + 24 x (q,k,v,o + gate,up,down + 2 norms) + final norm
+    assert n["body"] == 102400 * 2048 + 24 * (4 * 2048 ** 2 + 3 * 2048 * 5632 + 2 * 2048) + 2048
+    assert sum(n.values()) == 1_556_937_355
+    assert len(model.state_dict()) == 1 + 24 * 9 + 1 + 1 + 4 + 4 and len(vqm.state_dict()) == 344
+
+
+# ---- text side --------------------------------------------------------------------------------------------------------
+def test_text_encoder_template_left_padding_and_special_ids(files):
+    tok_dir = files["original"][1]
+    enc = janus.JanusTextEncoder(tok_dir, CFG)
+    ids, mask = enc(["a red cat ", "a small blue circle on the left"])
+    assert ids.dtype == torch.long and mask.dtype == torch.bool and ids.shape == mask.shape
+    assert mask[1].all() and mask[0].tolist() == [False] * 4 + [True] * 9 and (ids[0, :4] == PAD).all()
+    toks = enc.tokenizer.convert_ids_to_tokens(ids[0, 4:].tolist())
+    assert toks == ["<｜begin▁of▁sentence｜>", "<|User|>", ":", "a", "red", "cat", "<|Assistant|>", ":",
+                    "<begin_of_image>"]
+    assert janus.JanusTextEncoder.prompt(" a red cat ") == "<|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
+    model = random_tiny(0)[0]                                       # the prompts feed the policy as they are
+    assert janus.sample(model, ids, mask, cfg_scale=5.0, top_k=1).shape == (2, CFG.image_tokens)
+    bad = janus.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, boi_id=249))
+    with pytest.raises(ValueError, match=r"<begin_of_image>: tokenizer \[253\] vs config \[249\]"):
+        bad(["a cat"])
+    bad = janus.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, pad_id=7))
+    with pytest.raises(ValueError, match="tokenizer 252 vs config 7"):
+        bad(["a cat"])
+    assert SPECIALS[janus.PAD] == PAD
+
+
+def test_text_encoder_offline_without_files_says_what_to_download(tmp_path):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"                  # tests/conftest.py
+    enc = janus.JanusTextEncoder(str(tmp_path / "nowhere"), CFG)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json") as e:
+        enc(["a cat"])
+    assert "deepseek-ai/Janus-Pro-1B" in str(e.value)
