@@ -53,26 +53,40 @@ def uses_toy_world(cfg) -> bool:
     return cfg.backbone == "tiny" or not cfg.data
 
 
+# Released evaluation samplers per backbone (docs/method.md §11, §17.6; D12: Janus evaluates with top-k 50).
+EVAL_SETTINGS = {"llamagen_xl": dict(cfg_scale=6.0, temperature=1.0, top_k=1000, top_p=1.0),
+                 "janus_pro_1b": dict(cfg_scale=5.0, temperature=1.0, top_k=50, top_p=1.0),
+                 "tiny": dict(cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0)}   # the toy table's CFG
+
+
+def load_toy_world(cfg, rank=0):
+    import toy_world   # the toy wing is imported only when the toy is asked for
+    tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
+    return toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
+
+
+def build_policy(cfg, device, toy=None, weights=True):
+    """Policy side: (text_encoder, gpt, vq, sample, logprobs). weights=False builds the architectures without
+    reading the base checkpoints (sample.py then loads a train.py checkpoint into them)."""
+    if cfg.backbone == "tiny":
+        toy = toy or load_toy_world(cfg)
+        return toy.text_encoder, toy.gpt, toy.vq, policy.sample, policy.token_logprobs
+    if cfg.backbone == "llamagen_xl":
+        gcfg, vcfg = policy.GPT_CONFIGS["GPT-XL-t2i"], vqlib.VQ_CONFIGS["vq16"]
+        gpt = policy.load_gpt(cfg.gpt_ckpt, gcfg) if weights else policy.GPT(gcfg)
+        vq = vqlib.load_vq(cfg.vq_ckpt, vcfg) if weights else vqlib.VQModel(vcfg)
+        return policy.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, policy.sample, policy.token_logprobs
+    import janus           # imported only for this backbone
+    jc = janus.JANUS_CONFIGS[cfg.janus_config]
+    gpt, vq = janus.load_janus(cfg.janus_ckpt, jc) if weights else (janus.JanusGen(jc),
+                                                                     vqlib.VQModel(janus.janus_vq_config(jc)))
+    return janus.JanusTextEncoder(cfg.janus_tokenizer, jc, device=device), gpt, vq, janus.sample, janus.token_logprobs
+
+
 def build_backbone(cfg, device, rank: int) -> Backbone:
     data_seed = cfg.seed + 1000 * rank
-    toy = None
-    if uses_toy_world(cfg):
-        import toy_world   # the toy wing is imported only when the toy is asked for
-        tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
-        toy = toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
-    # ---- policy side: text encoder, policy, tokenizer, and the sampler / log-prob calls ----
-    sample, logprobs = policy.sample, policy.token_logprobs
-    if cfg.backbone == "tiny":
-        text_encoder, gpt, vq = toy.text_encoder, toy.gpt, toy.vq
-    elif cfg.backbone == "llamagen_xl":
-        text_encoder = policy.T5TextEncoder(cfg.t5_path, device=device)
-        gpt = policy.load_gpt(cfg.gpt_ckpt, policy.GPT_CONFIGS["GPT-XL-t2i"])
-        vq = vqlib.load_vq(cfg.vq_ckpt, vqlib.VQ_CONFIGS["vq16"])
-    else:
-        import janus       # imported only for this backbone
-        gpt, vq = janus.load_janus(cfg.janus_ckpt, janus.JANUS_CONFIGS[cfg.janus_config])
-        text_encoder = janus.JanusTextEncoder(cfg.janus_tokenizer, gpt.cfg, device=device)
-        sample, logprobs = janus.sample, janus.token_logprobs
+    toy = load_toy_world(cfg, rank) if uses_toy_world(cfg) else None
+    text_encoder, gpt, vq, sample, logprobs = build_policy(cfg, device, toy)
     # ---- world side: data stream, reward, perceptual distance ----
     if toy is not None:
         reward_fn, perceptual = toy.reward_fn, toy.perceptual
