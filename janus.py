@@ -1,10 +1,11 @@
-"""Janus-Pro-1B's image-generation path as the RankE policy pi_theta(z | c): Llama trunk, gen modules, sampler, log-probs.
+"""Janus-Pro-1B's image-generation path as the RankE policy pi_theta(z | c): Llama trunk, gen modules, sampler.
 
-Concept (arXiv 2605.21195 post-trains Janus-Pro-1B beside LlamaGen; docs/method.md §4.2 log-probs, §4.5 CFG in the
-log-probs, §4.6 rollouts, D10, D12): a decoder-only Llama (Hugging Face naming) reads the chat prompt
-BOS + "<|User|>: {caption}\\n\\n<|Assistant|>:" + <begin_of_image> as text tokens, then the N image tokens of a VQ
-grid in raster order. Each image token is fed back through its own table `gen_embed` (not the VQ codebook) and the
-MLP `gen_aligner`; the MLP `gen_head` maps a hidden state to image-token logits (the text lm_head is never used).
+Concept (arXiv 2605.21195 post-trains Janus-Pro-1B beside LlamaGen; docs/method.md §17 this backbone, §4.2
+log-probs, §4.5 CFG in the log-probs, §4.6 rollouts, D10, D12): a decoder-only Llama (Hugging Face naming) reads
+the chat prompt BOS + "<|User|>: {caption}\\n\\n<|Assistant|>:" + <begin_of_image> as text tokens, then the N image
+tokens of a VQ grid in raster order. Each image token is fed back through its own table `gen_embed` (not the VQ
+codebook) and the MLP `gen_aligner`; the MLP `gen_head` maps a hidden state to image-token logits (the text lm_head
+is never used).
 Classifier-free guidance (CFG) contrasts each prompt with its "null prompt": the same row with every caption token
 replaced by pad, pads attended. The tokens decode with vq.py's VQModel (Janus's gen_vision_model has its keys).
 Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-padded with a mask; position =
@@ -106,7 +107,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def layout(mask: torch.Tensor, n: int):
     """Prompt mask (R,T) bool + n image tokens -> positions (R,S) and attention mask (R,1,S,S), S = T+n, True =
     attend: causal, prompt pads masked as keys, diagonal forced on (a pad row sees itself, no row is empty).
-    Positions = cumsum(valid) - 1, pads 1 (trainer.py:457-458): extra left padding changes nothing."""
+    Positions = cumsum(valid) - 1, pads 1 (trainer.py:457-458; docs/method.md §17.2): extra left padding changes
+    nothing (transformers' Janus generate uses arange positions: a constant shift per row, the same up to rounding)."""
     valid = torch.cat([mask, mask.new_ones(mask.shape[0], n)], 1)                               # (R,S)
     pos = (valid.long().cumsum(1) - 1).masked_fill(~valid, 1)
     S = valid.shape[1]
@@ -183,7 +185,7 @@ class JanusGen(nn.Module):
     def __init__(self, cfg: JanusGenConfig, *, seed: int = 0):
         super().__init__()
         self.cfg = replace(cfg)  # own copy: build_backbone sets .cfg.grad_ckpt on the model, not on JANUS_CONFIGS
-        self.gen_aligner = nn.Module()  # MlpProjector (projector.py:39-45): Linear(8, dim), GELU (erf), Linear(dim, dim)
+        self.gen_aligner = nn.Module()  # MlpProjector (projector.py:39-45): Linear(8, dim), GELU, Linear(dim, dim)
         self.gen_aligner.layers = nn.Sequential(nn.Linear(cfg.gen_embed_dim, cfg.dim), nn.GELU(),
                                                 nn.Linear(cfg.dim, cfg.dim))
         self.gen_head = VisionHead(cfg)
@@ -209,8 +211,11 @@ class JanusGen(nn.Module):
     def embed_image(self, tokens):  # (R,n) image ids -> (R,n,dim): gen_aligner(gen_embed(z)) (modeling_vlm.py:262-263)
         return self.gen_aligner.layers(self.gen_embed(tokens))
 
-    def logits(self, h):  # (...,dim) -> (...,V) fp32: gen_head outside autocast (released: bf16 logits before CFG)
+    def logits(self, h):  # (...,dim) -> (...,V) fp32: gen_head outside autocast
+        # DEVIATION(RankE@2798acc): there the bf16 head's logits (ulp 1/16-1/8 at |logit| 8-32) enter CFG x5 as bf16.
         w = self.gen_head.vision_head.weight
+        if h.is_meta:                                  # dry_run.py measures on meta tensors (no autocast there)
+            return self.gen_head(h.to(w.dtype)).float()
         with torch.autocast(h.device.type, enabled=False):
             return self.gen_head(h.to(w.dtype)).float()
 
@@ -255,15 +260,16 @@ def _check_inputs(cfg: JanusGenConfig, ids, mask, tokens=None):
 
 
 def null_prompt(ids, mask, cfg: JanusGenConfig):
-    """The unconditional rows (trainer.py:463-475; HF modeling_janus.py generate): a copy in which every position
-    strictly between the row's BOS (its first valid token) and the final <begin_of_image> becomes pad. Returns
-    (null ids (B,T), mask): the mask is unchanged, so those pads are attended (and keep their positions)."""
+    """The unconditional rows (docs/method.md §17.2; trainer.py:463-475; HF modeling_janus.py generate): a copy in
+    which every position strictly between the row's BOS (its first valid token) and the final <begin_of_image>
+    becomes pad. Returns (null ids (B,T), mask): the mask is unchanged, so those pads are attended (and keep their
+    positions)."""
     T, first = ids.shape[1], mask.long().argmax(1, keepdim=True)                                # (B,1) BOS index
     ar = torch.arange(T, device=ids.device)[None]
     return ids.masked_fill((ar > first) & (ar < T - 1), cfg.pad_id), mask
 
 
-# ---- Sampling (trainer.py:479-516; docs/method.md §4.6) and log-probs (docs/method.md §4.2, §4.5) -----------------
+# ---- Sampling and log-probs (docs/method.md §17.3, §4.2, §4.5, §4.6; trainer.py:359-431, 479-516) -------------
 def top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Duplicate of policy.top_k_top_p (so janus.py copies with vq.py + ckpt.py alone): (...,V) -> filtered at -inf.
     top-k keeps logits >= the k-th largest (ties kept; = the trainer's zeroing of probabilities and renormalising);
@@ -305,7 +311,8 @@ def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=
     """(B,N) int64 image tokens, raster order: prefill the prompt into a static KV cache, then one token per step:
     fp32 CFG, temperature, top-k, top-p, torch.multinomial on `generator` (None: torch's default one; released: the
     global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also (B,N) log-probs of
-    the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1 without top-k / top-p)."""
+    the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1 without top-k / top-p).
+    Released (trainer.py:479-516): a DynamicCache and one wasted forward on z_{N-1}; same tokens."""
     cfg, B, N = model.cfg, ids.shape[0], model.cfg.image_tokens
     x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T)
     (R, T), dev = x.shape, x.device
@@ -354,7 +361,7 @@ def token_logprobs(model: JanusGen, ids, mask, tokens, *, cfg_scale=1.0) -> torc
     return logits.gather(-1, tokens[..., None])[..., 0] - logits.logsumexp(-1)
 
 
-# ---- Loading: original layout (deepseek-ai/Janus-Pro-1B pytorch_model.bin) or the HF-converted one ----------------
+# ---- Loading (docs/method.md §17.1): original layout (deepseek-ai/Janus-Pro-1B pytorch_model.bin) or HF-converted --
 GEN_PREFIXES = ("language_model.model.", "gen_embed.", "gen_aligner.", "gen_head.")
 VQ_PREFIX = "gen_vision_model."
 DROPPED = ("vision_model.", "aligner.", "language_model.lm_head.")   # understanding side + text head: unused here
@@ -417,23 +424,24 @@ def load_janus(path_or_hub: str, cfg: JanusGenConfig, *, map_location="cpu"):
         elif k.startswith(GEN_PREFIXES):
             gen_sd[k] = v
         else:
-            raise RuntimeError(f"{path_or_hub}: unexpected key {key!r} (expected the prefixes {GEN_PREFIXES + (VQ_PREFIX,)}"
-                               f" or the dropped {DROPPED}; is this a Janus-Pro checkpoint?)")
+            raise RuntimeError(f"{path_or_hub}: unexpected key {key!r} (expected the prefixes "
+                               f"{GEN_PREFIXES + (VQ_PREFIX,)} or the dropped {DROPPED}; a Janus-Pro checkpoint?)")
     filled = []
     if hf and "quantize.codebook_used" not in vq_sd:  # dropped by the HF conversion; VQModel's default buffer
         vq_sd["quantize.codebook_used"], filled = torch.zeros(CODEBOOK_USED_LEN), ["quantize.codebook_used"]
     with torch.device("meta"):
         model, vqm = JanusGen(cfg), VQModel(janus_vq_config(cfg))
     model, vqm = model.to_empty(device=map_location), vqm.to_empty(device=map_location)  # all overwritten below
-    load_strict(model, gen_sd, source=path_or_hub)
-    load_strict(vqm, vq_sd, source=f"{path_or_hub} ({VQ_PREFIX}*)")
+    src = f"{path_or_hub} (HF layout; names after HF_TO_ORIGINAL)" if hf else path_or_hub
+    load_strict(model, gen_sd, source=src)
+    load_strict(vqm, vq_sd, source=f"{src} ({VQ_PREFIX}*)")
     model.load_report = {"layout": "hf" if hf else "original", "dropped": dropped, "filled": filled}
     print(f"[load_janus] {path_or_hub}: {model.load_report['layout']} layout, {len(gen_sd)} + {len(vq_sd)} entries "
           f"loaded; dropped (unused for images) {dropped}; filled {filled or 'nothing'}", flush=True)
     return model.float().eval(), vqm.float().eval()
 
 
-# ---- Text side: captions -> left-padded prompt token ids ---------------------------------------------------------
+# ---- Text side (docs/method.md §17.2): captions -> left-padded prompt token ids ----------------------------------
 TEMPLATE = "<|User|>: {caption}\n\n<|Assistant|>:"  # deepseek sft format, empty system prompt (conversation.py)
 BOI, PAD = "<begin_of_image>", "<｜▁pad▁｜>"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -499,8 +507,9 @@ if __name__ == "__main__":
     print(f"Janus-Pro-1B generation path: {n1b:,} params + VQ-16 {nvq:,} = {n1b + nvq:,} (expected 1,556,937,355)")
     cfg = JANUS_CONFIGS["tiny"]
     model, g = JanusGen(cfg).eval(), torch.Generator().manual_seed(0)
-    with torch.no_grad():  # larger random weights than the init, so the distributions are far from uniform
-        [p.copy_(torch.randn(p.shape, generator=g) * 0.15 + (p == 1).float()) for p in model.parameters()]
+    with torch.no_grad():  # larger random weights than the init (norms 1 + noise): distributions far from uniform
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.15, generator=g)
     c = {"bos": cfg.bos_id, "boi": cfg.boi_id, "pad": cfg.pad_id}
     ids = torch.tensor([[c["pad"], c["pad"], c["bos"], 7, 8, c["boi"]], [c["bos"], 3, 4, 5, 6, c["boi"]]] * 4)
     mask = ids != c["pad"]                                                                 # B = 8, left-padded

@@ -26,9 +26,10 @@ SPECIALS = {"<｜begin▁of▁sentence｜>": CFG.bos_id, "<｜end▁of▁sentenc
 WORDS = ("a an the of on in at to with and is photo painting cat dog red green blue yellow white pink small large "
          "circle square triangle cross left right top bottom centre above below").split()
 UNDERSTANDING = {  # a few random entries per dropped prefix (names as in the released file; shapes arbitrary)
-    "vision_model.vision_tower.pos_embed": (1, 16, 32), "vision_model.vision_tower.patch_embed.proj.weight": (32, 3, 16, 16),
-    "vision_model.vision_tower.patch_embed.proj.bias": (32,), "vision_model.vision_tower.blocks.0.attn.qkv.weight": (96, 32),
-    "vision_model.vision_tower.norm.weight": (32,),
+    "vision_model.vision_tower.pos_embed": (1, 16, 32),
+    "vision_model.vision_tower.patch_embed.proj.weight": (32, 3, 16, 16),
+    "vision_model.vision_tower.patch_embed.proj.bias": (32,),
+    "vision_model.vision_tower.blocks.0.attn.qkv.weight": (96, 32), "vision_model.vision_tower.norm.weight": (32,),
     "aligner.layers.0.weight": (64, 32), "aligner.layers.0.bias": (64,), "aligner.layers.2.weight": (64, 64),
     "aligner.layers.2.bias": (64,), "language_model.lm_head.weight": (CFG.vocab_size, CFG.dim)}
 # original -> HF-converted names (the inverse of janus.HF_TO_ORIGINAL), applied in order

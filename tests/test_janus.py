@@ -1,4 +1,4 @@
-"""janus.py: the Janus-Pro-1B generation path as a policy (sampler, log-probs, padding, null prompt, loading, text side).
+"""janus.py: the Janus-Pro-1B generation path as a policy (sampler, log-probs, padding, null prompt, loading, text).
 
 The oracle for the Llama trunk, the gen modules, the null prompt and generation is transformers'
 JanusForConditionalGeneration (skipped when the installed transformers lacks it), fed the same tiny random weights.
@@ -30,6 +30,15 @@ def prompts(lengths, extra_pad=0):
     return ids, mask
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: 1 thread is fastest, and on a busy 2-core box 2 threads can be 20x slower. Restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     return random_tiny(0)[0]
@@ -41,7 +50,7 @@ def files(tmp_path_factory):
     return {lay: write_tiny_janus(d / lay, lay) for lay in ("original", "hf")}
 
 
-# ---- sampler, log-probs, padding, null prompt ---------------------------------------------------------------------
+# ---- sampler, log-probs, padding, null prompt -----------------------------------------------------------------------
 @pytest.mark.parametrize("seed,cfg_scale,top_k,top_p", [(0, 5.0, 0, 1.0), (1, 1.0, 0, 1.0), (2, 3.0, 10, 1.0),
                                                          (3, 5.0, 20, 0.9), (4, 1.0, 5, 1.0)])
 def test_kv_cache_sampler_matches_naive(model, seed, cfg_scale, top_k, top_p):
@@ -118,7 +127,7 @@ def test_sample_under_bf16_autocast(model):
     assert t.shape == (2, CFG.image_tokens) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
 
 
-# ---- parity with transformers' JanusForConditionalGeneration ------------------------------------------------------
+# ---- parity with transformers' JanusForConditionalGeneration --------------------------------------------------------
 def hf_janus(model, vqm):
     """transformers' Janus with a tiny config matching CFG, our weights renamed into it (vision side random)."""
     tf = pytest.importorskip("transformers")
@@ -257,7 +266,7 @@ def test_full_size_parameter_counts():
     assert len(model.state_dict()) == 1 + 24 * 9 + 1 + 1 + 4 + 4 and len(vqm.state_dict()) == 344
 
 
-# ---- text side --------------------------------------------------------------------------------------------------------
+# ---- text side ------------------------------------------------------------------------------------------------------
 def test_text_encoder_template_left_padding_and_special_ids(files):
     tok_dir = files["original"][1]
     enc = janus.JanusTextEncoder(tok_dir, CFG)

@@ -280,3 +280,29 @@ def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--grad_accum", "2", "--batch_prompts", "1")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)
+
+
+@pytest.fixture(scope="module")
+def tiny_janus(tmp_path_factory):
+    from janus_fixtures import write_tiny_janus
+    return write_tiny_janus(tmp_path_factory.mktemp("janus"))
+
+
+@pytest.mark.parametrize("method,policy_moves,decoder_moves", [
+    ("ranke", True, True), ("grpo", True, False), ("decoder", False, True), ("vapi", True, False)])
+def test_janus_backbone_two_steps_of_each_method(toy_cache, tiny_janus, tmp_path, method, policy_moves, decoder_moves):
+    # --backbone janus_pro_1b on a tiny random Janus in the ORIGINAL key layout (understanding-side keys included),
+    # in the toy world (32-px images, toy reward): which parameters move is decided by --method alone
+    import janus
+    ckpt_path, tok_dir = tiny_janus
+    run(toy_cache, tmp_path, "--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", ckpt_path,
+        "--janus_tokenizer", tok_dir, "--method", method, "--steps", "2", "--ckpt_every", "2")
+    ck = last_ckpt(tmp_path)
+    assert ck["config"]["backbone"] == "janus_pro_1b" and ck["step"] == 2
+    gen0, vq0 = janus.load_janus(ckpt_path, janus.JANUS_CONFIGS["tiny"])
+    moved = {k for k, v in gen0.state_dict().items() if not torch.equal(ck["gpt"][k], v)}
+    assert (moved == set(gen0.state_dict())) if policy_moves else not moved, f"{method}: policy moved {sorted(moved)[:5]}"
+    for k, v in vq0.state_dict().items():
+        trains = decoder_moves and k.startswith(DECODER_KEYS) and v.is_floating_point()
+        assert torch.equal(ck["vq"][k], v) != trains, f"{method}: tokenizer entry {k} {'did not move' if trains else 'moved'}"
+    assert all(torch.equal(ck["ref_gpt"][k], v) for k, v in gen0.state_dict().items())   # the KL anchor stays put
