@@ -155,6 +155,8 @@ def _cached(folder, name, model, train, deps, build):
     t0 = time.time()
     model.train()
     train(model)
+    model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
+    #                                     loop's first optimizer steps would otherwise add the last training grads)
     torch.save(model.state_dict(), path + ".tmp")
     os.replace(path + ".tmp", path)
     sha = _sha256(path)

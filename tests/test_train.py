@@ -306,3 +306,16 @@ def test_janus_backbone_two_steps_of_each_method(toy_cache, tiny_janus, tmp_path
         trains = decoder_moves and k.startswith(DECODER_KEYS) and v.is_floating_point()
         assert torch.equal(ck["vq"][k], v) != trains, f"{method}: tokenizer entry {k} {'did not move' if trains else 'moved'}"
     assert all(torch.equal(ck["ref_gpt"][k], v) for k, v in gen0.state_dict().items())   # the KL anchor stays put
+
+
+def test_first_run_equals_later_runs(tmp_path):
+    # the run that builds the toy cache must give the same weights as the same command once the cache exists
+    # (a fresh build used to leave the last training step's .grad on the models, which the first updates added)
+    cache = str(tmp_path / "fresh_cache")
+    cks = []
+    for r in ("first", "second"):
+        run(cache, tmp_path / r, "--steps", "2", "--ckpt_every", "2")
+        cks.append(last_ckpt(tmp_path / r))
+    for part in ("gpt", "vq", "disc", "ema_gpt", "ema_vq"):
+        for k in cks[0][part]:
+            assert torch.equal(cks[0][part][k], cks[1][part][k]), f"first run differs at {part}.{k}"
