@@ -66,3 +66,24 @@ def test_bad_paths_are_named(tmp_path):
     with pytest.raises(SystemExit, match="--prompts"):
         sample.main(["--ckpt", str(tmp_path / "missing.pt"), "--bench", "hps", "--prompts", str(tmp_path / "none"),
                      "--out_dir", str(tmp_path / "o")])
+
+
+def test_janus_checkpoint_samples_with_janus_eval_settings(toy_cache, tmp_path, monkeypatch):
+    # a tiny Janus trained one step in the toy world; sample.py must use Janus's released evaluation sampler
+    # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset
+    import janus
+    from janus_fixtures import write_tiny_janus
+    ckpt_path, tok_dir = write_tiny_janus(tmp_path / "janus")
+    cfg = train.parse_config(["--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", ckpt_path,
+                              "--janus_tokenizer", tok_dir, "--image_size", "32", "--toy_preset", "tiny",
+                              "--toy_cache", toy_cache, "--out_dir", str(tmp_path / "run"), "--batch_prompts", "2",
+                              "--group_size", "2", "--steps", "1", "--sample_every", "0", "--device", "cpu"])
+    train.main(cfg)
+    assert cfg.top_k == 1000 and cfg.cfg_scale == 5.0                                   # the training preset
+    seen, fn = [], janus.sample
+    monkeypatch.setattr(janus, "sample", lambda *a, **k: seen.append(k) or fn(*a, **k))
+    coco, _, _ = prompts(tmp_path)
+    assert sample.main(["--ckpt", str(tmp_path / "run" / "ckpt_0000001.pt"), "--bench", "coco", "--prompts",
+                        str(coco), "--out_dir", str(tmp_path / "c"), "--n", "2", "--device", "cpu"]) == 2
+    assert {k: seen[0][k] for k in ("cfg_scale", "top_k")} == {"cfg_scale": 5.0, "top_k": 50}
+    assert Image.open(tmp_path / "c" / "images" / "000000.png").size == (32, 32)

@@ -224,6 +224,12 @@ def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
     assert time.time() - t0 < 30
 
 
+@pytest.fixture(scope="module")
+def tiny_janus(tmp_path_factory):
+    from janus_fixtures import write_tiny_janus
+    return write_tiny_janus(tmp_path_factory.mktemp("janus"))
+
+
 def split_batch(b, parts, G):
     """A micro-batch of B prompts -> `parts` micro-batches of B / parts prompts (the same rollouts)."""
     B = b.x_gt.shape[0]
@@ -235,15 +241,18 @@ def split_batch(b, parts, G):
     return out
 
 
-def test_grad_accum_gives_the_full_batch_update(toy_cache, monkeypatch):
+@pytest.mark.parametrize("backbone", ["tiny", "janus_pro_1b"])
+def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypatch, backbone):
     # --grad_accum 2 with half the prompts per micro-batch == one micro-batch of all prompts: same rollouts in, the
     # same policy and decoder gradients at the optimizer step (float tolerance; after AdamW's first step, whose
     # update is ~lr * sign(g), rounding-level differences of near-zero gradients would show as +-lr flips).
     # GAN off (before disc_start): D's BatchNorm statistics and the adaptive GAN weight are per micro-batch by
     # nature, as in any gradient accumulation.
     G = 4
+    janus_flags = ["--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", tiny_janus[0],
+                   "--janus_tokenizer", tiny_janus[1], "--image_size", "32"] if backbone == "janus_pro_1b" else []
     cfg = train.parse_config(["--toy_preset", "tiny", "--toy_cache", toy_cache, "--batch_prompts", "4", "--group_size",
-                              str(G), "--rank_k", "2", "--disc_start", "100", "--device", "cpu"])
+                              str(G), "--rank_k", "2", "--disc_start", "100", "--device", "cpu", *janus_flags])
     autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
     step_fn, grads = train.optimizer_step, []
 
@@ -280,12 +289,6 @@ def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--grad_accum", "2", "--batch_prompts", "1")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)
-
-
-@pytest.fixture(scope="module")
-def tiny_janus(tmp_path_factory):
-    from janus_fixtures import write_tiny_janus
-    return write_tiny_janus(tmp_path_factory.mktemp("janus"))
 
 
 @pytest.mark.parametrize("method,policy_moves,decoder_moves", [
