@@ -146,5 +146,9 @@ def check_hub_folder(flag, value, probe, hub_name):
     if os.path.isdir(value):
         return None
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        return ckpt.check_path(flag, f"hf://{value}/{probe}")
+        if ckpt.check_path(flag, f"hf://{value}/{probe}") is None:
+            return None
+        return (f"{flag} {value!r}: not a local folder, and the hub id's files are not in the local Hugging Face "
+                f"cache (offline); run `huggingface-cli download {value} --local-dir DIR` on a machine with network "
+                f"access, copy DIR here and pass {flag} DIR")
     return f"{flag} {value!r}: no such folder; pass the folder with the Hugging Face files of {hub_name}"
