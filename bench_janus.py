@@ -2,13 +2,16 @@
 
 Not a test: prints numbers. Same random weights (ours renamed into the HF model with janus.hf_to_original), same
 left-padded batch of B prompts of different lengths, CFG 5, greedy (HF do_sample=False; ours top-k 1, the same
-argmax), checked to give identical tokens. One process, fp32, warm-up call each, then one timed call each.
+argmax), checked to give identical tokens. One process, fp32: a warm-up call each, then --repeats rounds of one
+timed call each, ours and HF alternating (so a neighbour's load hits both alike); tokens/s of the median call.
   python bench_janus.py                      # --size tiny: janus.JANUS_CONFIGS["tiny"] (N=16; Python-overhead bound)
-  python bench_janus.py --size medium        # dim 512, 8 layers, N=64, image vocabulary 1024
-Options: --batch 8 --cfg 5.0 --threads 1 (OMP_NUM_THREADS=1 python bench_janus.py is the reference setting)
+  python bench_janus.py --size medium        # dim 512, 8 layers, N=64, image vocabulary 1024 (weight-bandwidth bound)
+  python bench_janus.py --compile            # also janus.sample(compile=True); its compile time reported apart
+Options: --batch 8 --cfg 5.0 --repeats 7 --threads 1 (OMP_NUM_THREADS=1 python bench_janus.py is the reference)
 Symbols: B prompts, N image tokens, V image vocabulary.
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -80,20 +83,30 @@ def main(args):
     ids, mask = (t.to(device) for t in prompts(cfg, args.batch))
     gc = GenerationConfig(do_sample=False, guidance_scale=args.cfg, bos_token_id=cfg.bos_id, pad_token_id=cfg.pad_id,
                           generation_kwargs={"boi_token_id": cfg.boi_id}, num_return_sequences=1)
-    ours = lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1)  # noqa: E731
-    theirs = lambda: hf.generate(ids, attention_mask=mask.long(), generation_mode="image",  # noqa: E731
-                                 generation_config=gc)
-    ours(), theirs()                                                            # warm-up
-    (a, t_ours), (b, t_hf) = timed(ours, device), timed(theirs, device)
-    n = args.batch * cfg.image_tokens
+    ours, theirs = "janus.sample (static KV cache)", "HF generate() (static cache)"
+    compiled = "janus.sample(compile=True)"
+    runs = {ours: lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1),
+            theirs: lambda: hf.generate(ids, attention_mask=mask.long(), generation_mode="image", generation_config=gc)}
+    if args.compile:  # the first call compiles (inductor's on-disk cache can shorten it): timed apart
+        runs[compiled] = lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1, compile=True)
+        t_compile = timed(runs[compiled], device)[1]
+    out = {k: fn() for k, fn in runs.items()}                               # warm-up; tokens checked below
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):                                           # alternating: ours, HF[, compiled]
+        for k, fn in runs.items():
+            times[k].append(timed(fn, device)[1])
+    med, n = {k: statistics.median(t) for k, t in times.items()}, args.batch * cfg.image_tokens
     print(f"[{device.type}] Janus '{args.size}' ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
           f"B={args.batch}, prompt T={ids.shape[1]}, N={cfg.image_tokens}, CFG {args.cfg} ({2 * args.batch} rows), "
-          f"greedy, fp32, {torch.get_num_threads()} threads")
-    print(f"  janus.sample (static KV cache)   {n / t_ours:9.0f} tokens/s  ({t_ours:.3f} s)")
-    print(f"  HF generate() (static cache)     {n / t_hf:9.0f} tokens/s  ({t_hf:.3f} s)")
-    print(f"  ratio ours / HF {t_hf / t_ours:.2f}x; identical tokens: {torch.equal(a, b)} "
-          f"({len(a.unique())} distinct tokens)")
-    assert torch.equal(a, b), "janus.sample and HF generate() disagree"
+          f"greedy, fp32, {torch.get_num_threads()} threads; median of {args.repeats} calls after a warm-up")
+    for k, t in med.items():
+        print(f"  {k:32s} {n / t:9.0f} tokens/s  ({t:.4f} s; calls {min(times[k]):.4f}-{max(times[k]):.4f} s)")
+    for k in (k for k in runs if k != theirs):
+        print(f"  ratio {k} / HF {med[theirs] / med[k]:.2f}x; identical tokens: {torch.equal(out[k], out[theirs])} "
+              f"({len(out[k].unique())} distinct tokens)")
+    if args.compile:
+        print(f"  compile: first call {t_compile:.1f} s")
+    assert all(torch.equal(t, out[theirs]) for t in out.values()), "janus.sample and HF generate() disagree"
 
 
 if __name__ == "__main__":
@@ -101,6 +114,8 @@ if __name__ == "__main__":
     p.add_argument("--size", default="tiny", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=8, help="prompts B (model rows = 2B with CFG)")
     p.add_argument("--cfg", type=float, default=5.0, help="CFG scale")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls each (median), after a warm-up call")
+    p.add_argument("--compile", action="store_true", help="also time janus.sample(compile=True)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a loaded box)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

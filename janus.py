@@ -23,6 +23,7 @@ v5.24.0 models/llama/modeling_llama.py (numerics), models/janus/modeling_janus.p
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -116,14 +117,18 @@ def layout(mask: torch.Tensor, n: int):
     return pos, ((causal[None] & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=mask.device))[:, None]
 
 
+def rms_norm(x, weight, eps: float):  # HF LlamaRMSNorm: variance in fp32, cast back, then times weight
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):  # HF LlamaRMSNorm: variance in fp32, cast back, then times weight
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -214,7 +219,7 @@ class JanusGen(nn.Module):
     def logits(self, h):  # (...,dim) -> (...,V) fp32: gen_head outside autocast
         # DEVIATION(RankE@2798acc): there the bf16 head's logits (ulp 1/16-1/8 at |logit| 8-32) enter CFG x5 as bf16.
         w = self.gen_head.vision_head.weight
-        if h.is_meta:                                  # dry_run.py measures on meta tensors (no autocast there)
+        if h.is_meta or not torch.is_autocast_enabled(h.device.type):  # meta: dry_run.py; no autocast to leave
             return self.gen_head(h.to(w.dtype)).float()
         with torch.autocast(h.device.type, enabled=False):
             return self.gen_head(h.to(w.dtype)).float()
@@ -289,7 +294,9 @@ def _step_logits(logits, B: int, cfg_scale: float, temperature: float, top_k: in
     """(R,...,V) fp32 logits, rows [cond; null] -> (B,...,V) the token is drawn from: u + s (c - u), / T, filter."""
     if cfg_scale != 1.0:
         logits = logits[B:] + cfg_scale * (logits[:B] - logits[B:])
-    return top_k_top_p(logits / max(temperature, 1e-5), top_k, top_p)
+    if temperature != 1.0:  # x / 1 = x: skipped
+        logits = logits / max(temperature, 1e-5)
+    return top_k_top_p(logits, top_k, top_p)
 
 
 def _prepare(model: JanusGen, ids, mask, cfg_scale, temperature=1.0, top_k=0, top_p=1.0):
@@ -305,36 +312,104 @@ def _prepare(model: JanusGen, ids, mask, cfg_scale, temperature=1.0, top_k=0, to
     return torch.cat([ids, null_prompt(ids, mask, model.cfg)[0]]), torch.cat([mask, mask])     # (2B,T)
 
 
+def _decode_weights(model: JanusGen):
+    """The parameters `_decode_step` reads, looked up once per `sample` call (nn.Module attribute look-ups cost as
+    much as a small model's matmuls): per layer (W_q, W_k, W_v, W_o, W_gate, W_up, W_down, the two norms), then
+    gen_embed + gen_aligner, gen_head, the final norm. Not fused: cat'ed [W_q; W_k; W_v], [W_gate; W_up] copies
+    measured 2% faster on the tiny config, 4% slower on bench_janus.py's medium one (MKL), and cost memory."""
+    layers = []
+    for layer in model.language_model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        layers.append(tuple(x.weight for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
+                                               m.down_proj, layer.input_layernorm, layer.post_attention_layernorm)))
+    (a0, _, a2), (p, v) = model.gen_aligner.layers, (model.gen_head.output_mlp_projector, model.gen_head.vision_head)
+    return (layers, (model.gen_embed.weight, a0.weight, a0.bias, a2.weight, a2.bias),
+            (p.weight, p.bias, v.weight, v.bias), model.language_model.model.norm.weight)
+
+
+def _decode_step(model: JanusGen, weights, tok, cos, sin, mask, caches, p, n_keys: int, filt):
+    """One sampling step: z_{n-1} (B,) fed at sequence index p ((1,) int64) -> the filtered logits (B,V) that z_n is
+    drawn from (_step_logits, filt = (cfg_scale, temperature, top_k, top_p)). Writes k, v at p of each cache
+    (2,R,H,L,hd) and attends to keys 0..n_keys-1 (p + 1; all L with compile: static shapes, mask (R,1,1,n_keys)).
+    DUPLICATES embed_image, DecoderLayer (SelfAttention, MLP) for S = 1 and logits, leaner (Python overhead bounds
+    small models): F calls on `_decode_weights`, RoPE on [q, k, v] at once with cos, sin (R,3,1,hd) (v: cos 1,
+    sin 0; rotate_half's sign folded into sin). tests/test_janus.py holds it to the modules (sample == sample_naive
+    token for token; HF parity)."""
+    (layers, (emb, w1, b1, w2, b2), head, final_norm), cfg, B = weights, model.cfg, tok.shape[0]
+    e = F.linear(F.gelu(F.linear(F.embedding(tok, emb), w1, b1)), w2, b2)                     # (B,dim) embed_image
+    h = torch.cat([e] * (caches[0].shape[1] // B))                                   # (R,dim): cond, null rows
+    R, H, hd = h.shape[0], cfg.n_head, cfg.head_dim
+    for (wq, wk, wv, wo, wg, wu, wd, n1, n2), kv in zip(layers, caches):
+        x = rms_norm(h, n1, cfg.norm_eps)
+        y = torch.stack([F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)], 1).view(R, 3, H, hd)   # (R,3,H,hd)
+        yf = y.float()
+        y = (yf * cos + yf.roll(hd // 2, -1) * sin).type_as(y)          # = apply_rope: roll gives [x2, x1]
+        kv.index_copy_(3, p, y[:, 1:, :, None].transpose(0, 1))                               # k, v -> index p
+        k, v = kv[:, :, :, :n_keys].unbind(0)                                                   # (R,H,n_keys,hd)
+        a = F.scaled_dot_product_attention(y[:, :1].transpose(1, 2), k, v, attn_mask=mask)      # (R,H,1,hd)
+        h = h + F.linear(a.reshape(R, -1), wo)
+        x = rms_norm(h, n2, cfg.norm_eps)
+        h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
+    h = rms_norm(h, final_norm, cfg.norm_eps)
+    if torch.is_autocast_enabled(h.device.type):      # the head in fp32 outside autocast
+        logits = model.logits(h)
+    else:                                             # = model.logits(h), no module calls
+        logits = F.linear(F.gelu(F.linear(h, head[0], head[1])), head[2], head[3]).float()
+    return _step_logits(logits, B, *filt)
+
+
+@functools.cache
+def _compiled_decode_step():  # sample(compile=True): one graph per (B, T, N, dtype, filt); the first call compiles
+    return torch.compile(_decode_step, dynamic=False, fullgraph=True)
+
+
+def _draw(probs, generator):
+    """= torch.multinomial(probs, 1, generator=generator), drawn as torch draws it (aten Distributions.cpp, one
+    sample: argmax(probs / q), q ~ Exp(1) from the generator), without its checks of probs (host syncs on a GPU):
+    NaN logits are not caught here. sample_naive keeps torch.multinomial, so the tests hold the two equal."""
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
+
+
 @torch.no_grad()
 def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0,
-           generator: torch.Generator | None = None, return_logprobs: bool = False):
-    """(B,N) int64 image tokens, raster order: prefill the prompt into a static KV cache, then one token per step:
-    fp32 CFG, temperature, top-k, top-p, torch.multinomial on `generator` (None: torch's default one; released: the
-    global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also (B,N) log-probs of
-    the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1 without top-k / top-p).
-    Released (trainer.py:479-516): a DynamicCache and one wasted forward on z_{N-1}; same tokens."""
+           generator: torch.Generator | None = None, return_logprobs: bool = False, compile: bool = False):
+    """(B,N) int64 image tokens, raster order: prefill the prompt into a static KV cache, then one token per step
+    (`_decode_step`): fp32 CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default
+    one; released: the global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also
+    (B,N) log-probs of the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1
+    without top-k / top-p). compile: torch.compile the step (static shapes: attends to the whole cache; a new
+    prompt length T or batch recompiles, seconds to a minute). Released (trainer.py:479-516): a DynamicCache and one
+    wasted forward on z_{N-1}; same tokens."""
     cfg, B, N = model.cfg, ids.shape[0], model.cfg.image_tokens
     x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T)
-    (R, T), dev = x.shape, x.device
-    pos, am = layout(m, N - 1)                                        # z_{N-1} is never fed back: S = T + N - 1
+    (R, T), dev, hd = x.shape, x.device, cfg.head_dim
+    L = T + N - 1                                                     # z_{N-1} is never fed back
+    pos, am = layout(m, N - 1)
     cos, sin = rope_cos_sin(cfg, pos)
     h = model.language_model.model.embed_tokens(x)                                              # (R,T,dim)
     kv = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else h.dtype   # = k/v's dtype
-    caches = [torch.zeros(2, R, cfg.n_head, T + N - 1, cfg.head_dim, dtype=kv, device=dev).unbind(0)
-              for _ in range(cfg.n_layer)]                                                     # static (K, V) cache
-    h = model.trunk(h, (cos[:, :T], sin[:, :T]), am[:, :, :T, :T], caches)                     # prefill
-    tokens, logp = torch.empty(B, N, dtype=torch.long, device=dev), torch.empty(B, N, device=dev)
+    caches = [torch.zeros(2, R, cfg.n_head, L, hd, dtype=kv, device=dev) for _ in range(cfg.n_layer)]  # (K, V)
+    h = model.trunk(h, (cos[:, :T], sin[:, :T]), am[:, :, :T, :T], [c.unbind(0) for c in caches])[:, -1]  # prefill
+    # per step n = 1..N-1, z_{n-1} at sequence index p = T+n-1: RoPE for [q, k, v] (R,3,1,hd), index (1,), keys
+    # 0..n_keys-1 (p + 1; all L with compile) and their mask (R,1,1,n_keys)
+    c, s = (t[:, T:, None, None].transpose(0, 1) for t in (cos, sin))                          # (N-1,R,1,1,hd)
+    s = torch.cat([-s[..., :hd // 2], s[..., hd // 2:]], -1)                    # rotate_half(x) = roll(x) * sign
+    c, s = torch.cat([c, c, torch.ones_like(c)], 2).unbind(0), torch.cat([s, s, torch.zeros_like(s)], 2).unbind(0)
+    idx, keys = torch.arange(T, L, device=dev)[:, None].unbind(0), [L if compile else p + 1 for p in range(T, L)]
+    masks = [am[:, :, p, None, :k] for p, k in zip(range(T, L), keys)]
+    step = _compiled_decode_step() if compile else _decode_step
+    weights, filt = _decode_weights(model), (cfg_scale, temperature, top_k, top_p)
+    logits = _step_logits(model.logits(h), B, *filt)                                            # (B,V)
+    toks, logp = [], []
     for n in range(N):
-        if n > 0:  # feed z_{n-1} (duplicated for the null half) at sequence index p
-            p = T + n - 1
-            e = model.embed_image(tokens[:, n - 1:n].repeat(R // B, 1))                        # (R,1,dim)
-            h = model.trunk(e, (cos[:, p:p + 1], sin[:, p:p + 1]), am[:, :, p:p + 1, :p + 1], caches, p)
-        logits = _step_logits(model.logits(h[:, -1]), B, cfg_scale, temperature, top_k, top_p)  # (B,V)
-        tok = torch.multinomial(logits.softmax(-1), 1, generator=generator)                    # (B,1)
-        tokens[:, n] = tok[:, 0]
+        if n > 0:
+            logits = step(model, weights, toks[-1][:, 0], c[n - 1], s[n - 1], masks[n - 1], caches, idx[n - 1],
+                          keys[n - 1], filt)
+        toks.append(_draw(logits.softmax(-1), generator))                                       # (B,1)
         if return_logprobs:
-            logp[:, n] = (logits.gather(-1, tok) - logits.logsumexp(-1, keepdim=True))[:, 0]
-    return (tokens, logp) if return_logprobs else tokens
+            logp.append(logits.gather(-1, toks[-1]) - logits.logsumexp(-1, keepdim=True))
+    tokens = torch.cat(toks, 1)                                                                 # (B,N)
+    return (tokens, torch.cat(logp, 1)) if return_logprobs else tokens
 
 
 @torch.no_grad()

@@ -2,10 +2,12 @@
 
 The oracle for the Llama trunk, the gen modules, the null prompt and generation is transformers'
 JanusForConditionalGeneration (skipped when the installed transformers lacks it), fed the same tiny random weights.
-CPU, offline, ~20 s on one thread.   Run: OMP_NUM_THREADS=1 pytest -q tests/test_janus.py
+CPU, offline, ~20 s on one thread (+ ~30 s when torch.compile first builds sample(compile=True)'s step).
+Run: OMP_NUM_THREADS=1 pytest -q tests/test_janus.py
 """
 import dataclasses
 import os
+import shutil
 
 import pytest
 import torch
@@ -61,6 +63,20 @@ def test_kv_cache_sampler_matches_naive(model, seed, cfg_scale, top_k, top_p):
     assert fast.shape == (3, CFG.image_tokens) and fast.dtype == torch.long
     assert torch.equal(fast, slow)
     assert len(fast.unique()) > 3                                   # far from a constant: the check has teeth
+
+
+def test_compiled_sampler_matches_naive(model):
+    """sample(compile=True): the decode step under torch.compile, static shapes (the whole cache, masked)."""
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        pytest.skip("torch.compile (inductor) needs a C++ compiler")
+    ids, mask = prompts([1, 4, 7])
+    kw = dict(cfg_scale=5.0, temperature=0.9, top_k=20, top_p=0.9, return_logprobs=True)
+    fast, lp = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(3), compile=True, **kw)
+    eager, lp_eager = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    kw.pop("return_logprobs")
+    slow = janus.sample_naive(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(fast, slow) and torch.equal(eager, slow) and len(fast.unique()) > 3
+    torch.testing.assert_close(lp, lp_eager, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
