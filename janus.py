@@ -365,8 +365,9 @@ def _compiled_decode_step():  # sample(compile=True): one graph per (B, T, N, dt
 
 def _draw(probs, generator):
     """= torch.multinomial(probs, 1, generator=generator), drawn as torch draws it (aten Distributions.cpp, one
-    sample: argmax(probs / q), q ~ Exp(1) from the generator), without its checks of probs (host syncs on a GPU):
-    NaN logits are not caught here. sample_naive keeps torch.multinomial, so the tests hold the two equal."""
+    sample: argmax(probs / q), q ~ Exp(1) from the generator), without its checks of probs (host syncs on a GPU;
+    `sample` checks the logits once at the end instead). sample_naive keeps torch.multinomial: the tests hold the
+    two equal."""
     return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
 
 
@@ -400,14 +401,18 @@ def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=
     step = _compiled_decode_step() if compile else _decode_step
     weights, filt = _decode_weights(model), (cfg_scale, temperature, top_k, top_p)
     logits = _step_logits(model.logits(h), B, *filt)                                            # (B,V)
-    toks, logp = [], []
+    toks, logp, lse = [], [], []
     for n in range(N):
         if n > 0:
             logits = step(model, weights, toks[-1][:, 0], c[n - 1], s[n - 1], masks[n - 1], caches, idx[n - 1],
                           keys[n - 1], filt)
         toks.append(_draw(logits.softmax(-1), generator))                                       # (B,1)
+        lse.append(logits.logsumexp(-1, keepdim=True))                                          # (B,1), NaN check
         if return_logprobs:
-            logp.append(logits.gather(-1, toks[-1]) - logits.logsumexp(-1, keepdim=True))
+            logp.append(logits.gather(-1, toks[-1]) - lse[-1])
+    if not bool(torch.isfinite(torch.cat(lse)).all()):   # _draw skips multinomial's checks: one sync at the end
+        raise FloatingPointError("janus.sample: non-finite logits (NaN/inf weights or activations; under fp16? use "
+                                 "bf16 or fp32): the drawn tokens would be meaningless")
     tokens = torch.cat(toks, 1)                                                                 # (B,N)
     return (tokens, torch.cat(logp, 1)) if return_logprobs else tokens
 

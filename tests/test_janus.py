@@ -310,3 +310,13 @@ def test_text_encoder_offline_without_files_says_what_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json") as e:
         enc(["a cat"])
     assert "deepseek-ai/Janus-Pro-1B" in str(e.value)
+
+
+def test_sampler_refuses_nan_logits(model):
+    broken = janus.JanusGen(model.cfg)
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.gen_head.vision_head.bias.fill_(float("nan"))
+    ids, mask = prompts([2])
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        janus.sample(broken, ids, mask, cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
