@@ -135,13 +135,18 @@ def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
     assert last["data/skipped_bad_image"] == 1 and last["data/skipped_empty_caption"] == 1
 
 
-def test_two_process_gloo_ranks_stay_identical(toy_cache, tmp_path):
-    # runtime.save_checkpoint() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on mismatch;
-    # checkpointing every step makes that check run after each step.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+@pytest.mark.parametrize("backbone", ["tiny", "janus_pro_1b"])
+def test_two_process_gloo_ranks_stay_identical(toy_cache, tiny_janus, tmp_path, backbone):
+    # runtime.save_checkpoint() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on
+    # mismatch; checkpointing every step makes that check run after each step. Janus: with --grad_accum 2 as well.
+    extra = ["--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", tiny_janus[0], "--janus_tokenizer",
+             tiny_janus[1], "--image_size", "32", "--grad_accum", "2", "--batch_prompts", "1"] \
+        if backbone == "janus_pro_1b" else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={29517 if backbone == 'tiny' else 29527}",
            os.path.join(ROOT, "train.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir",
            str(tmp_path), "--batch_prompts", "2", "--group_size", "4", "--disc_start", "0", "--sample_every", "0",
-           "--steps", "2", "--ckpt_every", "1", "--device", "cpu"]
+           "--steps", "2", "--ckpt_every", "1", "--device", "cpu", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
