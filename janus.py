@@ -376,7 +376,7 @@ def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=
            generator: torch.Generator | None = None, return_logprobs: bool = False, compile: bool = False):
     """(B,N) int64 image tokens, raster order: prefill the prompt into a static KV cache, then one token per step
     (`_decode_step`): fp32 CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default
-    one; released: the global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also
+    one; DEVIATION(RankE@2798acc): released drew from the global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also
     (B,N) log-probs of the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1
     without top-k / top-p). compile: torch.compile the step (static shapes: attends to the whole cache; a new
     prompt length T or batch recompiles, seconds to a minute). Released (trainer.py:479-516): a DynamicCache and one

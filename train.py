@@ -66,7 +66,8 @@ class Config:
     toy_preset: str = "default"    # default | tiny (seconds-fast, low quality: tests)
     image_size: int = 32           # S
     batch_prompts: int = 8         # B per rank and micro-batch (released LlamaGen: 4, Janus: 2)
-    grad_accum: int = 1            # micro-batches per optimizer update (Janus preset: 2; a real accumulation, D9)
+    # DEVIATION (D9): a real accumulation; the released Janus trainer's zero_grad kept only every 2nd micro-batch
+    grad_accum: int = 1            # micro-batches per optimizer update (Janus preset: 2)
     group_size: int = 8            # G (released: 8)
     # rollout sampling (docs/method.md §4.6)
     cfg_scale: float = 4.0         # LlamaGen 6.0
@@ -147,7 +148,9 @@ PRESETS = {
 # docs/method.md §8, columns "Janus CLIP" / "Janus HPS", in optimizer updates: 2 prompts x grad_accum 2 x 8 GPUs =
 # 32 prompts per update, as the scripts intended (the released accumulation kept only every second micro-batch and
 # counted micro-steps, D9: its disc_start 100, total 4680, checkpoint 500 and 6k evaluated steps become 50, 2340,
-# 250 and 3000 updates here). Learning rates as actually run (D15), fp32 master weights (docs/method.md §17).
+# 250 and 3000 updates here). Learning rates as actually run (D15).
+# DEVIATION (docs/method.md §17.4): fp32 master weights, AdamW states and EMAs under bf16 autocast; the released
+# Janus runs trained bf16 weights with bf16 states and EMAs, so most weights and the 0.999 EMA could not move.
 for _name, _beta, _reward in (("janus_pro_1b_clip", 0.05, "clip"), ("janus_pro_1b_hps", 0.01, "hpsv2")):
     PRESETS[_name] = dict(backbone="janus_pro_1b", out_dir=f"runs/{_name}", steps=3000, total_steps=2340,
                           ckpt_every=250, sample_every=250, image_size=384, batch_prompts=2, grad_accum=2,

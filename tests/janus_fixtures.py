@@ -32,7 +32,8 @@ UNDERSTANDING = {  # a few random entries per dropped prefix (names as in the re
     "vision_model.vision_tower.blocks.0.attn.qkv.weight": (96, 32), "vision_model.vision_tower.norm.weight": (32,),
     "aligner.layers.0.weight": (64, 32), "aligner.layers.0.bias": (64,), "aligner.layers.2.weight": (64, 64),
     "aligner.layers.2.bias": (64,), "language_model.lm_head.weight": (CFG.vocab_size, CFG.dim)}
-# original -> HF-converted names (the inverse of janus.HF_TO_ORIGINAL), applied in order
+# original -> HF-converted names (the inverse of janus.HF_TO_ORIGINAL), applied in order. Written out on its own on
+# purpose (not derived from janus.HF_TO_ORIGINAL): the layout test must not trust the map it checks.
 ORIGINAL_TO_HF = [
     (r"^language_model\.model\.", "model.language_model."), (r"^language_model\.lm_head\.", "lm_head."),
     (r"^vision_model\.vision_tower\.", "model.vision_model."), (r"^aligner\.layers\.0\.", "model.aligner.fc1."),

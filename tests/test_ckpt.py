@@ -100,7 +100,7 @@ def test_check_path_hub_never_downloads(tmp_path, monkeypatch):
 
 def test_cached_download_offline_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert ckpt.cached_download("/given/path.pth", "https://example.org/w.pth", "hint") == "/given/path.pth"
+    assert ckpt.cached_download("given/path.pth", "https://example.org/w.pth", "hint") == "given/path.pth"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"offline.*w\.pth is missing.*checkpoints"):
         ckpt.cached_download(None, "https://example.org/w.pth", "w.pth is missing: pass --w PATH.")
