@@ -18,6 +18,9 @@ import torch.distributed as dist
 
 import ckpt
 
+BARE_FLAGS = {"synthetic": "full"}   # str flags that may be given without a value, and the value they then take
+
+
 def parse_dataclass_flags(cls, presets, choices, argv, default_preset):
     """One flag per field of the dataclass `cls`; its help text is the comment after the field. --preset NAME (or
     default_preset(--backbone)) picks the defaults from presets[NAME]; explicit flags override them."""
@@ -40,7 +43,9 @@ def parse_dataclass_flags(cls, presets, choices, argv, default_preset):
                            default=defaults[f.name], help=help_)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            p.add_argument(f"--{f.name}", type=typ, default=defaults[f.name], choices=choices.get(f.name), help=help_)
+            bare = dict(nargs="?", const=BARE_FLAGS[f.name]) if f.name in BARE_FLAGS else {}
+            p.add_argument(f"--{f.name}", type=typ, default=defaults[f.name], choices=choices.get(f.name), help=help_,
+                           **bare)
     return cls(**vars(p.parse_args(argv)))
 
 
@@ -108,6 +113,7 @@ def save_checkpoint(cfg, m, step, gen, stream, world, rank):
         raise RuntimeError(f"ranks diverged at step {step}: weight fingerprints {[s['fingerprint'] for s in states]}")
     if rank == 0:
         ck = dict(config=dict(vars(cfg)), step=step, world_size=world, rank_state=states,
+                  threads=torch.get_num_threads(),        # results depend on it (float reduction order)
                   **{k: getattr(m, k).state_dict() for k in STATE})
         ckpt.atomic_save(ck, os.path.join(cfg.out_dir, f"ckpt_{step:07d}.pt"))
         for old in ckpt.list_ckpts(cfg.out_dir)[:-cfg.keep_ckpts]:
@@ -119,6 +125,11 @@ def resume(cfg, m, gen, stream, world, rank) -> int:
     if not ckpt.list_ckpts(cfg.out_dir):
         return 0
     ck, path = ckpt.load_latest_ckpt(cfg.out_dir)
+    was, now = ck["config"].get("synthetic", ""), getattr(cfg, "synthetic", "")
+    if was != now:   # synthetic.py: random weights must never pass for trained ones, nor one scale for another
+        raise SystemExit(f"{path} was written with --synthetic {was!r} ('' = real weights), this run has --synthetic "
+                         f"{now!r}: runs of different --synthetic values never share checkpoints; pick another "
+                         f"--out_dir or the checkpoint's --synthetic value")
     if ck["world_size"] != world:
         raise SystemExit(f"{path} was written by {ck['world_size']} processes; resume with the same count")
     for k in STATE:
@@ -135,6 +146,8 @@ class Logger:
 
     def __init__(self, cfg, master):
         self.f = self.tb = self.wb = None
+        # every metrics line of a synthetic run (random weights, synthetic.py) says so
+        self.tag = {"synthetic": cfg.synthetic} if getattr(cfg, "synthetic", "") else {}
         os.makedirs(cfg.out_dir, exist_ok=True)
         if not master:
             return
@@ -149,9 +162,9 @@ class Logger:
     def write(self, stats, step, bar):
         if self.f is None:
             return
-        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
-                         if k in ("reward/mean", "policy/kl", "decoder/total", "step_time_s")})
-        self.f.write(json.dumps(stats) + "\n")
+        bar.set_postfix({**{k.split("/")[-1]: f"{v:.3g}" for k, v in stats.items()
+                            if k in ("reward/mean", "policy/kl", "decoder/total", "step_time_s")}, **self.tag})
+        self.f.write(json.dumps({**stats, **self.tag}) + "\n")
         self.f.flush()
         for k, v in stats.items() if self.tb else ():
             self.tb.add_scalar(k, v, step)

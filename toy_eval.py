@@ -35,6 +35,8 @@ import toy_world
 from eval_fid import feature_stats, frechet_distance
 
 TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")   # the printed table row
+LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
+          "check_heldout": "checker acc. held-out", "fid": "toy FID", "lcs_kl": "LCS KL (nats)"}
 DECODERS = ("online", "ema", "base")
 CKPT_WHAT = ("a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt, written by `python train.py --out_dir OUT_DIR`), "
              "or omit --ckpt to score the toy base models")
@@ -105,7 +107,7 @@ def read_train_ckpt(path, flag="--ckpt"):
 
 @torch.no_grad()
 def evaluate_toy_checkpoint(ckpt_path=None, *, toy_cache=".cache/toy", toy_preset="default", n=256, seed=0,
-                            cfg_scale=None, decoder="online"):
+                            cfg_scale=None, decoder="online", sampling=None):
     """One table row for a train.py checkpoint or, with ckpt_path=None, for the base models. The eval sampler uses
     the run's rollout settings (CFG, temperature, top-k/p) and a fixed seed, so every method is sampled on the same
     captions with the same random stream.
@@ -114,13 +116,16 @@ def evaluate_toy_checkpoint(ckpt_path=None, *, toy_cache=".cache/toy", toy_prese
     on the decoder, so online-vs-base isolates what the co-evolved decoder does to the same tokens.
     reward / clip / fid / lcs_kl on n train-split captions; check on n train and n held-out captions.
     A checkpoint's own toy_cache / toy_preset (its config) override the arguments; a bad checkpoint is a
-    ckpt.CkptError naming --ckpt."""
+    ckpt.CkptError naming --ckpt. sampling: a run's config (dict) whose cfg_scale / temperature / top_k / top_p the
+    base models are sampled with (so a base row compares with that run's rows); ignored with a checkpoint."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: use 'online' (the checkpoint's VQ), 'ema' or 'base'")
     ck = read_train_ckpt(ckpt_path) if ckpt_path else None
     if ck and decoder == "ema" and "ema_vq" not in ck:
         raise ckpt.CkptError(f"--ckpt {ckpt_path!r} holds no EMA decoder (ema_vq); use --decoder online or base")
-    conf = ck["config"] if ck else {"toy_cache": toy_cache, "toy_preset": toy_preset}
+    keys = ("cfg_scale", "temperature", "top_k", "top_p")
+    conf = ck["config"] if ck else {"toy_cache": toy_cache, "toy_preset": toy_preset,
+                                    **{k: v for k, v in (sampling or {}).items() if k in keys}}
     tcfg = toy_world.ToyConfig.tiny() if conf["toy_preset"] == "tiny" else toy_world.ToyConfig()
     b = toy_world.load_toy(tcfg, cache_dir=conf["toy_cache"], progress=False)
     if ck:

@@ -145,19 +145,27 @@ def _cached(folder, name, model, train, deps, build):
             elif meta["deps"] != deps:
                 problem = f"built from other upstream artifacts ({meta['deps']} != {deps})"
             else:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                sd = torch.load(path, map_location="cpu", weights_only=True)   # fp16 floats (see below)
+                model.load_state_dict(sd)          # strict; copy_ upcasts each entry into the fp32 model
                 return model.eval(), sha
         except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
             problem = f"unreadable ({type(e).__name__}: {e})"
         log.warning("toy cache: %s: %s; rebuilding it", path, problem)
     if not build:
-        raise FileNotFoundError(f"toy cache: no valid {path}; run `python toy_world.py` or load_toy(..., build=True)")
+        raise FileNotFoundError(f"toy models: no valid {path}; restore the shipped files (`git checkout toy_assets`) "
+                                "or remake them with `python toy_world.py --rebuild`")
     t0 = time.time()
     model.train()
     train(model)
     model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
     #                                     loop's first optimizer steps would otherwise add the last training grads)
-    torch.save(model.state_dict(), path + ".tmp")
+    # Stored in fp16 (halves the shipped toy_assets/ to ~15 MB) and the model rounded to the stored values in place,
+    # so the model a build returns equals the one a later load returns, and the next artifact (the GPT trains on
+    # this VQ's tokens) is built on exactly what will be loaded.
+    with torch.no_grad():
+        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.load_state_dict(half)
+    torch.save(half, path + ".tmp")
     os.replace(path + ".tmp", path)
     sha = _sha256(path)
     with open(meta_path + ".tmp", "w") as f:

@@ -37,10 +37,9 @@ METHODS = {                                   # name -> train.py flags
 }
 # DEVIATION: flags every run shares. The released disc_start (100) would leave the GAN terms on for only the last third of
 # a 150-step toy run; at 30 they act for 80 % of it, as in the released 6000-step runs (~98 %).
-COMMON = ["--disc_start", "30"]
+COMMON = ["--disc_start", "30", "--report_n", "0"]
 BASE_DEC = "(its policy, base decoder)"     # table row: a RankE run's final policy decoded by the frozen base VQ
-LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
-          "check_heldout": "checker acc. held-out", "fid": "toy FID", "lcs_kl": "LCS KL (nats)"}
+LABELS = toy_eval.LABELS
 
 
 def run_dir(out, method, seed):

@@ -312,7 +312,21 @@ class ToyWorld:
 # =================================================================================================================
 # Config, cache and the bundle
 # =================================================================================================================
-TOY_VERSION = 1          # bump when a recipe changes: it is part of the cache key
+TOY_VERSION = 2          # bump when a recipe changes: it is part of the cache key (2: weights stored in fp16)
+# The default configuration's base models ship with the repository (built by `python toy_world.py --rebuild`), so
+# every machine starts from the same weights: a build depends on the CPU's float reduction order (thread count,
+# vector width), so two machines never build identical models. manifest.json names the configuration they belong
+# to (config_key), each file's sha256 sits in its .json, and the quality table recorded at build time.
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_assets")
+
+
+def shipped_manifest():
+    """toy_assets/manifest.json as a dict, or None when the folder holds no manifest."""
+    path = os.path.join(SHIPPED, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 @dataclass
@@ -362,9 +376,15 @@ class ToyBundle:
     cache_path: str = ""           # folder holding this config's artifacts
 
 
-def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=True):
-    """Build (first call, minutes) or load (seconds) the world's base models; see the module docstring."""
-    world, folder = ToyWorld(cfg), os.path.join(cache_dir, config_key(cfg))
+def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=True, folder=None):
+    """The world's base models: the shipped ones (toy_assets/) for the default configuration, strictly loaded and
+    checksum-verified, never rebuilt silently; any other configuration is built once (minutes) into
+    cache_dir/<config_key> and loaded from there (seconds) afterwards. folder: build into / load from this folder
+    instead (`--rebuild`)."""
+    world, man = ToyWorld(cfg), shipped_manifest()
+    if folder is None and man is not None and man["config_key"] == config_key(cfg):
+        folder, build = SHIPPED, False
+    folder = folder or os.path.join(cache_dir, config_key(cfg))
     os.makedirs(folder, exist_ok=True)
     seed = lambda k: 1000 * cfg.seed + k             # k < 1000: one seed per artifact and use, never shared
     gen = lambda k: torch.Generator().manual_seed(seed(k))
@@ -401,24 +421,65 @@ def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=Tr
                      folder)
 
 
+def rebuild_shipped(progress=True):
+    """`python toy_world.py --rebuild`: build the default configuration from scratch into a temporary folder, record
+    its quality table and build facts in manifest.json, then swap it in for toy_assets/ (the old folder survives
+    until the new one is complete). -> the quality table."""
+    import shutil
+    import platform
+    cfg, tmp, old = ToyConfig(), SHIPPED + ".tmp", SHIPPED + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    bundle = load_toy(cfg, folder=tmp, progress=progress)
+    build_s = time.time() - t0
+    table, grid = evaluate(bundle, cfg.n_eval, cfg.cfg_scale, torch.Generator().manual_seed(12345))
+    man = dict(config_key=config_key(cfg), toy_version=TOY_VERSION, config=asdict(cfg),
+               quality=dict(n=cfg.n_eval, cfg_scale=cfg.cfg_scale, eval_seed=12345, table=table),
+               built_with=dict(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
+                               seconds=round(build_s, 1)))
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    x = torch.cat(list(grid.values()))                                    # (R*8, 3, 32, 32), one row per label
+    save_grid(os.path.join(tmp, "samples.png"), x.repeat_interleave(2, -1).repeat_interleave(2, -2), list(grid), G=8)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(SHIPPED):
+        os.replace(SHIPPED, old)
+    os.replace(tmp, SHIPPED)
+    shutil.rmtree(old, ignore_errors=True)
+    return table
+
+
+def print_table(table, n):
+    print(f"{'metric (n = ' + str(n) + ' scenes per split)':<56}{'train':>10}{'held-out':>10}")
+    for k, v in table.items():
+        print(f"{k:<56}" + (f"{v['train']:>10.3f}{v['heldout']:>10.3f}" if isinstance(v, dict) else f"{v:>10.3f}"))
+
+
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="Build or load the toy world and print its quality table.")
+    ap = argparse.ArgumentParser(description="Load (or build) the toy world and print its quality table.")
     ap.add_argument("--preset", choices=("default", "tiny"), default="default", help="tiny: seconds, low quality")
-    ap.add_argument("--cache_dir", default=".cache/toy", help="artifact cache (keyed by a hash of the config)")
+    ap.add_argument("--cache_dir", default=".cache/toy", help="artifact cache of non-shipped configurations")
     ap.add_argument("--out", default=None, help="sample grid PNG (default: <cache folder>/samples.png)")
-    ap.add_argument("--seed", type=int, default=0, help="ToyConfig.seed")
+    ap.add_argument("--seed", type=int, default=0, help="ToyConfig.seed (0 = the shipped models)")
+    ap.add_argument("--rebuild", action="store_true", help="remake the shipped default models in toy_assets/ "
+                    "(~15 min on 2 cores; other machines build other, equally good weights: see the README)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.rebuild:
+        if args.preset != "default" or args.seed != 0:
+            ap.error("--rebuild remakes the shipped default models only (no --preset / --seed)")
+        table = rebuild_shipped()
+        print(f"rebuilt {SHIPPED} (manifest.json, samples.png)")
+        print_table(table, ToyConfig().n_eval)
+        raise SystemExit(0)
     cfg = ToyConfig.tiny(seed=args.seed) if args.preset == "tiny" else ToyConfig(seed=args.seed)
     t0 = time.time()
     bundle = load_toy(cfg, args.cache_dir)
-    print(f"toy world {config_key(cfg)}: ready in {time.time() - t0:.1f} s (cache {bundle.cache_path})")
+    print(f"toy world {config_key(cfg)}: ready in {time.time() - t0:.1f} s (folder {bundle.cache_path})")
     table, grid = evaluate(bundle, cfg.n_eval, cfg.cfg_scale, torch.Generator().manual_seed(12345))
-    print(f"{'metric (n = ' + str(cfg.n_eval) + ' scenes per split)':<56}{'train':>10}{'held-out':>10}")
-    for k, v in table.items():
-        print(f"{k:<56}" + (f"{v['train']:>10.3f}{v['heldout']:>10.3f}" if isinstance(v, dict) else f"{v:>10.3f}"))
-    out = args.out or os.path.join(bundle.cache_path, "samples.png")
+    print_table(table, cfg.n_eval)
+    out = args.out or os.path.join(args.cache_dir if bundle.cache_path == SHIPPED else bundle.cache_path, "samples.png")
     x = torch.cat(list(grid.values()))                                    # (R*8, 3, 32, 32), one row per label
     save_grid(out, x.repeat_interleave(2, -1).repeat_interleave(2, -2), list(grid), G=8)   # x2 nearest upscale
     print(f"sample grid: {out}")

@@ -60,6 +60,8 @@ class Config:
     keep_ckpts: int = 3            # how many checkpoints to keep
     sample_every: int = 100        # PNG grid of current samples every N steps (0 = never)
     logger: str = "none"           # none | tensorboard | wandb (only if installed)
+    report_n: int = 256            # toy world: base vs final table + before/after and curves PNGs at the end, scored
+    #                                on report_n captions per split (toy_report.py); 0 = off
     # data
     data: str = ""                 # folder / .jsonl / .tar[,...]; "" = the toy world's own generator
     toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
@@ -124,6 +126,8 @@ class Config:
     bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
     grad_ckpt: bool = False        # activation checkpointing in the policy's training forward (D10)
     dry_run: bool = False          # build without weights, print parameter counts and a memory estimate
+    synthetic: str = ""            # RANDOM weights, nothing read (synthetic.py): full (bare flag) | L = layers | tiny
+    #                                L: real widths, every transformer stack L layers deep; tiny: CPU-test scale
 
 
 PRESETS = {
@@ -183,6 +187,8 @@ def parse_config(argv=None) -> Config:
     cfg = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset=lambda backbone: {
         "llamagen_xl": "llamagen_xl_clip", "janus_pro_1b": "janus_pro_1b_clip"}.get(backbone, "tiny"))
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
+    if cfg.report_n < 0 or cfg.report_n == 1:
+        bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 2 (feature covariance, LCS floor)")
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
     if bad:
@@ -416,7 +422,8 @@ def main(cfg: Config):
     rank, world, device, autocast = setup_distributed(cfg)
     master = rank == 0
     if master:
-        print(json.dumps(asdict(cfg), indent=1), flush=True)
+        print(json.dumps(asdict(cfg), indent=1), f"\n{torch.get_num_threads()} torch threads (results depend on the "
+              "count: float reduction order)", flush=True)
     torch.manual_seed(cfg.seed)                                     # identical model init on every rank
     bb = build_backbone(cfg, device, rank)
     m = build_models(cfg, bb, device)
@@ -461,6 +468,9 @@ def main(cfg: Config):
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(cfg, m, step + 1, gen, bb.stream, world, rank)
     log.close()
+    if master and cfg.report_n and cfg.backbone == "tiny" and not cfg.data:
+        import toy_report   # the toy wing, only for a toy run: the answer (table + PNGs) in out_dir
+        toy_report.report(cfg.out_dir, os.path.join(cfg.out_dir, f"ckpt_{cfg.steps:07d}.pt"), n=cfg.report_n)
     teardown(world)
 
 

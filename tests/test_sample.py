@@ -17,7 +17,8 @@ import train
 def toy_ckpt(toy_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = train.parse_config(["--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir", str(out), "--batch_prompts",
-                              "2", "--group_size", "2", "--steps", "1", "--sample_every", "0", "--device", "cpu"])
+                              "2", "--group_size", "2", "--steps", "1", "--sample_every", "0", "--device", "cpu",
+                              "--report_n", "0"])
     train.main(cfg)
     return str(out / "ckpt_0000001.pt")
 

@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(toy_cache, out_dir, *extra):
     args = ["--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir", str(out_dir), "--batch_prompts", "2",
-            "--group_size", "4", "--disc_start", "0", "--sample_every", "0", "--device", "cpu", *extra]
+            "--group_size", "4", "--disc_start", "0", "--sample_every", "0", "--device", "cpu", "--report_n", "0",
+            *extra]
     cfg = train.parse_config(args)
     train.main(cfg)
     return cfg
@@ -146,7 +147,7 @@ def test_two_process_gloo_ranks_stay_identical(toy_cache, tiny_janus, tmp_path, 
            f"--master_port={29517 if backbone == 'tiny' else 29527}",
            os.path.join(ROOT, "train.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir",
            str(tmp_path), "--batch_prompts", "2", "--group_size", "4", "--disc_start", "0", "--sample_every", "0",
-           "--steps", "2", "--ckpt_every", "1", "--device", "cpu", *extra]
+           "--steps", "2", "--ckpt_every", "1", "--device", "cpu", "--report_n", "0", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

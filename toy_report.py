@@ -1,0 +1,156 @@
+"""The answer at the end of `python train.py` on the toy world: base vs final policy, in numbers and pictures.
+
+The paper's question (docs/method.md §1, §10-§11): does post-training raise the reward while image quality and the
+token distribution the decoder was trained on hold? A toy run answers it for its own checkpoint with
+    answer.md / answer.json   base vs final: training reward, eval CLIP (an independent CLIP), attribute-checker
+                              accuracy on train and held-out captions, toy FID, LCS KL (toy_eval.py's row; the same
+                              captions and the same sampling seed for both, the run's own sampling settings)
+    before_after.png          the same captions and the same sampling seed, base models on the left, the run's final
+                              policy + decoder on the right, captions written beside the rows, 32-px images x4
+    curves.png                training curves from metrics.jsonl: reward, policy KL to the reference, decoder losses
+The table is printed and saved; both PNGs go next to it in the run folder.
+
+Run:    python toy_report.py --run runs/tiny          (train.py calls it at the end of a toy run; --report_n 0: off)
+Tests:  pytest tests/test_toy_report.py
+Depends on: torch, numpy, matplotlib; concept files ckpt.py, policy.py; toy wing toy_world.py, toy_eval.py. Part of
+the toy wing (toy_*.py): no concept file imports it; train.py imports it inside main() only.
+Symbols: n captions per split, R grid rows (captions), G samples per caption, S = 32 image side.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+import ckpt
+import policy
+import toy_eval
+import toy_world
+
+ROWS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")
+HIGHER_IS_BETTER = dict(reward=True, clip=True, check_train=True, check_heldout=True, fid=False, lcs_kl=False)
+UPSCALE = 4                                   # 32-px images drawn at 128 px (nearest neighbour)
+
+
+def answer_table(base, final, n):
+    """Two toy_eval rows -> markdown lines: metric | base | final | change, and which way is better."""
+    lines = [f"| metric (n = {n} captions per split) | base | final | change | better |", "|---|---:|---:|---:|---|"]
+    for k in ROWS:
+        lines.append(f"| {toy_eval.LABELS[k]} | {base[k]:.4f} | {final[k]:.4f} | {final[k] - base[k]:+.4f} | "
+                     f"{'higher' if HIGHER_IS_BETTER[k] else 'lower'} |")
+    return lines
+
+
+@torch.no_grad()
+def before_after(run_cfg, final_ckpt, *, rows=8, G=4, seed=0):
+    """-> (images (2, R*G, 3, S, S) in [-1,1]: base then final, captions R): half train, half held-out captions,
+    each drawn with the same sampling generator state for base and final."""
+    b = toy_world.load_toy(toy_world.ToyConfig.tiny() if run_cfg["toy_preset"] == "tiny" else toy_world.ToyConfig(),
+                           cache_dir=run_cfg["toy_cache"], progress=False)
+    g = torch.Generator().manual_seed(seed + 3)
+    caps = b.world.sample(rows // 2, g, "train")[1] + b.world.sample(rows - rows // 2, g, "heldout")[1]
+    cond, mask = b.text_encoder(caps)
+    out = []
+    for state in (None, final_ckpt):
+        if state is not None:
+            b.gpt.load_state_dict(state["gpt"])
+            b.vq.load_state_dict(state["vq"])
+        z = policy.sample(b.gpt.eval(), cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                          cfg_scale=run_cfg["cfg_scale"], temperature=run_cfg["temperature"], top_k=run_cfg["top_k"],
+                          top_p=run_cfg["top_p"], generator=torch.Generator().manual_seed(seed))   # (R*G, N)
+        out.append(b.vq.eval().decode_indices(z).clamp(-1, 1))
+    return torch.stack(out), caps
+
+
+def save_before_after(path, images, caps, G, after="after training"):
+    """The grid: one row per caption (text on the left), G base samples | G final samples, upscaled x4."""
+    import matplotlib
+    matplotlib.use("Agg")                                             # files only, no display
+    import matplotlib.pyplot as plt
+    R = len(caps)
+    u8 = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)       # (2, R*G, 3, S, S)
+    u8 = u8.repeat_interleave(UPSCALE, -1).repeat_interleave(UPSCALE, -2)
+    px = images.shape[-1] * UPSCALE                                    # one image's side on the page, in pixels
+    fig, axes = plt.subplots(R, 2, figsize=((2 * G * px + 40) / 100, R * (px + 14) / 100), dpi=100, squeeze=False,
+                             gridspec_kw=dict(wspace=40 / (G * px), hspace=14 / px, left=0, right=1, top=1, bottom=0))
+    for r in range(R):
+        for c, title in enumerate(("base models", after)):
+            row = u8[c, r * G:(r + 1) * G].permute(2, 0, 3, 1).flatten(1, 2).numpy()   # (S', G*S', 3)
+            ax = axes[r, c]
+            ax.imshow(row, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=10)
+        split = "train" if r < R // 2 else "held-out"
+        axes[r, 0].set_ylabel(f"{caps[r]}\n({split})", rotation=0, ha="right", va="center", fontsize=8)
+    fig.savefig(path + ".tmp.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def save_curves(path, metrics_path, window=20):
+    """Training curves (running means over `window` steps) from metrics.jsonl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(metrics_path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    panels = [("reward/mean", "training reward (rollouts, EMA decoder)"), ("policy/kl", "policy KL to the reference"),
+              ("decoder/gt_loss", "decoder: GT reconstruction loss"), ("decoder/consist_loss", "decoder: EMA consistency"),
+              ("decoder/rankgan_loss", "decoder: Rank-GAN loss"), ("step_time_s", "seconds per step")]
+    panels = [(k, t) for k, t in panels if any(k in r for r in recs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
+    for ax, (k, title) in zip(axes[0], panels):
+        pts = np.array([(r["step"], r[k]) for r in recs if k in r], dtype=float)        # (steps, 2)
+        w = min(window, len(pts))
+        smooth = np.convolve(pts[:, 1], np.ones(w) / w, mode="valid")
+        ax.plot(pts[:, 0], pts[:, 1], alpha=0.25, lw=0.8)
+        ax.plot(pts[w - 1:, 0], smooth, lw=1.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def write_text(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def report(out_dir, ckpt_path, n=256, seed=0):
+    """Score base and final, write answer.md / answer.json / before_after.png / curves.png in out_dir, print the
+    table. -> {"base": row, "final": row}."""
+    final = toy_eval.read_train_ckpt(ckpt_path, flag="checkpoint")
+    conf = final["config"]
+    base_row = toy_eval.evaluate_toy_checkpoint(None, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
+                                                n=n, seed=seed, sampling=conf)
+    final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed)
+    lines = [f"# {conf['method']} on the toy world: base vs step {final['step']} (seed {conf['seed']}, "
+             f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n)
+    images, caps = before_after(conf, final, G=4, seed=seed)
+    save_before_after(os.path.join(out_dir, "before_after.png"), images, caps, G=4,
+                      after=f"after {conf['method']} training, step {final['step']}")
+    save_curves(os.path.join(out_dir, "curves.png"), os.path.join(out_dir, "metrics.jsonl"))
+    lines += ["", "before_after.png: the same captions and sampling seed, base (left) vs final (right).",
+              "curves.png: training curves (running mean over 20 steps)."]
+    write_text(os.path.join(out_dir, "answer.md"), "\n".join(lines) + "\n")
+    write_text(os.path.join(out_dir, "answer.json"), json.dumps(
+        {"base": base_row, "final": final_row, "n": n, "seed": seed, "threads": torch.get_num_threads()}, indent=1))
+    print("\n".join(lines))
+    return {"base": base_row, "final": final_row}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Base vs final table and PNGs of a finished toy run.")
+    ap.add_argument("--run", required=True, help="a train.py --out_dir of a toy run (uses its newest checkpoint)")
+    ap.add_argument("--n", type=int, default=256, help="captions per split")
+    args = ap.parse_args()
+    path = ckpt.list_ckpts(args.run)
+    if not path:
+        ap.error(f"--run {args.run!r}: no ckpt_*.pt there; pass the --out_dir of a finished toy run")
+    report(args.run, path[-1], n=args.n)
