@@ -2,7 +2,7 @@
 toy world: Base, Standard RL (GRPO, frozen decoder), RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi,
 several seeds each, from the same base models.
 
-    python toy_reproduce.py                       # 3 seeds, writes runs/repro/{results.md, results.json, curves.png}
+    python toy_reproduce.py                       # 5 seeds, writes runs/repro/{results.md, results.json, curves.png}
     python toy_reproduce.py --seeds 0 --steps 40  # a quick look
 
 Every run is `python train.py --seed S ...` (a subprocess, so each is exactly what a user would run); runs and
@@ -33,8 +33,11 @@ METHODS = {                                   # name -> train.py flags
     "Standard RL (GRPO)": ["--method", "grpo"],
     "RankE": ["--method", "ranke"],
     "RankE, uniform GAN": ["--method", "ranke", "--rank_mode", "uniform"],
-    "VA-pi": ["--method", "vapi"],
+    # DEVIATION: context noise xi = 0.1, not VA-pi's released 0.5, which collapses the 64-token toy policy (FID 785
+    # vs 422 at 0.1 and 326 at 0; docs/experiments.md): 0.1 is the strongest noise at which VA-pi still works here.
+    "VA-pi": ["--method", "vapi", "--vapi_xi", "0.1"],
 }
+PAIRS = [("RankE", "Standard RL (GRPO)"), ("RankE", "RankE, uniform GAN"), ("RankE, uniform GAN", "Standard RL (GRPO)")]
 # DEVIATION: flags every run shares. The released disc_start (100) would leave the GAN terms on for only the last third of
 # a 150-step toy run; at 30 they act for 80 % of it, as in the released 6000-step runs (~98 %).
 COMMON = ["--disc_start", "30", "--report_n", "0"]
@@ -48,10 +51,10 @@ def run_dir(out, method, seed):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--evals", type=int, default=3, help="evaluated checkpoints per run (evenly spaced)")
-    ap.add_argument("--n", type=int, default=256, help="captions per split in each evaluation")
+    ap.add_argument("--n", type=int, default=512, help="captions per split in each evaluation")
     ap.add_argument("--out", default="runs/repro")
     ap.add_argument("--toy_cache", default=".cache/toy")
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
@@ -60,7 +63,7 @@ def main():
                     help=f"a subset of {list(METHODS)}")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
     args = ap.parse_args()
-    every = max(1, args.steps // args.evals)
+    t_start, every = time.time(), max(1, args.steps // args.evals)
     results = {}                                             # method -> seed -> step -> row
     cache_path = os.path.join(args.out, "evals.json")
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
@@ -111,6 +114,8 @@ def main():
                 ck = os.path.join(d, f"ckpt_{args.steps:07d}.pt")
                 row = evaluate(ck, f"{d}@{args.steps}@base_decoder", decoder="base")
                 results.setdefault(f"{method} {BASE_DEC}", {}).setdefault(seed, {})[args.steps] = row
+    args.wall = (f"{(time.time() - t_start) / 60:.1f} min wall time for this invocation ({args.jobs} runs at a time, "
+                 f"{env['OMP_NUM_THREADS']} threads each; runs and evaluations found on disk are reused)")
     write_report(args, base, results)
 
 
@@ -118,6 +123,15 @@ def mean_sd(values):
     """[mean, sample std (ddof 1; 0 for one value)] over seeds."""
     v = np.asarray(values, dtype=np.float64)
     return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+
+
+def paired_ci(d):
+    """Per-seed differences -> mean, sample std, and the 95 % Student-t interval of the mean."""
+    from scipy.stats import t
+    v = np.asarray(d, dtype=np.float64)
+    half = t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "lo": float(v.mean() - half),
+            "hi": float(v.mean() + half)}
 
 
 def write_report(args, base, results):
@@ -133,6 +147,20 @@ def write_report(args, base, results):
             summary.setdefault(method, {})[k] = mean_sd([f[k] for f in finals])
             cells.append("{:.3f} +- {:.3f}".format(*summary[method][k]))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a, b in PAIRS if a in results and b in results and len(results[a]) > 1]
+    if pairs:    # same seed = same base models, data order and rollout seed: the difference removes shared noise
+        lines += ["", "Paired differences at the final step, per seed (same seed, same data order): mean, std and "
+                  "95 % t-interval over seeds.", "", "| difference | " + " | ".join(LABELS.values()) + " |",
+                  "|---" * (len(LABELS) + 1) + "|"]
+        for a, b in pairs:
+            seeds = [s for s in results[a] if s in results[b]]
+            cells = []
+            for k in LABELS:
+                d = [results[a][s][args.steps][k] - results[b][s][args.steps][k] for s in seeds]
+                summary.setdefault(f"{a} - {b}", {})[k] = {"per_seed": d, **paired_ci(d)}
+                c = summary[f"{a} - {b}"][k]
+                cells.append(f"{c['mean']:+.3f} +- {c['sd']:.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+            lines.append(f"| {a} - {b} (n = {len(seeds)}) | " + " | ".join(cells) + " |")
     paired = [m for m in results if f"{m} {BASE_DEC}" in results]
     if paired:   # same tokens, two decoders: a paired difference per seed removes the policy's seed noise
         lines += ["", f"What the co-evolved decoder adds: (online decoder) - (base decoder) on the same final tokens, "
@@ -147,6 +175,7 @@ def write_report(args, base, results):
                 gain[k] = mean_sd([on[s][args.steps][k] - off[s][args.steps][k] for s in off])
                 cells.append("{:+.3f} +- {:.3f}".format(*gain[k]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", args.wall]
     open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print("\n".join(lines))

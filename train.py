@@ -11,7 +11,7 @@
 The algorithm (docs/method.md §3). Each numbered step is one function below, in this order; main()'s loop calls
 them in this order. Per rank and iteration, with B (image, caption) pairs per micro-batch (--grad_accum of them):
   1. ROLLOUT   rollout()         B x G token grids from the online policy with CFG; their per-token log-probs under
-                                 the online ("old") and the frozen reference policy (§4.2, §4.6).
+                                 the frozen reference policy (and the online "old" one if --ppo_epochs > 1) (§4.2, §4.6).
   2. REWARD    score_rollouts()  decode with the EMA decoder, score, group-normalised advantages (§4.1, §7).
   3. POLICY    policy_step()     clipped surrogate + beta * KL, one AdamW step (§4.3); policy EMA every 10 steps.
   4. DISC      disc_step()       hinge step, real images vs reconstructions of real images, from disc_start (§6).
@@ -219,7 +219,7 @@ def build_models(cfg: Config, bb: Backbone, device) -> Models:
     #                                                 autocast as upstream, so logp_ref == logp_old at step 0 (§4.4)
     # DEVIATION: EMA copies stay fp32 even under bf16: a 0.999 / 0.99 EMA step is below bf16 resolution.
     ema_gpt, ema_vq = frozen_copy(gpt), frozen_copy(vq)
-    disc = vqlib.PatchGAN().to(device).train()
+    disc = vqlib.PatchGAN(generator=torch.Generator().manual_seed(cfg.seed)).to(device).train()   # per-seed init
     adamw = lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=cfg.weight_decay)  # noqa: E731
     return Models(gpt, ref_gpt, ema_gpt, vq, ema_vq, disc, adamw([p for p in gpt.parameters() if p.requires_grad],
                   cfg.lr_gpt), adamw(vq.decoder_parameters(), cfg.lr_decoder), adamw(disc.parameters(), cfg.lr_disc))
@@ -255,7 +255,7 @@ class Batch:
     mask_g: torch.Tensor                # (B*G,T)
     prompts_g: list                     # B*G captions, prompt-major
     tokens: torch.Tensor = None         # (B*G,N) rollouts (step 1)
-    logp_old: torch.Tensor = None       # (B*G,N) under the online policy at sampling time
+    logp_old: torch.Tensor = None       # (B*G,N) under the online policy at sampling time (--ppo_epochs > 1)
     logp_ref: torch.Tensor = None       # (B*G,N) under the KL reference
     r: torch.Tensor = None              # (B*G,) rewards on EMA-decoder images (step 2)
     adv: torch.Tensor = None            # (B*G,) group-normalised advantages
@@ -270,14 +270,18 @@ def add_stats(stats, new, weight, prefix=""):
 
 def rollout(cfg, bb, m, b, gen, autocast):
     """1. ROLLOUT (docs/method.md §4.6, §4.2): tokens (B*G,N) from the online policy with CFG, and their per-token
-    log-probs (B*G,N) under the online ("old") and the reference policy. No gradient."""
+    log-probs (B*G,N) under the reference policy (and, for --ppo_epochs > 1, the online "old" one). No gradient."""
     t0 = time.time()
     logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
     kl_model = m.ema_gpt if cfg.kl_ref == "ema" else m.ref_gpt
     with torch.no_grad(), autocast():
         b.tokens = bb.sample(m.gpt, b.cond_g, b.mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
                              top_k=cfg.top_k, top_p=cfg.top_p, generator=gen)                   # (B*G, N)
-        b.logp_old = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
+        # DEVIATION (D7): with one PPO epoch the released "old" log-probs are the same network's teacher-forced
+        # log-probs, i.e. the policy step's own forward, detached (rho == 1). That forward is reused there instead
+        # of running it twice; with --ppo_epochs > 1 the old log-probs are computed here, before any update.
+        b.logp_old = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float() \
+            if cfg.ppo_epochs > 1 else None
         b.logp_ref = bb.logprobs(kl_model, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
     return {"rollout_img_per_s": b.tokens.shape[0] / (time.time() - t0)}
 
@@ -305,7 +309,8 @@ def policy_step(cfg, bb, m, batches, world, autocast):
                 sl = slice(i, i + (cfg.logp_chunk or b.tokens.shape[0]))
                 with autocast():
                     logp = bb.logprobs(m.gpt, b.cond_g[sl], b.mask_g[sl], b.tokens[sl], cfg_scale=logp_scale).float()
-                loss, s = ranke.policy_loss(logp, b.logp_old[sl], b.logp_ref[sl], b.adv[sl], clip_eps=cfg.clip_eps,
+                old = logp.detach() if b.logp_old is None else b.logp_old[sl]                    # see rollout()
+                loss, s = ranke.policy_loss(logp, old, b.logp_ref[sl], b.adv[sl], clip_eps=cfg.clip_eps,
                                             beta=cfg.beta_kl, kl_estimator=cfg.kl_estimator)       # §4.3, (b,N)
                 frac = b.tokens[sl].shape[0] / rows                 # token means over chunks = mean over all
                 (loss * frac).backward()

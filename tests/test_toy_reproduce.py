@@ -10,14 +10,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_toy_reproduce_tiny(toy_cache, tmp_path):
     out = tmp_path / "repro"
     cmd = [sys.executable, os.path.join(ROOT, "toy_reproduce.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache,
-           "--seeds", "0", "1", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "--out", str(out),
+           "--seeds", "0", "1", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "Standard RL (GRPO)",
+           "--out", str(out),
            "--extra", "--batch_prompts 2 --group_size 4 --disc_start 0 --device cpu"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    main_table, _, decoder_table = (out / "results.md").read_text().partition("What the co-evolved decoder adds")
+    main_table, _, rest = (out / "results.md").read_text().partition("Paired differences")
+    paired_table, _, decoder_table = rest.partition("What the co-evolved decoder adds")
     name = lambda table: [l.split(" | ")[0].lstrip("| ") for l in table.splitlines() if l.startswith("| ") and "---" not in l]
-    assert name(main_table)[1:] == ["Base", "RankE", "RankE (its policy, base decoder)"], main_table
+    assert name(main_table)[1:] == ["Base", "RankE", "RankE (its policy, base decoder)", "Standard RL (GRPO)"]
+    assert name(paired_table)[1:] == ["RankE - Standard RL (GRPO) (n = 2)"], paired_table
     assert name(decoder_table)[1:] == ["RankE"], decoder_table     # the paired online - base-decoder differences
     runs = json.loads((out / "results.json").read_text())["runs"]
     for seed in ("0", "1"):
@@ -27,3 +30,7 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     assert (out / "curves.png").stat().st_size > 0
     # the two seeds are different runs
     assert runs["RankE"]["0"]["2"]["fid"] != runs["RankE"]["1"]["2"]["fid"]
+    # paired differences: per seed RankE - GRPO at the final step; the interval is centred on the mean
+    d = json.loads((out / "results.json").read_text())["summary"]["RankE - Standard RL (GRPO)"]["fid"]
+    assert d["per_seed"] == [runs["RankE"][s]["2"]["fid"] - runs["Standard RL (GRPO)"][s]["2"]["fid"] for s in "01"]
+    assert abs(d["mean"] - sum(d["per_seed"]) / 2) < 1e-9 and d["lo"] < d["mean"] < d["hi"]
