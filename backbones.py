@@ -9,6 +9,8 @@ beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_path
   world side     --data given: (image, caption) pairs (data.py), CLIP / HPSv2 reward (rewards.py), LPIPS (vq.py)
                  no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
                                (toy_world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
+  --synthetic    both sides at real size (or a reduced scale) with seeded random weights, a synthetic caption/image
+                 stream and hashing tokenizers; nothing is read or downloaded (synthetic.py)
 
 Self-check: none of its own (it only wires other files together); tests/test_train.py runs every backbone.
 Symbols: B prompts per rank, T prompt length (caption slots / token ids), D caption feature width, N image tokens,
@@ -22,6 +24,7 @@ import torch
 import ckpt
 import policy
 import rewards
+import synthetic
 import vq as vqlib
 from data import PairDataset, PairStream, WorldStream
 
@@ -68,6 +71,10 @@ def load_toy_world(cfg, rank=0):
 def build_policy(cfg, device, toy=None, weights=True):
     """Policy side: (text_encoder, gpt, vq, sample, logprobs). weights=False builds the architectures without
     reading the base checkpoints (sample.py then loads a train.py checkpoint into them)."""
+    if getattr(cfg, "synthetic", ""):       # random weights, hashing tokenizer (synthetic.py)
+        if not weights:                     # sample.py and friends: a checkpoint of a synthetic run is being loaded
+            print(synthetic.banner(cfg).replace("SYNTHETIC RUN", "CHECKPOINT OF A SYNTHETIC RUN"), flush=True)
+        return synthetic.build_policy(cfg, device)
     if cfg.backbone == "tiny":
         toy = toy or load_toy_world(cfg)
         return toy.text_encoder, toy.gpt, toy.vq, policy.sample, policy.token_logprobs
@@ -85,10 +92,14 @@ def build_policy(cfg, device, toy=None, weights=True):
 
 def build_backbone(cfg, device, rank: int) -> Backbone:
     data_seed = cfg.seed + 1000 * rank
-    toy = load_toy_world(cfg, rank) if uses_toy_world(cfg) else None
+    toy = load_toy_world(cfg, rank) if uses_toy_world(cfg) and not cfg.synthetic else None
+    if cfg.synthetic and rank == 0:
+        print(synthetic.banner(cfg), flush=True)
     text_encoder, gpt, vq, sample, logprobs = build_policy(cfg, device, toy)
     # ---- world side: data stream, reward, perceptual distance ----
-    if toy is not None:
+    if cfg.synthetic:
+        reward_fn, perceptual, stream = synthetic.build_world(cfg, device, data_seed)
+    elif toy is not None:
         reward_fn, perceptual = toy.reward_fn, toy.perceptual
         stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
                   else WorldStream(toy.world, cfg.batch_prompts, data_seed))
@@ -111,6 +122,13 @@ def check_paths(cfg) -> list:
     looked up in the hub cache (downloaded only when online)."""
     bad = [f"--out_dir {cfg.out_dir!r} is a file; pass a directory (it is created if missing)"
            if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir) else None]
+    if cfg.synthetic:                           # nothing is read: only the value and what it cannot combine with
+        bad += [synthetic.check(cfg.synthetic),
+                cfg.backbone == "tiny" and "--synthetic: the toy backbone is already local and small; use --backbone "
+                                           "llamagen_xl or janus_pro_1b",
+                cfg.data and f"--data {cfg.data!r} with --synthetic: a synthetic run draws its own captions and "
+                             "images; drop --data (or --synthetic)"]
+        return [b for b in bad if b]
     bad += [ckpt.check_path("--data", p, "file_or_dir") for p in cfg.data.split(",") if p]
     if uses_toy_world(cfg):
         bad.append(f"--toy_cache {cfg.toy_cache!r} is a file; pass a directory" if os.path.isfile(cfg.toy_cache)

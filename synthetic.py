@@ -1,0 +1,316 @@
+"""Synthetic weights: every model of a backbone at its real size, seeded random weights, nothing downloaded or read.
+
+Why (docs/method.md §3, §8): the speed and memory of a RankE iteration depend on the SHAPES of its models (policy,
+tokenizer, text encoder, reward CLIP, LPIPS), not on their weights. `train.py --synthetic` builds them all from
+their configurations with seeded random weights, feeds the loop a synthetic caption/image stream and hashing
+tokenizers, and so runs the real loop end to end on any machine. Its rewards, images and metrics mean nothing: a
+banner says so, the config (saved in every checkpoint and in metrics.jsonl) holds `synthetic`, and a resume that
+mixes synthetic and real checkpoints stops (runtime.resume).
+
+    python train.py --backbone llamagen_xl --synthetic --steps 3        # real sizes (--synthetic = --synthetic full)
+    python train.py --backbone llamagen_xl --synthetic 2 --steps 3      # real widths, every stack 2 layers deep
+    python train.py --backbone janus_pro_1b --synthetic tiny --steps 2 --device cpu   # CPU-test scale (SCALES)
+
+Scales (one value of --synthetic):
+  full   every model exactly as released (parameter counts in FULL_COUNTS; the self-check verifies them on meta)
+  L      an integer: real widths, images and vocabularies; the transformer stacks (policy trunk, T5 encoder, both
+         CLIP towers) L layers deep. The VQ, LPIPS and discriminator stay real.
+  tiny   CPU tests: policy 2 layers x width 256 (real vocabularies and 120 caption slots); FLAN-T5-XL at its real
+         width, 2 layers; VQ-16 at its real depth and codebook, base width 32 (real: 128); CLIP towers 2 layers x
+         width 256 (real input 224, patch 14, BPE tokenizer, context 77); LPIPS-VGG16 and PatchGAN real; 64-px
+         images (4x4 tokens).
+Seeds: model m is drawn from Generator(cfg.seed + SEED_OFFSETS[m]); the stream from Generator(data seed).
+
+Self-check (CPU, seconds): python synthetic.py   (full sizes on the meta device against FULL_COUNTS; one tiny
+text-encode, reward and LPIPS call). Tests: pytest -q tests/test_synthetic.py.  Speed per stage: bench_stages.py.
+Symbols: B captions / images, S image side, T caption slots (T5: 120) or prompt tokens (Janus), D T5 width (2048),
+V vocabulary, L layers per transformer stack, N image tokens.
+"""
+import hashlib
+import math
+import re
+from dataclasses import replace
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+import policy
+import rewards
+import vq as vqlib
+
+BANNER = """
+################################################################################################
+##  SYNTHETIC RUN  (--synthetic {scale})  backbone {backbone}
+##  Every model has RANDOM weights; captions, images and tokenizers are synthetic. Nothing was
+##  downloaded or read. Rewards, samples and metrics are MEANINGLESS: use this run only for
+##  speed, memory and plumbing. Its checkpoints say synthetic={scale!r}; a run with another
+##  --synthetic value (a real run included) refuses to resume them.
+################################################################################################"""
+SEED_OFFSETS = {"gpt": 0, "vq": 1, "t5": 2, "clip": 3, "lpips": 4, "head": 5}
+# Real parameter counts (meta-device builds; tests/test_synthetic.py): GPT-XL t2i, VQ-16, FLAN-T5-XL encoder,
+# CLIP ViT-L/14 (OpenAI), HPSv2's ViT-H-14, LPIPS-VGG16 (features[0:30] + 5 heads), Janus-Pro-1B generation path.
+FULL_COUNTS = {"gpt": 777_678_080, "vq": 71_883_403, "t5": 1_223_527_424, "clip": 427_616_513,
+               "hpsv2": 986_109_441, "lpips": 14_716_160, "janus": 1_485_053_952}
+CLIP_ARCH = {"clip": ("ViT-L-14", True), "hpsv2": ("ViT-H-14", False)}     # reward -> (open_clip arch, quick_gelu)
+COLORS = {"red": (1, -.8, -.8), "green": (-.8, .8, -.8), "blue": (-.8, -.6, 1), "yellow": (1, 1, -.8),
+          "white": (1, 1, 1), "black": (-1, -1, -1), "purple": (.4, -.8, .8), "orange": (1, .2, -.9)}
+SHAPES, PLACES = ("circle", "square", "cat", "car", "tree", "cup"), ("on a table", "in a field", "at night", "")
+
+
+def check(value: str) -> str | None:
+    """--synthetic value -> None if valid, else a message naming the fix."""
+    if value in ("", "full", "tiny") or (value.isdigit() and int(value) >= 1):
+        return None
+    return f"--synthetic {value!r}: use full (real sizes), tiny (CPU tests) or a layer count >= 1 (e.g. 2)"
+
+
+def _layers(scale: str, real: int, tiny: int = 2) -> int:
+    return tiny if scale == "tiny" else int(scale) if scale.isdigit() else real
+
+
+# ---- configurations at a scale (the released ones for "full") --------------------------------------------------
+def gpt_config(scale: str) -> policy.GPTConfig:         # LlamaGen GPT-XL t2i: 36 layers x 1280, 20 heads
+    g = replace(policy.GPT_CONFIGS["GPT-XL-t2i"], n_layer=_layers(scale, 36))   # own copy: .grad_ckpt is set on it
+    return replace(g, dim=256, n_head=4, block_size=16) if scale == "tiny" else g
+
+
+def vq_config(scale: str) -> vqlib.VQConfig:            # VQ-16; tiny: a quarter of the base width
+    return replace(vqlib.VQ_CONFIGS["vq16"], ch=32) if scale == "tiny" else vqlib.VQ_CONFIGS["vq16"]
+
+
+def janus_config(scale: str):                            # Janus-Pro-1B: 24 layers x 2048, 16 heads, 576 tokens
+    import janus
+    j = replace(janus.JANUS_CONFIGS["janus_pro_1b"], n_layer=_layers(scale, 24))
+    return replace(j, dim=256, n_head=4, ffn_hidden=704, image_tokens=16) if scale == "tiny" else j
+
+
+def t5_config(scale: str):
+    """FLAN-T5-XL (google/flan-t5-xl config.json = T5 v1.1 XL): d_model 2048, d_ff 5120, d_kv 64, 32 heads, 24
+    layers, vocabulary 32128, gated-GELU (gelu_new) feed-forward, relative attention 32 buckets / distance 128."""
+    import transformers
+    return transformers.T5Config(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=_layers(scale, 24),
+                                 num_heads=32, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                                 feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, is_encoder_decoder=False,
+                                 use_cache=False)
+
+
+def clip_config(reward: str, scale: str) -> dict:
+    """open_clip's own config of the reward architecture (shipped with the package), at a scale."""
+    import open_clip
+    c = open_clip.get_model_config(CLIP_ARCH[reward][0])
+    v, t = dict(c["vision_cfg"]), dict(c["text_cfg"])
+    v["layers"], t["layers"] = _layers(scale, v["layers"]), _layers(scale, t["layers"])
+    if scale == "tiny":
+        v.update(width=256, head_width=64)
+        t.update(width=256, heads=4)
+    return dict(embed_dim=256 if scale == "tiny" else c["embed_dim"], vision_cfg=v, text_cfg=t)
+
+
+def image_side(cfg) -> int:
+    """Pixels per side decoded by the synthetic tokenizer: sqrt(N) x 16 (VQ-16 downsamples by 2^4)."""
+    s = cfg.synthetic
+    n = janus_config(s).image_tokens if cfg.backbone == "janus_pro_1b" else gpt_config(s).block_size
+    return math.isqrt(n) * 2 ** (len(vq_config(s).ch_mult) - 1)
+
+
+# ---- models with seeded random weights (meta tensors, under `with torch.device("meta")`, are left empty) ---------
+@torch.no_grad()
+def t5_encoder(scale: str, seed: int):
+    """T5EncoderModel at `scale`, bf16 (T5TextEncoder's dtype), eval mode, drawn from Generator(seed) with the law of
+    transformers' T5 init (models/t5/modeling_t5.py T5PreTrainedModel._init_weights, factor 1): embeddings N(0,1),
+    q N(0,(D*d_kv)^-1/2), other linears and the relative bias N(0, fan_in^-1/2), norms 1. Built on meta, then
+    materialised: no weight is drawn twice (transformers' own init takes seconds more and no generator)."""
+    import transformers
+    c = t5_config(scale)
+    with torch.device("meta"):
+        model = transformers.T5EncoderModel(c)
+    if torch.get_default_device().type == "meta":
+        return model.eval()
+    model, g = model.to_empty(device="cpu"), torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "layer_norm" in name:
+            p.fill_(1.0)
+        else:
+            std = 1.0 if name.endswith(("shared.weight", "embed_tokens.weight")) else \
+                (c.d_model * c.d_kv) ** -0.5 if name.endswith(".q.weight") else \
+                c.d_model ** -0.5 if "relative_attention_bias" in name else p.shape[1] ** -0.5
+            p.normal_(0.0, std, generator=g)
+    return model.to(torch.bfloat16).eval()
+
+
+def clip_model(reward: str, scale: str, seed: int):
+    """open_clip CLIP of the reward's architecture, pretrained=None: open_clip's own init, drawn under a seeded,
+    forked global RNG (open_clip takes no generator), so the caller's RNG is untouched."""
+    import open_clip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.CLIP(**clip_config(reward, scale), quick_gelu=CLIP_ARCH[reward][1]).eval()
+
+
+def lpips(seed: int) -> vqlib.LPIPS:
+    """vq.LPIPS with seeded random weights: VGG16 convs U(+-1/sqrt(fan_in)), heads |U| (LPIPS heads are >= 0).
+    vq.LPIPS.__init__ always reads its two weight files, so its modules are assembled here (duplicated from vq.py,
+    which stays unchanged); forward, eval-only train() and the cuts are vq.LPIPS's own."""
+    lp = vqlib.LPIPS.__new__(vqlib.LPIPS)
+    nn.Module.__init__(lp)
+    lp.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
+    lp.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
+    feats, c = [], 3
+    for v in vqlib._VGG16_CFG:
+        feats += [nn.MaxPool2d(2, 2)] if v == "M" else [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+        c = v if v != "M" else c
+    lp.features = nn.Sequential(*feats)
+    for k, ch in enumerate(vqlib._LPIPS_CH):
+        lp.add_module(f"lin{k}", nn.Module())
+        getattr(lp, f"lin{k}").model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(ch, 1, 1, bias=False))
+    with torch.no_grad():
+        vqlib._init_(lp, torch.Generator().manual_seed(seed))
+        for k in range(5):
+            getattr(lp, f"lin{k}").model[1].weight.abs_()
+    return lp.requires_grad_(False).eval()
+
+
+# ---- tokenizers: words hashed to ids (no tokenizer file exists offline) -------------------------------------------
+def hash_ids(text: str, lo: int, hi: int) -> list:
+    """Words and punctuation of text -> ids in [lo, hi), by blake2b: deterministic across processes and machines."""
+    return [lo + int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little") % (hi - lo)
+            for w in re.findall(r"\w+|[^\w\s]", text)]
+
+
+class HashT5Tokenizer:
+    """The call T5TextEncoder makes on a transformers tokenizer: pad 0, </s> 1 appended, ids in [3, V), right
+    padding to max_length, truncation keeping </s>."""
+
+    def __init__(self, vocab_size: int = 32128):
+        self.vocab_size = vocab_size
+
+    def __call__(self, texts, max_length, padding="max_length", truncation=True, add_special_tokens=True,
+                 return_tensors="pt"):
+        ids = torch.zeros(len(texts), max_length, dtype=torch.long)
+        for i, t in enumerate(texts):
+            row = hash_ids(t, 3, self.vocab_size)[:max_length - 1] + [1]
+            ids[i, :len(row)] = torch.tensor(row)
+        return SimpleNamespace(input_ids=ids, attention_mask=(ids != 0).long())
+
+
+class HashJanusTokenizer:
+    """The call JanusTextEncoder makes: encode(prompt) -> [BOS] + word ids in [0, bos_id) + [<begin_of_image>]."""
+
+    def __init__(self, jcfg):
+        self.c = jcfg
+
+    def encode(self, text: str) -> list:
+        import janus
+        body = text[:-len(janus.BOI)] if text.endswith(janus.BOI) else text
+        return [self.c.bos_id] + hash_ids(body, 0, self.c.bos_id) + ([self.c.boi_id] if body != text else [])
+
+
+# ---- data: seeded captions from a word list, simple procedural images of them ------------------------------------
+class SyntheticStream:
+    """Endless (images (B,3,S,S) in [-1,1], B captions): "a {colour} {shape} {place}" over a two-colour gradient
+    with a disc of the caption's colour at a random place. Resumable through its generator (as data.WorldStream)."""
+
+    def __init__(self, batch: int, side: int, seed: int):
+        self.batch, self.side, self.gen = batch, side, torch.Generator().manual_seed(seed)
+
+    def next(self):
+        B, S, g = self.batch, self.side, self.gen
+        pick = lambda n: torch.randint(n, (B,), generator=g).tolist()  # noqa: E731
+        names, shapes, places, bgs = pick(len(COLORS)), pick(len(SHAPES)), pick(len(PLACES)), pick(len(COLORS))
+        cols = torch.tensor(list(COLORS.values()))                                                 # (8,3)
+        caps = [f"{'an' if list(COLORS)[c][0] in 'aeiou' else 'a'} {list(COLORS)[c]} {SHAPES[s]} {PLACES[p]}".strip()
+                for c, s, p in zip(names, shapes, places)]
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, S), torch.linspace(0, 1, S), indexing="ij")  # (S,S)
+        cx, cy, r = torch.rand(3, B, generator=g) * torch.tensor([[.6], [.6], [.2]]) + torch.tensor([[.2], [.2], [.1]])
+        disc = ((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2 < r[:, None, None] ** 2).float()
+        bg = cols[bgs][:, :, None, None] * 0.5 * (0.5 + yy)                                        # (B,3,S,S)
+        x = bg * (1 - disc[:, None]) + cols[names][:, :, None, None] * disc[:, None]
+        return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1), caps
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, s):
+        self.gen.set_state(s["gen"])
+
+    def stats(self):
+        return {}
+
+
+# ---- what backbones.py calls -----------------------------------------------------------------------------------
+def build_policy(cfg, device):
+    """(text_encoder, gpt, vq, sample, logprobs) of cfg.backbone at scale cfg.synthetic, as backbones.build_policy."""
+    s, seed = cfg.synthetic, cfg.seed
+    vq = vqlib.VQModel(vq_config(s), generator=torch.Generator().manual_seed(seed + SEED_OFFSETS["vq"]))
+    if cfg.backbone == "janus_pro_1b":
+        import janus
+        jc = janus_config(s)
+        enc = janus.JanusTextEncoder("synthetic", jc, device=device)
+        enc.tokenizer = HashJanusTokenizer(jc)
+        return enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, janus.sample, janus.token_logprobs
+    gc = gpt_config(s)
+    enc = policy.T5TextEncoder("synthetic", max_len=gc.cls_token_num, device=device)
+    enc.tokenizer, enc.model = HashT5Tokenizer(), t5_encoder(s, seed + SEED_OFFSETS["t5"]).to(device)
+    gpt = policy.GPT(gc, seed=seed + SEED_OFFSETS["gpt"])
+    if not gpt.output.weight.is_meta:   # LlamaGen's from-scratch init zeroes the head: uniform logits and, at the
+        with torch.no_grad():           # first step, no gradient below it. A trained policy's head is not zero.
+            gpt.output.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed + SEED_OFFSETS["head"]))
+    return enc, gpt, vq, policy.sample, policy.token_logprobs
+
+
+def build_world(cfg, device, data_seed: int):
+    """(reward_fn, perceptual, stream): the --reward CLIP at scale with the settings of rewards.py's loader
+    (duplicated here: rewards._load_* read a checkpoint), random LPIPS, the synthetic stream."""
+    import open_clip
+    arch = CLIP_ARCH[cfg.reward][0]
+    mean, std, resize = ((rewards.RELEASED_CLIP_MEAN, rewards.RELEASED_CLIP_STD, "bilinear") if cfg.reward == "clip"
+                         else (rewards.OPENAI_MEAN, rewards.OPENAI_STD, "bicubic_crop"))
+    clip = rewards.ClipReward(clip_model(cfg.reward, cfg.synthetic, cfg.seed + SEED_OFFSETS["clip"]).to(device),
+                              open_clip.get_tokenizer(arch), image_size=224, mean=mean, std=std, scale=100.0,
+                              name=cfg.reward, resize=resize)
+    reward_fn = rewards.WeightedReward({cfg.reward: (clip, 1.0)})
+    return reward_fn, lpips(cfg.seed + SEED_OFFSETS["lpips"]).to(device), \
+        SyntheticStream(cfg.batch_prompts, image_side(cfg), data_seed)
+
+
+def banner(cfg) -> str:
+    return BANNER.format(scale=cfg.synthetic, backbone=cfg.backbone) + \
+        f"\n##  images {image_side(cfg)} px (the synthetic tokenizer's side; --image_size is not used)\n"
+
+
+def full_counts(backbone: str = "llamagen_xl") -> dict:
+    """Parameter counts of the full-size synthetic models, built on the meta device (no memory, no init)."""
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        out = {"vq": n(vqlib.VQModel(vq_config("full"))), "clip": n(clip_model("clip", "full", 0)),
+               "hpsv2": n(clip_model("hpsv2", "full", 0)), "lpips": n(lpips(0))}
+        if backbone == "janus_pro_1b":   # Janus encodes its own prompts: no T5
+            import janus
+            out["janus"] = n(janus.JanusGen(janus_config("full")))
+        else:
+            out.update(gpt=n(policy.GPT(gpt_config("full"))), t5=n(t5_encoder("full", 0)))
+    return out
+
+
+if __name__ == "__main__":
+    import time
+    for bk in ("llamagen_xl", "janus_pro_1b"):
+        counts = full_counts(bk)
+        print(f"full-size {bk} (meta): " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        assert all(FULL_COUNTS[k] == v for k, v in counts.items()), "a full-size model differs from the released one"
+    t0 = time.time()
+    cfg = SimpleNamespace(backbone="llamagen_xl", synthetic="tiny", seed=0, reward="clip", batch_prompts=2)
+    enc, gpt, vq, _, _ = build_policy(cfg, "cpu")
+    reward_fn, perceptual, stream = build_world(cfg, "cpu", 0)
+    x, caps = stream.next()
+    cond, mask = enc(caps)
+    with torch.no_grad():
+        r, _ = reward_fn((x + 1) / 2, caps)
+        d = perceptual(x, x.flip(0))
+    print(f"tiny build + one call each in {time.time() - t0:.1f} s: captions {caps}; T5 features {tuple(cond.shape)} "
+          f"(pads first: {bool(mask[:, -1].all())}); rewards {[round(v, 2) for v in r.tolist()]}; LPIPS(x, x') "
+          f"{[round(v, 4) for v in d.tolist()]}; images {tuple(x.shape)}")
+    assert cond.shape == (2, 120, 2048) and torch.isfinite(r).all() and (d > 0).all()
+    a, b = SyntheticStream(2, 64, 5), SyntheticStream(2, 64, 5)
+    assert torch.equal(a.next()[0], b.next()[0]), "the stream is not a function of its seed"

@@ -1,0 +1,148 @@
+"""train.py --synthetic: the real loop on random-weight models, nothing read or downloaded (synthetic.py).
+
+Scale in the runs below: --synthetic tiny. Real size: FLAN-T5-XL width (2048 x 5120, 32 heads, vocabulary 32128;
+2 of 24 layers), the VQ-16 depth and codebook (16384 x 8; base width 32 of 128), LPIPS-VGG16, the PatchGAN, the
+reward CLIP's input (224 px, patch 14, BPE tokenizer, 77 tokens; 2 layers x width 256 per tower), the policy's
+vocabularies and 120 caption slots (2 layers x width 256); 64-px images (4x4 tokens). Full sizes are checked on the
+meta device. The sockets are closed during the runs: a download attempt fails the test.
+
+Run: pytest -q tests/test_synthetic.py   (about a minute on 2 CPU cores; 55 s single-threaded)
+"""
+import json
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import ckpt
+import runtime
+import synthetic
+import train
+import vq as vqlib
+
+ARGS = ["--synthetic", "tiny", "--steps", "2", "--ckpt_every", "2", "--batch_prompts", "2", "--group_size", "2",
+        "--grad_accum", "1", "--disc_start", "0", "--sample_every", "0", "--device", "cpu"]
+DECODER_KEYS = ("decoder.", "post_quant_conv.")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError(f"a synthetic run tried to open a network connection {a}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def run(out_dir, backbone="llamagen_xl", method="ranke"):
+    cfg = train.parse_config(["--backbone", backbone, "--method", method, "--out_dir", str(out_dir), *ARGS])
+    train.main(cfg)
+    return cfg, torch.load(ckpt.list_ckpts(str(out_dir))[-1], map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ranke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranke")
+    return out, *run(out)
+
+
+def moved(ck, cfg, part):
+    """Names of the entries of ck[part] that differ from the run's initial weights (gpt: the frozen reference, which
+    train.py copies from the initial policy; vq: rebuilt from the same seed)."""
+    if part == "gpt":
+        start = ck["ref_gpt"]
+    else:
+        g = torch.Generator().manual_seed(cfg.seed + synthetic.SEED_OFFSETS["vq"])
+        start = vqlib.VQModel(synthetic.vq_config(cfg.synthetic), generator=g).state_dict()
+    return {k for k, v in start.items() if v.is_floating_point() and not torch.equal(ck[part][k], v)}
+
+
+def check_moves(ck, cfg, policy_moves, decoder_moves):
+    gpt = {k for k, v in ck["ref_gpt"].items() if v.is_floating_point() and not k.endswith("uncond_embedding")}
+    assert moved(ck, cfg, "gpt") == (gpt if policy_moves else set()), f"--method {cfg.method}: policy"
+    dec = {k for k, v in ck["vq"].items() if k.startswith(DECODER_KEYS) and v.is_floating_point()}
+    assert moved(ck, cfg, "vq") == (dec if decoder_moves else set()), f"--method {cfg.method}: tokenizer"
+
+
+def test_ranke_two_steps_trains_policy_and_decoder_and_says_synthetic(ranke_run, capsys):
+    out, cfg, ck = ranke_run
+    assert ck["config"]["synthetic"] == "tiny" and ck["step"] == 2
+    check_moves(ck, cfg, True, True)
+    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert len(lines) == 2 and all(line["synthetic"] == "tiny" for line in lines)
+    assert all(k in lines[-1] for k in ("reward/clip", "policy/kl", "decoder/total", "disc/loss"))
+
+
+@pytest.mark.parametrize("method,policy_moves,decoder_moves", [
+    ("grpo", True, False), ("decoder", False, True), ("vapi", True, False)])
+def test_each_method_two_steps_moves_only_its_part(tmp_path, method, policy_moves, decoder_moves):
+    cfg, ck = run(tmp_path, method=method)
+    assert ck["config"]["synthetic"] == "tiny" and ck["config"]["method"] == method
+    check_moves(ck, cfg, policy_moves, decoder_moves)
+
+
+def test_janus_two_steps(tmp_path):
+    cfg, ck = run(tmp_path, backbone="janus_pro_1b")
+    assert ck["config"]["synthetic"] == "tiny" and ck["config"]["backbone"] == "janus_pro_1b"
+    assert ck["gpt"]["gen_head.vision_head.weight"].shape == (16384, 256)      # real image vocabulary, tiny width
+    check_moves(ck, cfg, True, True)
+
+
+def test_full_size_models_on_meta_match_the_released_counts(capsys):
+    import dry_run
+    for backbone in ("llamagen_xl", "janus_pro_1b"):
+        counts = synthetic.full_counts(backbone)
+        assert counts == {k: synthetic.FULL_COUNTS[k] for k in counts}
+        dry_run.dry_run(train.parse_config(["--backbone", backbone, "--dry_run"]))   # its counts, independently
+        printed = capsys.readouterr().out
+        assert f"policy {counts['gpt' if backbone == 'llamagen_xl' else 'janus']:,} params" in printed
+        assert f"VQ {counts['vq']:,}" in printed
+    assert abs(synthetic.full_counts()["t5"] / 1.22e9 - 1) < 0.01            # dry_run's FLAN-T5-XL constant
+    assert abs(synthetic.FULL_COUNTS["clip"] / 427.6e6 - 1) < 1e-3               # dry_run's CLIP ViT-L/14 constant
+    t5 = synthetic.t5_config("full")
+    assert (t5.d_model, t5.d_ff, t5.d_kv, t5.num_heads, t5.num_layers, t5.vocab_size, t5.is_gated_act,
+            t5.dense_act_fn) == (2048, 5120, 64, 32, 24, 32128, True, "gelu_new")
+
+
+def test_resume_refuses_to_mix_synthetic_and_real(ranke_run):
+    out, cfg, _ = ranke_run
+    for other in ("", "2"):   # a real run, or another scale, resuming this synthetic run's out_dir
+        with pytest.raises(SystemExit, match=f"--synthetic 'tiny'.*this run has --synthetic '{other}'"):
+            runtime.resume(SimpleNamespace(out_dir=str(out), synthetic=other), None, None, None, 1, 0)
+
+
+def test_sample_loads_a_synthetic_checkpoint_only_with_the_banner(ranke_run, capsys):
+    import sample
+    out, cfg, ck = ranke_run
+    run_cfg, enc, gpt, vq, _ = sample.load_sampler(ckpt.list_ckpts(str(out))[-1])
+    assert "CHECKPOINT OF A SYNTHETIC RUN" in capsys.readouterr().out and run_cfg.synthetic == "tiny"
+    assert isinstance(enc.tokenizer, synthetic.HashT5Tokenizer)
+    assert all(torch.equal(v, ck["gpt"][k]) for k, v in gpt.state_dict().items())
+
+
+def test_flag_values_and_what_they_cannot_combine_with(tmp_path):
+    parse = lambda *a: train.parse_config(["--backbone", "llamagen_xl", *a])  # noqa: E731
+    assert parse().synthetic == "" and parse("--synthetic").synthetic == "full"
+    assert parse("--synthetic", "3", "--steps", "2").synthetic == "3"
+    for argv, msg in ((["--synthetic", "huge"], "--synthetic 'huge'"), (["--synthetic", "0"], "--synthetic '0'"),
+                      (["--synthetic", "--data", str(tmp_path)], "drop --data")):
+        with pytest.raises(SystemExit, match=msg):
+            train.main(parse(*argv, "--out_dir", str(tmp_path / "o")))
+    with pytest.raises(SystemExit, match="toy backbone"):
+        train.main(train.parse_config(["--synthetic", "tiny", "--out_dir", str(tmp_path / "o")]))
+    assert synthetic.gpt_config("3").n_layer == 3 and synthetic.gpt_config("3").dim == 1280
+    assert synthetic.clip_config("clip", "3")["vision_cfg"]["width"] == 1024
+
+
+def test_stream_and_tokenizers_are_deterministic_and_resumable():
+    a = synthetic.SyntheticStream(3, 64, seed=7)
+    a.next()
+    state = a.state_dict()
+    x1, c1 = a.next()
+    b = synthetic.SyntheticStream(3, 64, seed=0)
+    b.load_state_dict(state)
+    x2, c2 = b.next()
+    assert torch.equal(x1, x2) and c1 == c2 and x1.shape == (3, 3, 64, 64) and x1.abs().max() <= 1
+    enc = synthetic.HashT5Tokenizer()(["a red cup", "a red cup on a table"], max_length=5)
+    assert enc.input_ids.tolist()[0][3:] == [1, 0] and enc.input_ids[1, -1] == 1           # </s> kept, pads 0
+    assert enc.input_ids[0, :2].tolist() == enc.input_ids[1, :2].tolist()                   # same words, same ids
+    assert synthetic.hash_ids("a red cup", 3, 32128) == [13806, 29389, 26323]    # blake2b: the same on every machine
