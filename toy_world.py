@@ -424,11 +424,12 @@ def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=Tr
 def rebuild_shipped(progress=True):
     """`python toy_world.py --rebuild`: build the default configuration from scratch into a temporary folder, record
     its quality table and build facts in manifest.json, then swap it in for toy_assets/ (the old folder survives
-    until the new one is complete). -> the quality table."""
+    until the new one is complete). An interrupted rebuild continues: the temporary folder is named by the config
+    key and keeps every finished, checksum-valid artifact. -> the quality table."""
     import shutil
     import platform
-    cfg, tmp, old = ToyConfig(), SHIPPED + ".tmp", SHIPPED + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    cfg, old = ToyConfig(), SHIPPED + ".old"
+    tmp = f"{SHIPPED}.tmp-{config_key(cfg)}"
     t0 = time.time()
     bundle = load_toy(cfg, folder=tmp, progress=progress)
     build_s = time.time() - t0
