@@ -1,17 +1,31 @@
-"""Throughput of policy.sample (static KV cache) against policy.sample_naive (full recompute per step).
+"""Throughput of policy.sample (static KV cache) against policy.sample_naive (full recompute per step), or against
+upstream LlamaGen's generate() on the same weights.
 
 Not a test: prints numbers. Random weights (speed does not depend on them).
   CPU:   python bench_sampler.py                       # "toy" GPT, B=8 prompts, CFG 4.0 (so 16 model rows)
   CUDA:  python bench_sampler.py                       # also GPT-XL t2i: 64 prompts, 256 px (N=256), CFG 6, bf16
-Options: --config toy --batch 8 --cfg 4.0 --threads 1 --xl_batch 64 --no_xl
+  Upstream: python bench_sampler.py --upstream DIR --threads 2      # CPU, one process
+         DIR = a LlamaGen checkout OUTSIDE this repository (never add its files here): `git clone
+         https://github.com/FoundationVision/LlamaGen DIR && git -C DIR checkout ce98ec4` (ce98ec41803a74a90ce68c40ab
+         aba9eaeffeb4ec), or a scratch folder holding just the three files imported, unpatched:
+         autoregressive/models/gpt.py, autoregressive/models/generate.py, utils/drop_path.py. Fixed config: GPT dim
+         256, 4 layers, 4 heads (head_dim 64, as every upstream GPT), V 16384, T=120 caption slots (upstream's
+         CaptionEmbedder fixes 120) of width D=2048 (FLAN-T5-XL), N=256 (16x16: VQ-16 at 256 px), --batch prompts
+         (pads first, zeroed: sample_t2i.py's left padding), --cfg, top-k 1000, temperature 1, fp32. Checks greedy
+         (top-k 1) tokens identical, then times both interleaved (--repeats) and prints the medians and their ratio.
+Options: --config toy --batch 8 --cfg 4.0 --threads 1 --xl_batch 64 --no_xl --upstream DIR --repeats 5
 Symbols: B prompts, N image tokens, V vocabulary.
 """
 import argparse
+import statistics
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
-from policy import GPT, GPT_CONFIGS, sample, sample_naive
+from policy import GPT, GPT_CONFIGS, GPTConfig, sample, sample_naive
 
 
 def timed(fn, *args, device, **kw):
@@ -74,6 +88,52 @@ def bench_xl(args, device):
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
+def bench_upstream(args, device):
+    """policy.sample vs LlamaGen's generate() (generate.py:126-176) on the same weights, called as sample_t2i.py calls
+    it: cond_idx = left-padded caption features (pads zeroed), emb_masks, cfg_scale, sampling kwargs, sample_logits."""
+    root = Path(args.upstream).resolve()
+    if root.is_relative_to(Path(__file__).resolve().parent):
+        raise SystemExit("--upstream: keep the LlamaGen checkout outside this repository")
+    sys.path.insert(0, str(root))  # its autoregressive/ and utils/ packages
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import ModelArgs, Transformer
+    warnings.filterwarnings("ignore", category=FutureWarning)  # generate.py's torch.backends.cuda.sdp_kernel context
+    cfg = GPTConfig(vocab_size=16384, dim=256, n_layer=4, n_head=4, cls_token_num=120, caption_dim=2048, block_size=256)
+    ours = random_policy(cfg, device)
+    up = Transformer(ModelArgs(dim=cfg.dim, n_layer=cfg.n_layer, n_head=cfg.n_head, vocab_size=cfg.vocab_size,
+                               cls_token_num=cfg.cls_token_num, caption_dim=cfg.caption_dim, block_size=cfg.block_size,
+                               model_type="t2i")).to(device).eval()
+    up.load_state_dict(ours.state_dict(), strict=True)   # same key names; upstream's freqs_cis is no buffer
+    B, N = args.batch, cfg.block_size
+    cond, mask = random_cond(cfg, B, device)
+    gen = lambda s: torch.Generator(device).manual_seed(s)
+
+    def run_up(seed, **kw):  # its draws use torch's global RNG
+        torch.manual_seed(seed)
+        return generate(up, cond, N, mask.long(), cfg_scale=args.cfg, sample_logits=True, **kw)
+
+    greedy = dict(temperature=1.0, top_k=1, top_p=1.0)   # a one-token support: multinomial is deterministic
+    same = torch.equal(sample(ours, cond, mask, cfg_scale=args.cfg, generator=gen(0), **greedy),
+                       run_up(0, **greedy).long())
+    kw = dict(temperature=1.0, top_k=1000, top_p=1.0)
+    t_ours, t_up = [], []
+    for r in range(args.repeats):   # interleaved, so load on a shared machine hits both alike
+        t_ours.append(timed(sample, ours, cond, mask, cfg_scale=args.cfg, generator=gen(r), device=device, **kw)[1])
+        t_up.append(timed(run_up, r, device=device, **kw)[1])
+    med = lambda ts: B * N / statistics.median(ts)
+    ratios = [u / o for o, u in zip(t_ours, t_up)]
+    print(f"[{device.type}] GPT dim {cfg.dim}, {cfg.n_layer} layers, {cfg.n_head} heads, V {cfg.vocab_size}, "
+          f"T {cfg.cls_token_num} x D {cfg.caption_dim}, N {N}; B={B} prompts, CFG {args.cfg}, top-k 1000, "
+          f"temperature 1, fp32, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
+    runs = lambda ts: ", ".join(f"{B * N / t:.0f}" for t in ts)
+    print(f"  policy.sample        {med(t_ours):7.0f} tokens/s (median; runs {runs(t_ours)})")
+    print(f"  LlamaGen generate()  {med(t_up):7.0f} tokens/s (median; runs {runs(t_up)})")
+    print(f"  ratio {statistics.median(ratios):.2f}x (median of {args.repeats} paired ratios; "
+          f"min {min(ratios):.2f}x, max {max(ratios):.2f}x); greedy (top-k 1) tokens identical: {same}")
+    if not same:
+        raise SystemExit("greedy tokens differ from upstream's")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="toy", choices=sorted(GPT_CONFIGS), help="GPT config for the comparison")
@@ -82,9 +142,14 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a loaded box)")
     p.add_argument("--xl_batch", type=int, default=64, help="prompts for the GPT-XL run (CUDA only)")
     p.add_argument("--no_xl", action="store_true", help="skip the GPT-XL run on CUDA")
+    p.add_argument("--upstream", metavar="DIR", help="LlamaGen checkout (outside this repo): compare with generate()")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per sampler (--upstream)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.upstream:
+        bench_upstream(args, torch.device("cpu"))
+        sys.exit()
     bench_small(args, dev)
     if dev.type == "cuda" and not args.no_xl:
         bench_xl(args, dev)

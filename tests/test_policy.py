@@ -198,6 +198,49 @@ def test_kv_cache_sampler_matches_naive(kw):
     assert len(set(fast.flatten().tolist())) > 3                  # not a degenerate constant output
 
 
+def test_draw_consumes_generator_like_multinomial():
+    """policy._draw = torch.multinomial(probs, 1): same tokens and the same generator state after, step after step
+    (top-k zeros, a one-hot row, a flat row); and the CPU premise: float64 uniform_ -> -log1p(-u) = exponential_."""
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(0)) * 3
+    logits[1] = top_k_top_p(logits[1:2], 7)[0]
+    logits[2] = torch.where(torch.arange(300) == 17, 0.0, float("-inf"))
+    logits[3] = 0.0
+    probs = logits.softmax(-1)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(20):
+        peak, tok = policy._draw(probs, g1)
+        assert torch.equal(tok, torch.multinomial(probs, 1, generator=g2)[:, 0]) and torch.isfinite(peak).all()
+    assert torch.equal(g1.get_state(), g2.get_state()) and tok[2] == 17
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    u = torch.empty(64, 1000, dtype=torch.float64).uniform_(generator=g1)
+    assert torch.equal(torch.empty(64, 1000).exponential_(generator=g2), (-torch.log1p(-u)).float())
+
+
+@pytest.mark.parametrize("name", ["tiny", "toy"])
+def test_kv_cache_sampler_matches_naive_top_k_and_grad_ckpt(name):
+    """top-k below V (the unsorted-topk threshold), the fp32 text-summary attention on captions of 1..T words,
+    and a grad_ckpt model (the sampler never checkpoints): sample == sample_naive token for token."""
+    cfg = dataclasses.replace(GPT_CONFIGS[name], grad_ckpt=True, block_size=16)   # toy: its widths, a 4x4 grid
+    model = random_model(cfg, std=0.15)
+    g = torch.Generator().manual_seed(1)
+    L = torch.tensor([1, cfg.cls_token_num, 3, 2])                                          # valid text slots
+    mask = torch.arange(cfg.cls_token_num)[None] >= (cfg.cls_token_num - L)[:, None]       # pads first
+    cond = torch.randn(4, cfg.cls_token_num, cfg.caption_dim, generator=g) * mask[..., None]
+    kw = dict(cfg_scale=4.0, temperature=0.9, top_k=cfg.vocab_size // 4)
+    fast = sample(model, cond, mask, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(fast, sample_naive(model, cond, mask, generator=torch.Generator().manual_seed(0), **kw))
+    assert len(set(fast.flatten().tolist())) > 3
+
+
+def test_sample_rejects_non_finite_logits():
+    model = random_model()
+    cond, mask = captions()
+    with torch.no_grad():
+        model.output.weight[5, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        sample(model, cond, mask, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+
+
 def test_seed_determinism():
     model = random_model()
     cond, mask = captions()
