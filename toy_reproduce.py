@@ -80,7 +80,7 @@ def main():
 
     base = evaluate(None, "base")
     # train every (method, seed) run that is not finished yet, --jobs at a time (one thread each)
-    todo = [(m, s) for m in args.methods for s in args.seeds
+    todo = [(m, s) for s in args.seeds for m in args.methods          # seed-major: a cut-short run stays balanced
             if not os.path.exists(os.path.join(run_dir(args.out, m, s), f"ckpt_{args.steps:07d}.pt"))]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
     running = []
