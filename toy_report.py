@@ -101,8 +101,11 @@ def save_curves(path, metrics_path, window=20):
               ("decoder/gt_loss", "decoder: GT reconstruction loss"), ("decoder/consist_loss", "decoder: EMA consistency"),
               ("decoder/rankgan_loss", "decoder: Rank-GAN loss"), ("step_time_s", "seconds per step")]
     panels = [(k, t) for k, t in panels if any(k in r for r in recs)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
-    for ax, (k, title) in zip(axes[0], panels):
+    rows = (len(panels) + 2) // 3                                    # three panels per row
+    fig, axes = plt.subplots(rows, 3, figsize=(11, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (k, title) in zip(axes.flat, panels):
         pts = np.array([(r["step"], r[k]) for r in recs if k in r], dtype=float)        # (steps, 2)
         w = min(window, len(pts))
         smooth = np.convolve(pts[:, 1], np.ones(w) / w, mode="valid")
