@@ -243,7 +243,8 @@ def split_batch(b, parts, G):
     for i in range(parts):
         p, g = slice(i * B // parts, (i + 1) * B // parts), slice(i * B * G // parts, (i + 1) * B * G // parts)
         out.append(train.Batch(b.x_gt[p], b.cond[p], b.mask[p], b.cond_g[g], b.mask_g[g], b.prompts_g[g],
-                               b.tokens[g], b.logp_old[g], b.logp_ref[g], b.r[g], b.adv[g], b.z_gt[p]))
+                               b.tokens[g], None if b.logp_old is None else b.logp_old[g], b.logp_ref[g], b.r[g],
+                               b.adv[g], b.z_gt[p]))
     return out
 
 
