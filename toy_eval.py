@@ -11,7 +11,8 @@ Every method is sampled with the run's rollout settings (CFG, temperature, top-k
 same random stream (fixed seed), so with one checkpoint the tokens do not depend on the decoder: online-vs-base
 decoder rows isolate what the co-evolved decoder does to the same tokens.
 
-Run:    python toy_eval.py --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|base] [--n 256] [--seed 0]
+Run:    python toy_eval.py --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|base ...] [--n 256] [--seed 0]
+                [--json rows.json]
         python toy_eval.py --toy_preset tiny --toy_cache .cache/toy   (no --ckpt: the base models)
         prints one line "reward ... | clip ... | check_train ... | check_heldout ... | fid ... | lcs_kl ...".
         A missing / folder / empty / corrupt --ckpt is a one-line error naming --ckpt (exit code 2), no traceback.
@@ -23,6 +24,9 @@ concept file imports it.
 Symbols: M captions (= n per split), N image tokens (64), K codebook size (256), S image side (32), F feature width.
 """
 import argparse
+import copy
+import json
+import os
 import sys
 
 import numpy as np
@@ -54,31 +58,53 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
     LCS floor (else two halves of real_images); reward_fn: the training reward (reported as "reward" if given);
     device: where real-image batches go (the models' device).
     Returns a dict of floats: fid (toy feature space), clip, check, lcs_kl_nats, entropies (bits), real floor, n."""
+    return evaluate_toy_decoders(sample_tokens, captions, real_images, decoders={"": (decode, encode_indices)},
+                                 eval_clip_fn=eval_clip_fn, feature_fn=feature_fn, check=check, K=K,
+                                 real_images_b=real_images_b, reward_fn=reward_fn, batch_size=batch_size,
+                                 device=device)[""]
+
+
+@torch.no_grad()
+def evaluate_toy_decoders(sample_tokens, captions, real_images, *, decoders, eval_clip_fn, feature_fn, check, K,
+                          real_images_b=None, reward_fn=None, batch_size=64, device="cpu"):
+    """evaluate_toy for several decoders of the SAME tokens: decoders = {name: (decode, encode_indices)}; the tokens
+    are sampled once (one pass of the sampler, so each row equals a separate evaluate_toy call with the same sampler
+    state), the real features are computed once and the real tokens once per distinct encode_indices callable.
+    Returns {name: row}."""
     if len(captions) != real_images.shape[0]:
         raise ValueError(f"{len(captions)} captions but {real_images.shape[0]} real images")
-    tok, feats, clip, acc, rew = [], [], [], [], []
+    tok = []
+    out = {name: {"feats": [], "clip": [], "acc": [], "rew": []} for name in decoders}
     for s in range(0, len(captions), batch_size):
         caps = list(captions[s:s + batch_size])
         z = sample_tokens(caps)  # (B, N)
-        x = decode(z).clamp(-1, 1)  # (B,3,S,S)
-        x01 = (x + 1) / 2
         tok.append(z.cpu())
-        feats.append(np.asarray(feature_fn(x01).cpu(), np.float64))
-        clip.append(eval_clip_fn(x01, caps).double().cpu())
-        acc.append(torch.as_tensor(check(x, caps)).double().cpu())
-        if reward_fn is not None:
-            rew.append(reward_fn(x01, caps)[0].double().cpu())
+        for name, (decode, _) in decoders.items():
+            x = decode(z).clamp(-1, 1)  # (B,3,S,S)
+            x01, o = (x + 1) / 2, out[name]
+            o["feats"].append(np.asarray(feature_fn(x01).cpu(), np.float64))
+            o["clip"].append(eval_clip_fn(x01, caps).double().cpu())
+            o["acc"].append(torch.as_tensor(check(x, caps)).double().cpu())
+            if reward_fn is not None:
+                o["rew"].append(reward_fn(x01, caps)[0].double().cpu())
     real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(), np.float64)
                   for s in range(0, real_images.shape[0], batch_size)]
-    enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
-                                  for s in range(0, imgs.shape[0], batch_size)])
-    mu_f, s_f = feature_stats(np.concatenate(feats))
     mu_r, s_r = feature_stats(np.concatenate(real_feats))
-    # LCS (docs/method.md §10): p_GT = the VQ tokens of real scenes, pi = the sampled tokens, floor = real vs real
-    lcs = shift.report(torch.cat(tok), enc(real_images), K, None if real_images_b is None else enc(real_images_b))
-    return {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(clip).mean()),
-            "check": float(torch.cat(acc).mean()), **lcs, "n": len(captions),
-            **({"reward": float(torch.cat(rew).mean())} if rew else {})}
+    lcs_by_encoder, rows = {}, {}
+    for name, (_, encode_indices) in decoders.items():
+        if encode_indices not in lcs_by_encoder:     # same encoder -> same real tokens -> same LCS: computed once
+            enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
+                                          for s in range(0, imgs.shape[0], batch_size)])
+            # LCS (docs/method.md §10): p_GT = the VQ tokens of real scenes, pi = the sampled tokens, floor = real
+            # vs real
+            lcs_by_encoder[encode_indices] = shift.report(torch.cat(tok), enc(real_images), K,
+                                                          None if real_images_b is None else enc(real_images_b))
+        o = out[name]
+        mu_f, s_f = feature_stats(np.concatenate(o["feats"]))
+        rows[name] = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(o["clip"]).mean()),
+                      "check": float(torch.cat(o["acc"]).mean()), **lcs_by_encoder[encode_indices],
+                      "n": len(captions), **({"reward": float(torch.cat(o["rew"]).mean())} if o["rew"] else {})}
+    return rows
 
 
 @torch.no_grad()
@@ -120,21 +146,48 @@ def evaluate_toy_checkpoint(ckpt_path=None, *, toy_cache=".cache/toy", toy_prese
     base models are sampled with (so a base row compares with that run's rows); ignored with a checkpoint."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: use 'online' (the checkpoint's VQ), 'ema' or 'base'")
+    return evaluate_toy_checkpoint_decoders(ckpt_path, (decoder,), toy_cache=toy_cache, toy_preset=toy_preset, n=n,
+                                            seed=seed, cfg_scale=cfg_scale, sampling=sampling)[decoder]
+
+
+def _encoder_state(vq):
+    """The tensors that decide encode_indices: encoder, quant_conv and the codebook (vq.py's module names)."""
+    return [(k, v) for k, v in vq.state_dict().items() if k.split(".")[0] in ("encoder", "quant_conv", "quantize")]
+
+
+@torch.no_grad()
+def evaluate_toy_checkpoint_decoders(ckpt_path, decoders, *, toy_cache=".cache/toy", toy_preset="default", n=256,
+                                     seed=0, cfg_scale=None, sampling=None):
+    """evaluate_toy_checkpoint for several decoders of one checkpoint in one pass: the tokens are sampled once (the
+    same fixed-seed stream, so each row equals evaluate_toy_checkpoint(..., decoder=d) exactly; a test checks it)
+    and decoded by each decoder. Returns {decoder: row}."""
+    bad = [d for d in decoders if d not in DECODERS]
+    if bad or not decoders:
+        raise ValueError(f"decoders={decoders!r}: use one or more of 'online' (the checkpoint's VQ), 'ema', 'base'")
     ck = read_train_ckpt(ckpt_path) if ckpt_path else None
-    if ck and decoder == "ema" and "ema_vq" not in ck:
+    if ck and "ema" in decoders and "ema_vq" not in ck:
         raise ckpt.CkptError(f"--ckpt {ckpt_path!r} holds no EMA decoder (ema_vq); use --decoder online or base")
     keys = ("cfg_scale", "temperature", "top_k", "top_p")
     conf = ck["config"] if ck else {"toy_cache": toy_cache, "toy_preset": toy_preset,
                                     **{k: v for k, v in (sampling or {}).items() if k in keys}}
     tcfg = toy_world.ToyConfig.tiny() if conf["toy_preset"] == "tiny" else toy_world.ToyConfig()
     b = toy_world.load_toy(tcfg, cache_dir=conf["toy_cache"], progress=False)
+    vqs = {}                                                   # decoder name -> its VQ (eval mode)
+    for d in dict.fromkeys(decoders):
+        vqs[d] = b.vq if d == "base" or not ck else copy.deepcopy(b.vq)
+        if ck and d != "base":
+            vqs[d].load_state_dict(ck["vq" if d == "online" else "ema_vq"])
+        vqs[d].eval()
     if ck:
         b.gpt.load_state_dict(ck["gpt"])
-        if decoder != "base":
-            b.vq.load_state_dict(ck["vq" if decoder == "online" else "ema_vq"])
+    encoders = []                                              # one encode_indices per distinct encoder state
+    for d, vq in vqs.items():
+        same = [e for e in encoders if all(ka == kb and torch.equal(va, vb) for (ka, va), (kb, vb)
+                                           in zip(_encoder_state(e.__self__), _encoder_state(vq)))]
+        encoders.append(same[0] if same else vq.encode_indices)
+    dec = {d: (vq.decode_indices, e) for (d, vq), e in zip(vqs.items(), encoders)}   # name -> (decode, encode)
     scale = cfg_scale if cfg_scale is not None else conf.get("cfg_scale", 4.0)   # 4.0 = train.py's tiny preset
     b.gpt.eval()
-    b.vq.eval()
     sample_gen = torch.Generator().manual_seed(seed)
 
     def sample_tokens(caps):
@@ -142,12 +195,23 @@ def evaluate_toy_checkpoint(ckpt_path=None, *, toy_cache=".cache/toy", toy_prese
         return policy.sample(b.gpt, cond, mask, cfg_scale=scale, temperature=conf.get("temperature", 1.0),
                              top_k=conf.get("top_k", 0), top_p=conf.get("top_p", 1.0), generator=sample_gen)
 
-    tr = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 1), split="train")
-    ho = evaluate_toy_bundle(b, sample_tokens, n=n, generator=torch.Generator().manual_seed(seed + 2),
-                             split="heldout", with_reward=False)
-    return {"reward": tr["reward"], "clip": tr["clip"], "check_train": tr["check"], "check_heldout": ho["check"],
-            "fid": tr["fid"], "lcs_kl": tr["lcs_kl_nats"], "lcs_floor": tr.get("real_floor_nats", float("nan")),
-            "step": ck["step"] if ck else 0}
+    g_tr = torch.Generator().manual_seed(seed + 1)             # train split: the full row
+    real, captions = b.world.sample(n, g_tr, "train")
+    real_b, _ = b.world.sample(n, g_tr, "train")               # disjoint real set: the LCS floor
+    tr = evaluate_toy_decoders(sample_tokens, captions, real, decoders=dec, eval_clip_fn=b.eval_clip_fn,
+                               feature_fn=b.feature_fn, check=b.world.check, K=b.vq.cfg.codebook_size,
+                               real_images_b=real_b, reward_fn=b.reward_fn)
+    _, captions_ho = b.world.sample(n, torch.Generator().manual_seed(seed + 2), "heldout")
+    ho = {d: [] for d in dec}                                  # held-out split: only the checker is reported
+    for s in range(0, n, 64):
+        caps = list(captions_ho[s:s + 64])
+        z = sample_tokens(caps)                                                                  # (B, N)
+        for d, (decode, _) in dec.items():
+            ho[d].append(torch.as_tensor(b.world.check(decode(z).clamp(-1, 1), caps)).double())
+    return {d: {"reward": tr[d]["reward"], "clip": tr[d]["clip"], "check_train": tr[d]["check"],
+                "check_heldout": float(torch.cat(ho[d]).mean()), "fid": tr[d]["fid"], "lcs_kl": tr[d]["lcs_kl_nats"],
+                "lcs_floor": tr[d].get("real_floor_nats", float("nan")), "step": ck["step"] if ck else 0}
+            for d in decoders}
 
 
 def main(argv=None):
@@ -159,18 +223,25 @@ def main(argv=None):
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="(base models only)")
     ap.add_argument("--n", type=int, default=256, help="captions per split")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (the captions use seed+1, seed+2)")
-    ap.add_argument("--decoder", default="online", choices=DECODERS,
-                    help="the checkpoint's decoder, its EMA decoder, or the base decoder (same tokens either way)")
+    ap.add_argument("--decoder", default=["online"], nargs="+", choices=DECODERS,
+                    help="the checkpoint's decoder, its EMA decoder, or the base decoder (same tokens either way); "
+                         "several: one sampling pass, one row each")
+    ap.add_argument("--json", default=None, help="also write {decoder: row} to this file (atomically)")
     args = ap.parse_args(argv)
     if args.n < 2:
         ap.error(f"--n {args.n}: need at least 2 captions per split (feature covariance, LCS floor)")
     try:                                    # the checkpoint is read first: a bad one fails before the world loads
-        row = evaluate_toy_checkpoint(args.ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset, n=args.n,
-                                      seed=args.seed, decoder=args.decoder)
+        rows = evaluate_toy_checkpoint_decoders(args.ckpt, tuple(args.decoder), toy_cache=args.toy_cache,
+                                                toy_preset=args.toy_preset, n=args.n, seed=args.seed)
     except ckpt.CkptError as e:
         ap.error(str(e))
-    print(" | ".join(f"{k} {row[k]:.4f}" for k in TOY_COLUMNS))
-    return row
+    for d, row in rows.items():
+        print((f"{d}: " if len(rows) > 1 else "") + " | ".join(f"{k} {row[k]:.4f}" for k in TOY_COLUMNS))
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+    return rows[args.decoder[0]] if len(rows) == 1 else rows
 
 
 if __name__ == "__main__":

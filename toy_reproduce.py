@@ -5,13 +5,16 @@ several seeds each, from the same base models.
     python toy_reproduce.py                       # 5 seeds, writes runs/repro/{results.md, results.json, curves.png}
     python toy_reproduce.py --seeds 0 --steps 40  # a quick look
 
-Every run is `python train.py --seed S ...` (a subprocess, so each is exactly what a user would run); runs and
-evaluations already on disk are reused, so an interrupted reproduction continues where it stopped. Each
-checkpoint is scored by toy_eval.evaluate_toy_checkpoint on the same captions with the same sampling seed:
-training reward, eval-CLIP (an independent CLIP), attribute-checker accuracy on train and held-out combinations,
-toy FID and the LCS KL. The table reports mean +- std over seeds at the final step; curves.png shows the same over
-training steps. For the RankE runs the final policy is also scored through the frozen BASE decoder (same seed, so
-the same tokens): the difference between the two rows is what the co-evolved decoder contributes.
+Every run is `python train.py --seed S ...` and every evaluation `python toy_eval.py --ckpt ... --json ...`
+(subprocesses, so each is exactly what a user would run), --jobs of them at a time from one queue: a finished run's
+evaluations start while the other runs train. Runs and evaluations already on disk (the rows are kept beside each
+checkpoint as ckpt_NNNNNNN.pt.eval-n<n>-s1234.json) are reused, so an interrupted reproduction continues where it
+stopped. Each checkpoint is scored on the same captions with the same sampling seed: training reward, eval-CLIP (an
+independent CLIP), attribute-checker accuracy on train and held-out combinations, toy FID and the LCS KL. The table
+reports mean +- std over seeds at the final step; curves.png shows the evaluated checkpoints and, for every training
+step, the training reward and the policy KL. For the RankE runs the final tokens are also decoded by the frozen BASE
+decoder (one sampling pass, two decoders): the difference between the two rows is what the co-evolved decoder
+contributes.
 
 Tests: pytest tests/test_toy_reproduce.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy_*.py): it imports
 toy_eval.py and runs train.py as a subprocess; no concept file imports it.
@@ -43,80 +46,109 @@ PAIRS = [("RankE", "Standard RL (GRPO)"), ("RankE", "RankE, uniform GAN"), ("Ran
 COMMON = ["--report_n", "0"]
 BASE_DEC = "(its policy, base decoder)"     # table row: a RankE run's final policy decoded by the frozen base VQ
 LABELS = toy_eval.LABELS
+TRAIN_CURVES = {"reward/mean": "reward (toy CLIP x100)", "policy/kl": "policy KL to the reference"}
+EVAL_SEED = 1234                            # every checkpoint is sampled with this seed: same captions, same stream
 
 
 def run_dir(out, method, seed):
     return os.path.join(out, method.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""), f"s{seed}")
 
 
+def eval_path(ckpt, n, seed=EVAL_SEED):
+    """Where a checkpoint's evaluation rows ({decoder: row}, toy_eval.py --json) are kept: beside it."""
+    return f"{ckpt}.eval-n{n}-s{seed}.json"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--evals", type=int, default=3, help="evaluated checkpoints per run (evenly spaced)")
+    ap.add_argument("--evals", type=int, default=1, help="evaluated checkpoints per run (evenly spaced; the last is "
+                                                         "the final step); the training curves come from every step")
     ap.add_argument("--n", type=int, default=512, help="captions per split in each evaluation")
     ap.add_argument("--out", default="runs/repro")
     ap.add_argument("--toy_cache", default=".cache/toy")
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
-    ap.add_argument("--jobs", type=int, default=2, help="training runs at once (each gets cpu_count // jobs threads)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes at once, training runs and evaluations alike "
+                                                        "(each gets cpu_count // jobs threads)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
                     help=f"a subset of {list(METHODS)}")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
     args = ap.parse_args()
     t_start, every = time.time(), max(1, args.steps // args.evals)
-    results = {}                                             # method -> seed -> step -> row
-    cache_path = os.path.join(args.out, "evals.json")
-    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
-
-    def evaluate(ckpt, key, decoder="online"):
-        if key not in cache:
-            cache[key] = toy_eval.evaluate_toy_checkpoint(ckpt, toy_cache=args.toy_cache, toy_preset=args.toy_preset,
-                                                          n=args.n, seed=1234, decoder=decoder)
-            os.makedirs(args.out, exist_ok=True)
-            with open(cache_path + ".tmp", "w") as f:
-                json.dump(cache, f, indent=1)
-            os.replace(cache_path + ".tmp", cache_path)
-        return cache[key]
-
-    base = evaluate(None, "base")
-    # train every (method, seed) run that is not finished yet, --jobs at a time (one thread each)
-    todo = [(m, s) for s in args.seeds for m in args.methods          # seed-major: a cut-short run stays balanced
-            if not os.path.exists(os.path.join(run_dir(args.out, m, s), f"ckpt_{args.steps:07d}.pt"))]
+    os.makedirs(args.out, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
-    running = []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            method, seed = todo.pop(0)
+    evaluate = [sys.executable, os.path.join(ROOT, "toy_eval.py"), "--n", str(args.n), "--seed", str(EVAL_SEED)]
+    base_json = eval_path(os.path.join(args.out, "base"), args.n)
+
+    def eval_jobs(d, method):
+        """The evaluations of one finished run: every kept checkpoint; the final one of a RankE run also through
+        the frozen BASE decoder (same tokens, one sampling pass): what the co-evolved decoder adds."""
+        jobs = []
+        for step in range(every, args.steps + 1, every):
+            ck = os.path.join(d, f"ckpt_{step:07d}.pt")
+            decoders = ["online"] + (["base"] if METHODS[method][1] == "ranke" and step == args.steps else [])
+            if not os.path.exists(eval_path(ck, args.n)):
+                jobs.append(("eval", [*evaluate, "--ckpt", ck, "--decoder", *decoders, "--json", eval_path(ck, args.n)],
+                             ck + ".eval.log", None))
+        return jobs
+
+    # one queue of jobs, --jobs processes at a time (one thread each on 2 cores): the base-model evaluation, then
+    # every (method, seed) training run, seed-major (a cut-short reproduction stays balanced); a finished run's
+    # evaluations go to the front of the queue, so evaluation overlaps training instead of following it
+    queue = [] if os.path.exists(base_json) else [("eval", [*evaluate, "--toy_cache", args.toy_cache, "--toy_preset",
+                                                            args.toy_preset, "--json", base_json],
+                                                   os.path.join(args.out, "base.eval.log"), None)]
+    for seed in args.seeds:
+        for method in args.methods:
             d = run_dir(args.out, method, seed)
-            cmd = [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], *COMMON, "--seed", str(seed), "--steps",
-                   str(args.steps), "--total_steps", str(args.steps), "--ckpt_every", str(every), "--keep_ckpts",
-                   str(args.evals + 1), "--sample_every", str(args.steps), "--out_dir", d, "--toy_cache",
-                   args.toy_cache, "--toy_preset", args.toy_preset, "--resume", *args.extra.split()]
+            if os.path.exists(os.path.join(d, f"ckpt_{args.steps:07d}.pt")):
+                queue += eval_jobs(d, method)                    # trained before: only what is not scored yet
+                continue
+            queue.append(("train", [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], *COMMON,
+                                    "--seed", str(seed), "--steps", str(args.steps), "--total_steps", str(args.steps),
+                                    "--ckpt_every", str(every), "--keep_ckpts", str(args.evals + 1), "--sample_every",
+                                    str(args.steps), "--out_dir", d, "--toy_cache", args.toy_cache, "--toy_preset",
+                                    args.toy_preset, "--resume", *args.extra.split()],
+                          os.path.join(d, "train.log"), (d, method)))
+    running = []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            kind, cmd, log, run = queue.pop(0)
             print("+", " ".join(cmd), flush=True)
-            os.makedirs(d, exist_ok=True)
-            running.append((subprocess.Popen(cmd, env=env, stdout=open(os.path.join(d, "train.log"), "a"),
-                                             stderr=subprocess.STDOUT), d))
-        time.sleep(2)
-        for p, d in list(running):
-            if p.poll() is not None:
-                running.remove((p, d))
-                if p.returncode != 0:
-                    raise SystemExit(f"training run failed (exit {p.returncode}); see {d}/train.log")
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), log, run))
+        time.sleep(1)
+        for job in list(running):
+            p, log, run = job
+            if p.poll() is None:
+                continue
+            running.remove(job)
+            if p.returncode != 0:
+                raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
+            if run:
+                queue[:0] = eval_jobs(*run)
+    base = json.load(open(base_json))["online"]
+    results = {}                                             # method -> seed -> step -> row
     for method in args.methods:
         for seed in args.seeds:
             d = run_dir(args.out, method, seed)
             for step in range(every, args.steps + 1, every):
-                ck = os.path.join(d, f"ckpt_{step:07d}.pt")
-                if os.path.exists(ck):
-                    results.setdefault(method, {}).setdefault(seed, {})[step] = evaluate(ck, f"{d}@{step}")
+                rows = json.load(open(eval_path(os.path.join(d, f"ckpt_{step:07d}.pt"), args.n)))
+                results.setdefault(method, {}).setdefault(seed, {})[step] = rows["online"]
+                if "base" in rows:                           # the same final tokens through the BASE decoder
+                    results.setdefault(f"{method} {BASE_DEC}", {}).setdefault(seed, {})[step] = rows["base"]
             print(method, seed, results[method][seed][args.steps], flush=True)
-            if METHODS[method][1] == "ranke":   # the same final tokens through the BASE decoder: what the decoder adds
-                ck = os.path.join(d, f"ckpt_{args.steps:07d}.pt")
-                row = evaluate(ck, f"{d}@{args.steps}@base_decoder", decoder="base")
-                results.setdefault(f"{method} {BASE_DEC}", {}).setdefault(seed, {})[args.steps] = row
-    args.wall = (f"{(time.time() - t_start) / 60:.1f} min wall time for this invocation ({args.jobs} runs at a time, "
-                 f"{env['OMP_NUM_THREADS']} threads each; runs and evaluations found on disk are reused)")
+    args.wall = (f"{(time.time() - t_start) / 60:.1f} min wall time for this invocation ({args.jobs} processes at a "
+                 f"time, {env['OMP_NUM_THREADS']} threads each; runs and evaluations found on disk are reused)")
     write_report(args, base, results)
+
+
+def running_mean(x, w=20):
+    """Mean of the last w values at each step (fewer at the start): (steps,) -> (steps,)."""
+    c = np.cumsum(np.r_[0.0, np.asarray(x, np.float64)])
+    i = np.arange(1, len(x) + 1)
+    return (c[i] - c[np.maximum(i - w, 0)]) / np.minimum(i, w)
 
 
 def mean_sd(values):
@@ -182,8 +214,8 @@ def write_report(args, base, results):
     import matplotlib
     matplotlib.use("Agg")                                   # files only, no display
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (k, label) in zip(axes.flat, LABELS.items()):
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
+    for ax, (k, label) in zip(axes.flat, LABELS.items()):     # evaluated checkpoints: mean +- std over seeds
         for method, by_seed in results.items():
             if method.endswith(BASE_DEC):                   # final step only: no curve
                 continue
@@ -193,6 +225,17 @@ def write_report(args, base, results):
             ax.plot(xs, m, marker="o", label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
         ax.set_title(label)
+        ax.set_xlabel("step")
+    # every training step (metrics.jsonl), running mean over 20 steps, mean +- std over seeds; VA-pi's reward is its
+    # reconstruction reward (another scale) and it has no KL term, so it is left out of these two panels
+    for ax, (k, label) in zip(axes.flat[len(LABELS):], TRAIN_CURVES.items()):
+        for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] != "vapi"):
+            v = np.array([running_mean([json.loads(line)[k] for line in open(os.path.join(
+                run_dir(args.out, method, s), "metrics.jsonl"))][:args.steps]) for s in args.seeds])    # (seeds, steps)
+            m, sd, xs = v.mean(0), v.std(0), np.arange(1, v.shape[1] + 1)
+            ax.plot(xs, m, label=method)
+            ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
+        ax.set_title(label + " (training)")
         ax.set_xlabel("step")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()

@@ -3,6 +3,7 @@ decoders, and the --ckpt errors (missing file, folder, empty, corrupt, foreign d
 
 Run: pytest -q tests/test_toy_eval.py   (CPU; uses the session's tiny toy cache)
 """
+import json
 import math
 import os
 import subprocess
@@ -98,6 +99,18 @@ def test_checkpoint_row_and_decoders(fake_run, toy_cache):
     assert base_models["step"] == 0 and base_models["lcs_kl"] == base["lcs_kl"]   # the checkpoint holds the base GPT
     with pytest.raises(ValueError, match="decoder="):
         te.evaluate_toy_checkpoint(fake_run, n=8, decoder="frozen")
+    # one sampling pass for several decoders (toy_reproduce's online + base-decoder rows) = separate passes, exactly
+    assert te.evaluate_toy_checkpoint_decoders(fake_run, ("online", "base", "ema"), n=8) == rows
+    with pytest.raises(ValueError, match="decoders="):
+        te.evaluate_toy_checkpoint_decoders(fake_run, ("online", "frozen"), n=8)
+
+
+def test_cli_json_several_decoders(fake_run, tmp_path):
+    out = tmp_path / "rows.json"
+    printed = te.main(["--ckpt", fake_run, "--n", "8", "--decoder", "online", "base", "--json", str(out)])
+    assert json.loads(out.read_text()) == printed and set(printed) == {"online", "base"}
+    assert printed["base"] == te.evaluate_toy_checkpoint(fake_run, n=8, decoder="base")
+    assert not os.path.exists(str(out) + ".tmp")
 
 
 # ------------------------------------------------------------------------------------------- --ckpt errors
