@@ -25,6 +25,7 @@ import ckpt
 import policy
 import rewards
 import synthetic
+import text_encoders
 import vq as vqlib
 from data import PairDataset, PairStream, WorldStream
 
@@ -82,7 +83,7 @@ def build_policy(cfg, device, toy=None, weights=True):
         gcfg, vcfg = policy.GPT_CONFIGS["GPT-XL-t2i"], vqlib.VQ_CONFIGS["vq16"]
         gpt = policy.load_gpt(cfg.gpt_ckpt, gcfg) if weights else policy.GPT(gcfg)
         vq = vqlib.load_vq(cfg.vq_ckpt, vcfg) if weights else vqlib.VQModel(vcfg)
-        return policy.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, policy.sample, policy.token_logprobs
+        return text_encoders.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, policy.sample, policy.token_logprobs
     import janus           # imported only for this backbone
     jc = janus.JANUS_CONFIGS[cfg.janus_config]
     gpt, vq = janus.load_janus(cfg.janus_ckpt, jc) if weights else (janus.JanusGen(jc),

@@ -1,4 +1,4 @@
-"""The autoregressive policy pi_theta(z | c) of RankE: LlamaGen's GPT t2i, text encoders, sampler and log-probs.
+"""The autoregressive policy pi_theta(z | c) of RankE: LlamaGen's GPT t2i, its sampler and log-probs.
 
 Concept (arXiv 2605.21195; docs/method.md §4.2 per-token log-probs, §4.6 rollouts, D10/D11 in §14; §13.6-13.11,
 §13.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
@@ -13,15 +13,12 @@ Copy together with ckpt.py: `load_gpt` uses its read_state_dict / load_strict ch
 Symbols: B prompts (rows), N image tokens (block_size, a g*g grid), T caption slots (cls_token_num), D caption width
 (caption_dim), V vocabulary (VQ codebook), H heads, hd head dim, S sequence length, R rows (B, or 2B with CFG).
 Follows: FoundationVision/LlamaGen@ce98ec4 autoregressive/models/gpt.py, autoregressive/models/generate.py,
-autoregressive/sample/sample_t2i.py, language/t5.py. Written from the spec, not copied.
+autoregressive/sample/sample_t2i.py. Written from the spec, not copied. Caption features come from
+text_encoders.py (FLAN-T5, the toy's word encoder) or janus.py.
 """
 from __future__ import annotations
 
-import html
 import math
-import re
-import string
-import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -395,99 +392,6 @@ def load_gpt(path_or_hub: str, cfg: GPTConfig, *, map_location="cpu") -> GPT:
     return model.eval()
 
 
-# ---- Text encoders: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned (docs/method.md D11) -
-def left_align(feats: torch.Tensor, mask: torch.Tensor):
-    """Right-padded (B,T,D) features + (B,T) mask -> each row rotated so its L valid vectors fill the LAST L slots,
-    mask flipped to pads-first, pads zeroed (sample_t2i.py:92-106; as in training, dataset/t2i.py:114-122)."""
-    B, T = mask.shape
-    L = mask.long().sum(1)                                                        # (B,)
-    ar = torch.arange(T, device=mask.device)
-    if not torch.equal(mask.bool(), ar[None] < L[:, None]):
-        raise ValueError("left_align expects right-padded masks (valid tokens first, then pads)")
-    src = (ar[None] + L[:, None]) % T                                             # (B,T) source slot per output slot
-    out = feats.gather(1, src[..., None].expand_as(feats))                        # (B,T,D)
-    new_mask = ar[None] >= (T - L)[:, None]                                       # (B,T) pads first
-    return out * new_mask[..., None].to(out.dtype), new_mask
-
-
-def clean_caption(text: str) -> str:
-    """Light caption cleaner. DEVIATION: LlamaGen applies PixArt's clean_caption twice (language/t5.py:81-201; needs
-    ftfy + bs4). This keeps its main steps without those dependencies (lowercase, URL-unquote, URLs, HTML tags and
-    entities, @handles, CJK ranges, dash / quote normalisation, whitespace); it is idempotent, so once is enough."""
-    t = urllib.parse.unquote_plus(str(text)).strip().lower()
-    t = re.sub(r"\b(?:https?:|www\.)\S+|@[\w\d]+\b", " ", t)           # URLs, @handles
-    t = re.sub(r"<[^>]*>", " ", html.unescape(html.unescape(t)))        # HTML entities and tags
-    t = re.sub(r"[\u31c0-\u9fff]", " ", t)                              # CJK ranges
-    t = re.sub(r"[\u2010-\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d]", "-", t)   # dashes
-    t = re.sub(r"[\u2018\u2019\u201a\u201b\u2032`\u00b4]", "'", t)                  # quotes
-    t = re.sub(r"[\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033]", '"', t)
-    return re.sub(r"\s+", " ", t).strip()
-
-
-class T5TextEncoder:
-    """FLAN-T5-XL encoder (language/t5.py; docs/method.md §13.9), loaded lazily on the first call. The model hub is
-    never required: pass a local directory holding the HF files of google/flan-t5-xl."""
-
-    def __init__(self, path_or_name="google/flan-t5-xl", max_len=120, dtype=torch.bfloat16, device="cpu"):
-        self.path, self.max_len, self.dtype, self.device = path_or_name, max_len, dtype, torch.device(device)
-        self.tokenizer = self.model = None
-
-    @torch.no_grad()
-    def __call__(self, captions: list[str]):
-        captions = [captions] if isinstance(captions, str) else captions
-        if self.model is None:  # lazy load
-            import transformers as tf
-            key = "dtype" if tuple(map(int, tf.__version__.split(".")[:2])) >= (4, 56) else "torch_dtype"  # renamed
-            try:
-                self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
-                self.model = tf.T5EncoderModel.from_pretrained(self.path, **{key: self.dtype}).to(self.device).eval()
-            except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
-                raise FileNotFoundError(
-                    f"T5TextEncoder: cannot load {self.path!r} ({type(e).__name__}: {str(e)[:300]}). Put the HF "
-                    f"files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli download "
-                    f"google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a machine with "
-                    f"network, and pass that directory as path_or_name.") from e
-        batch = self.tokenizer([clean_caption(c) for c in captions], max_length=self.max_len, padding="max_length",
-                               truncation=True, add_special_tokens=True, return_tensors="pt")   # right padding, </s>
-        ids, am = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)        # (B,T)
-        h = self.model(input_ids=ids, attention_mask=am).last_hidden_state                     # (B,T,2048)
-        return left_align(h.float(), am.bool())
-
-
-class WordTextEncoder:
-    """Light text encoder for a small word vocabulary (toy world): fixed seeded random word vectors (unit scale) plus
-    sinusoidal positions (index of the word in its caption), no trainable parameters; same left-aligned output as
-    T5TextEncoder. Tokenisation: lowercase, whitespace split, punctuation stripped from both ends of each word."""
-
-    def __init__(self, vocab: list[str], dim: int, max_len: int, seed: int = 0, device="cpu"):
-        words = [w for v in vocab for w in self.tokenize(v)]
-        if len(words) != len(vocab) or len(set(words)) != len(words) or dim % 2:
-            raise ValueError("vocab must hold distinct single words (after lowercase / punctuation strip), dim even")
-        self.index, self.max_len, self.device = {w: i for i, w in enumerate(words)}, max_len, torch.device(device)
-        self.table = torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed)) / math.sqrt(dim)
-        pos = torch.arange(max_len).float()[:, None] * 10000.0 ** (-torch.arange(0, dim, 2).float() / dim)  # (L, D/2)
-        self.pos = torch.stack([pos.sin(), pos.cos()], -1).flatten(1) / math.sqrt(dim / 2)   # (max_len, D) unit rows
-
-    @staticmethod
-    def tokenize(caption: str) -> list[str]:
-        return [w for w in (t.strip(string.punctuation) for t in caption.lower().split()) if w]
-
-    def __call__(self, captions: list[str]):
-        captions = [captions] if isinstance(captions, str) else captions   # like the T5 tokenizer
-        feats = torch.zeros(len(captions), self.max_len, self.table.shape[1])
-        mask = torch.zeros(len(captions), self.max_len, dtype=torch.bool)
-        for b, c in enumerate(captions):
-            words = self.tokenize(c)
-            bad = [w for w in words if w not in self.index]
-            if bad or not 1 <= len(words) <= self.max_len:
-                raise ValueError(f"unknown word {bad[0]!r} in caption {c!r}: not in the encoder's vocabulary" if bad
-                                 else f"caption {c!r} has {len(words)} words; need 1..max_len={self.max_len}")
-            feats[b, :len(words)] = self.table[[self.index[w] for w in words]] + self.pos[:len(words)]
-            mask[b, :len(words)] = True
-        cond, m = left_align(feats, mask)                                             # pads first, zeroed
-        return cond.to(self.device), m.to(self.device)
-
-
 if __name__ == "__main__":
     import time
     torch.set_num_threads(1)  # fastest for these tiny matmuls, above all on a busy machine
@@ -495,8 +399,9 @@ if __name__ == "__main__":
     model, g = GPT(cfg).eval(), torch.Generator().manual_seed(0)
     with torch.no_grad():  # random weights incl. the (zero-initialised) head, so the distributions are not uniform
         [p.normal_(0.0, 0.3, generator=g) for p in model.parameters()]
-    enc = WordTextEncoder("a red blue circle square on the left".split(), cfg.caption_dim, cfg.cls_token_num)
-    cond, mask = enc(["a red circle", "a blue square on the left"] * 4)                   # B = 8
+    L = torch.tensor([3, 6] * 4)                                     # B = 8 captions of 3 and 6 valid slots
+    mask = torch.arange(cfg.cls_token_num)[None] >= (cfg.cls_token_num - L)[:, None]   # (B,T) left-aligned: pads first
+    cond = torch.randn(8, cfg.cls_token_num, cfg.caption_dim, generator=g) * mask[..., None]   # (B,T,D), pads zeroed
     out = {}                                   # the first call warms up
     for fn in (sample, sample, sample_naive):
         t0 = time.perf_counter()

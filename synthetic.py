@@ -37,6 +37,8 @@ import torch.nn as nn
 
 import policy
 import rewards
+import text_encoders
+from data import WorldStream
 import vq as vqlib
 
 BANNER = """
@@ -207,15 +209,16 @@ class HashJanusTokenizer:
 
 
 # ---- data: seeded captions from a word list, simple procedural images of them ------------------------------------
-class SyntheticStream:
-    """Endless (images (B,3,S,S) in [-1,1], B captions): "a {colour} {shape} {place}" over a two-colour gradient
-    with a disc of the caption's colour at a random place. Resumable through its generator (as data.WorldStream)."""
+class SyntheticWorld:
+    """(images (n,3,S,S) in [-1,1], n captions): "a {colour} {shape} {place}" over a two-colour gradient with a disc
+    of the caption's colour at a random place, every draw from the given generator. Served by data.WorldStream (as
+    the toy world is), which makes the stream resumable through its generator state."""
 
-    def __init__(self, batch: int, side: int, seed: int):
-        self.batch, self.side, self.gen = batch, side, torch.Generator().manual_seed(seed)
+    def __init__(self, side: int):
+        self.side = side
 
-    def next(self):
-        B, S, g = self.batch, self.side, self.gen
+    def sample(self, B: int, g: torch.Generator, split: str = "train"):   # one split: `split` is accepted, unused
+        S = self.side
         pick = lambda n: torch.randint(n, (B,), generator=g).tolist()  # noqa: E731
         names, shapes, places, bgs = pick(len(COLORS)), pick(len(SHAPES)), pick(len(PLACES)), pick(len(COLORS))
         cols = torch.tensor(list(COLORS.values()))                                                 # (8,3)
@@ -227,15 +230,6 @@ class SyntheticStream:
         bg = cols[bgs][:, :, None, None] * 0.5 * (0.5 + yy)                                        # (B,3,S,S)
         x = bg * (1 - disc[:, None]) + cols[names][:, :, None, None] * disc[:, None]
         return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1), caps
-
-    def state_dict(self):
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, s):
-        self.gen.set_state(s["gen"])
-
-    def stats(self):
-        return {}
 
 
 # ---- what backbones.py calls -----------------------------------------------------------------------------------
@@ -250,7 +244,7 @@ def build_policy(cfg, device):
         enc.tokenizer = HashJanusTokenizer(jc)
         return enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, janus.sample, janus.token_logprobs
     gc = gpt_config(s)
-    enc = policy.T5TextEncoder("synthetic", max_len=gc.cls_token_num, device=device)
+    enc = text_encoders.T5TextEncoder("synthetic", max_len=gc.cls_token_num, device=device)
     enc.tokenizer, enc.model = HashT5Tokenizer(), t5_encoder(s, seed + SEED_OFFSETS["t5"]).to(device)
     gpt = policy.GPT(gc, seed=seed + SEED_OFFSETS["gpt"])
     if not gpt.output.weight.is_meta:   # LlamaGen's from-scratch init zeroes the head: uniform logits and, at the
@@ -271,7 +265,7 @@ def build_world(cfg, device, data_seed: int):
                               name=cfg.reward, resize=resize)
     reward_fn = rewards.WeightedReward({cfg.reward: (clip, 1.0)})
     return reward_fn, lpips(cfg.seed + SEED_OFFSETS["lpips"]).to(device), \
-        SyntheticStream(cfg.batch_prompts, image_side(cfg), data_seed)
+        WorldStream(SyntheticWorld(image_side(cfg)), cfg.batch_prompts, data_seed)
 
 
 def banner(cfg) -> str:
@@ -312,5 +306,5 @@ if __name__ == "__main__":
           f"(pads first: {bool(mask[:, -1].all())}); rewards {[round(v, 2) for v in r.tolist()]}; LPIPS(x, x') "
           f"{[round(v, 4) for v in d.tolist()]}; images {tuple(x.shape)}")
     assert cond.shape == (2, 120, 2048) and torch.isfinite(r).all() and (d > 0).all()
-    a, b = SyntheticStream(2, 64, 5), SyntheticStream(2, 64, 5)
+    a, b = WorldStream(SyntheticWorld(64), 2, 5), WorldStream(SyntheticWorld(64), 2, 5)
     assert torch.equal(a.next()[0], b.next()[0]), "the stream is not a function of its seed"

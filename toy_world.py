@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from policy import GPT, GPT_CONFIGS, WordTextEncoder
+from policy import GPT, GPT_CONFIGS
+from text_encoders import WordTextEncoder
 from data import save_grid
 from rewards import ClipReward
 from toy_models import (CLIP_ARCHS, ToyFeatureNet, ToyTokenizer, _cached, _seeded, evaluate, make_clip,

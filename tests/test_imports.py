@@ -20,7 +20,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))          # every top-level *.py
-CONCEPTS = ("vq", "policy", "rewards", "ranke", "shift", "vapi", "data", "eval_fid", "ckpt", "janus")
+CONCEPTS = ("vq", "policy", "rewards", "ranke", "shift", "vapi", "data", "eval_fid", "ckpt", "janus",
+            "text_encoders")
 TOY_PREFIX = "toy_"
 # Every repository import a concept file may make, with the reason. main_only: allowed only in the file's
 # `if __name__ == "__main__":` self-check (the file itself copies without it).

@@ -1,0 +1,89 @@
+"""text_encoders.py: left alignment (D11), the toy word encoder, the light caption cleaner, FLAN-T5 on a tiny local
+model, and the offline hub failing fast. CPU, offline.
+
+Run: pytest -q tests/test_text_encoders.py
+"""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from text_encoders import T5TextEncoder, WordTextEncoder, clean_caption, left_align
+
+WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "big"]
+
+
+def test_left_align_rotates_zeroes_and_flips():
+    feats = torch.arange(2 * 4 * 2, dtype=torch.float32).view(2, 4, 2) + 1
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    out, m = left_align(feats, mask)
+    assert m.tolist() == [[False, False, True, True], [True, True, True, True]]
+    assert torch.equal(out[0, 2:], feats[0, :2]) and torch.count_nonzero(out[0, :2]) == 0
+    assert torch.equal(out[1], feats[1])
+    with pytest.raises(ValueError, match="right-padded"):
+        left_align(feats, mask.flip(1))
+
+
+def test_word_text_encoder():
+    enc = WordTextEncoder(WORDS, 32, 8)
+    cond, mask = enc(["A red circle.", "the big, blue square on the left"])
+    assert cond.shape == (2, 8, 32) and cond.dtype == torch.float32 and mask.dtype == torch.bool
+    assert mask[0].tolist() == [False] * 5 + [True] * 3 and mask[1].tolist() == [False] + [True] * 7
+    assert torch.count_nonzero(cond[0, :5]) == 0
+    i = enc.index
+    torch.testing.assert_close(cond[0, 5], enc.table[i["a"]] + enc.pos[0])   # word vector + position in caption
+    torch.testing.assert_close(cond[0, 7], enc.table[i["circle"]] + enc.pos[2])
+    again, _ = WordTextEncoder(WORDS, 32, 8)(["a red circle", "the big blue square on the left"])
+    assert torch.equal(again, cond)                                          # deterministic, case/punct-insensitive
+    other, _ = WordTextEncoder(WORDS, 32, 8, seed=1)(["a red circle", "the big blue square on the left"])
+    assert not torch.allclose(other, cond)
+    with pytest.raises(ValueError, match="'purple'"):
+        enc(["a purple circle"])
+    with pytest.raises(ValueError, match="max_len"):
+        enc(["a red circle on the left a big blue square"])
+
+
+def test_clean_caption_light():
+    raw = "  Visit https://x.com/a?b=1 <b>BIG</b> Cat &amp; @bob \u201cnow\u201d "
+    assert clean_caption(raw) == 'visit big cat & "now"'
+    assert clean_caption(clean_caption("A\u2014B  c")) == "a-b c"
+
+
+def test_t5_encoder_with_a_tiny_local_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<pad>", "</s>", "<unk>", "a", "big", "red", "cat", "&", "dog"]
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = tokenizers.processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
+                                         unk_token="<unk>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32,
+                                                           num_layers=1, num_heads=2)).eval()
+    t5.save_pretrained(tmp_path)
+    enc = T5TextEncoder(str(tmp_path), max_len=6, dtype=torch.float32)
+    cond, mask = enc(["A <b>BIG</b> cat", "dog"])                                  # cleaned: "a big cat", "dog"
+    assert cond.shape == (2, 6, 16) and cond.dtype == torch.float32
+    assert mask.tolist() == [[False, False, True, True, True, True], [False] * 4 + [True, True]]   # words + </s>
+    assert torch.count_nonzero(cond[~mask]) == 0
+    ids = torch.tensor([[3, 4, 6, 1, 0, 0], [8, 1, 0, 0, 0, 0]])
+    ref = t5(input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state.detach()   # right-padded
+    torch.testing.assert_close(cond[0, 2:], ref[0, :4])
+    torch.testing.assert_close(cond[1, 4:], ref[1, :2])
+
+
+def test_t5_offline_fails_fast_and_informatively():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/nonexistent_hf_home"}
+    code = ("import time, text_encoders; enc = text_encoders.T5TextEncoder('google/flan-t5-xl'); t = time.time()\n"
+            "try:\n    enc(['a cat'])\n"
+            "except FileNotFoundError as e:\n    print('ERR', round(time.time() - t, 1), e)")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "ERR" in r.stdout, r.stdout + r.stderr
+    assert "--local-dir" in r.stdout and "path_or_name" in r.stdout
+    assert float(r.stdout.split()[1]) < 10 and time.time() - t0 < 60

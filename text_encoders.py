@@ -1,0 +1,126 @@
+"""Caption encoders of the policy: captions -> (cond float32 (B,T,D), cond_mask bool (B,T)), left-aligned.
+
+Concept (arXiv 2605.21195 conditions LlamaGen on FLAN-T5-XL caption features; docs/method.md §13.9, D11 in §14):
+the policy (policy.py) reads T caption slots. One text convention everywhere (D11): the L valid feature vectors of a
+caption fill the LAST L slots, pads first and zeroed, mask True on valid slots. Two encoders produce it:
+T5TextEncoder (FLAN-T5-XL, the real backbone, loaded lazily from a local directory or the hub) and WordTextEncoder
+(seeded word vectors + positions, no parameters: the toy world's stand-in). clean_caption is the light caption
+cleaner applied before T5 (a documented deviation below).
+
+Run the self-check (CPU, < 1 s): python text_encoders.py   Tests: pytest -q tests/test_text_encoders.py
+Copy alone: imports torch (and transformers when T5 is first called), no repository file.
+Symbols: B captions, T caption slots (max_len = the policy's cls_token_num), D feature width (caption_dim),
+L valid slots of a caption.
+Follows: FoundationVision/LlamaGen@ce98ec4 language/t5.py, autoregressive/sample/sample_t2i.py:92-106,
+dataset/t2i.py:114-122. Written from the spec, not copied.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+import string
+import urllib.parse
+
+import torch
+
+
+def left_align(feats: torch.Tensor, mask: torch.Tensor):
+    """Right-padded (B,T,D) features + (B,T) mask -> each row rotated so its L valid vectors fill the LAST L slots,
+    mask flipped to pads-first, pads zeroed (sample_t2i.py:92-106; as in training, dataset/t2i.py:114-122)."""
+    B, T = mask.shape
+    L = mask.long().sum(1)                                                        # (B,)
+    ar = torch.arange(T, device=mask.device)
+    if not torch.equal(mask.bool(), ar[None] < L[:, None]):
+        raise ValueError("left_align expects right-padded masks (valid tokens first, then pads)")
+    src = (ar[None] + L[:, None]) % T                                             # (B,T) source slot per output slot
+    out = feats.gather(1, src[..., None].expand_as(feats))                        # (B,T,D)
+    new_mask = ar[None] >= (T - L)[:, None]                                       # (B,T) pads first
+    return out * new_mask[..., None].to(out.dtype), new_mask
+
+
+def clean_caption(text: str) -> str:
+    """Light caption cleaner. DEVIATION: LlamaGen applies PixArt's clean_caption twice (language/t5.py:81-201; needs
+    ftfy + bs4). This keeps its main steps without those dependencies (lowercase, URL-unquote, URLs, HTML tags and
+    entities, @handles, CJK ranges, dash / quote normalisation, whitespace); it is idempotent, so once is enough."""
+    t = urllib.parse.unquote_plus(str(text)).strip().lower()
+    t = re.sub(r"\b(?:https?:|www\.)\S+|@[\w\d]+\b", " ", t)           # URLs, @handles
+    t = re.sub(r"<[^>]*>", " ", html.unescape(html.unescape(t)))        # HTML entities and tags
+    t = re.sub(r"[\u31c0-\u9fff]", " ", t)                              # CJK ranges
+    t = re.sub(r"[\u2010-\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d]", "-", t)   # dashes
+    t = re.sub(r"[\u2018\u2019\u201a\u201b\u2032`\u00b4]", "'", t)                  # quotes
+    t = re.sub(r"[\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033]", '"', t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+class T5TextEncoder:
+    """FLAN-T5-XL encoder (language/t5.py; docs/method.md §13.9), loaded lazily on the first call. The model hub is
+    never required: pass a local directory holding the HF files of google/flan-t5-xl."""
+
+    def __init__(self, path_or_name="google/flan-t5-xl", max_len=120, dtype=torch.bfloat16, device="cpu"):
+        self.path, self.max_len, self.dtype, self.device = path_or_name, max_len, dtype, torch.device(device)
+        self.tokenizer = self.model = None
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]):
+        captions = [captions] if isinstance(captions, str) else captions
+        if self.model is None:  # lazy load
+            import transformers as tf
+            key = "dtype" if tuple(map(int, tf.__version__.split(".")[:2])) >= (4, 56) else "torch_dtype"  # renamed
+            try:
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
+                self.model = tf.T5EncoderModel.from_pretrained(self.path, **{key: self.dtype}).to(self.device).eval()
+            except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
+                raise FileNotFoundError(
+                    f"T5TextEncoder: cannot load {self.path!r} ({type(e).__name__}: {str(e)[:300]}). Put the HF "
+                    f"files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli download "
+                    f"google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a machine with "
+                    f"network, and pass that directory as path_or_name.") from e
+        batch = self.tokenizer([clean_caption(c) for c in captions], max_length=self.max_len, padding="max_length",
+                               truncation=True, add_special_tokens=True, return_tensors="pt")   # right padding, </s>
+        ids, am = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)        # (B,T)
+        h = self.model(input_ids=ids, attention_mask=am).last_hidden_state                     # (B,T,2048)
+        return left_align(h.float(), am.bool())
+
+
+class WordTextEncoder:
+    """Light text encoder for a small word vocabulary (toy world): fixed seeded random word vectors (unit scale) plus
+    sinusoidal positions (index of the word in its caption), no trainable parameters; same left-aligned output as
+    T5TextEncoder. Tokenisation: lowercase, whitespace split, punctuation stripped from both ends of each word."""
+
+    def __init__(self, vocab: list[str], dim: int, max_len: int, seed: int = 0, device="cpu"):
+        words = [w for v in vocab for w in self.tokenize(v)]
+        if len(words) != len(vocab) or len(set(words)) != len(words) or dim % 2:
+            raise ValueError("vocab must hold distinct single words (after lowercase / punctuation strip), dim even")
+        self.index, self.max_len, self.device = {w: i for i, w in enumerate(words)}, max_len, torch.device(device)
+        self.table = torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed)) / math.sqrt(dim)
+        pos = torch.arange(max_len).float()[:, None] * 10000.0 ** (-torch.arange(0, dim, 2).float() / dim)  # (L, D/2)
+        self.pos = torch.stack([pos.sin(), pos.cos()], -1).flatten(1) / math.sqrt(dim / 2)   # (max_len, D) unit rows
+
+    @staticmethod
+    def tokenize(caption: str) -> list[str]:
+        return [w for w in (t.strip(string.punctuation) for t in caption.lower().split()) if w]
+
+    def __call__(self, captions: list[str]):
+        captions = [captions] if isinstance(captions, str) else captions   # like the T5 tokenizer
+        feats = torch.zeros(len(captions), self.max_len, self.table.shape[1])
+        mask = torch.zeros(len(captions), self.max_len, dtype=torch.bool)
+        for b, c in enumerate(captions):
+            words = self.tokenize(c)
+            bad = [w for w in words if w not in self.index]
+            if bad or not 1 <= len(words) <= self.max_len:
+                raise ValueError(f"unknown word {bad[0]!r} in caption {c!r}: not in the encoder's vocabulary" if bad
+                                 else f"caption {c!r} has {len(words)} words; need 1..max_len={self.max_len}")
+            feats[b, :len(words)] = self.table[[self.index[w] for w in words]] + self.pos[:len(words)]
+            mask[b, :len(words)] = True
+        cond, m = left_align(feats, mask)                                             # pads first, zeroed
+        return cond.to(self.device), m.to(self.device)
+
+
+if __name__ == "__main__":
+    enc = WordTextEncoder("a red blue circle square on the left".split(), dim=8, max_len=6)
+    cond, mask = enc(["A red circle.", "a blue square on the left"])
+    print("cond", tuple(cond.shape), "mask", mask.int().tolist())
+    print("clean_caption:", repr(clean_caption("  Visit https://x.com <b>BIG</b> Cat &amp; \u201cnow\u201d ")))
+    assert mask[0].tolist() == [False] * 3 + [True] * 3 and torch.count_nonzero(cond[0, :3]) == 0
+    assert torch.equal(cond, enc(["a red circle", "a blue square on the left"])[0]), "not case/punctuation-insensitive"
