@@ -107,19 +107,6 @@ def evaluate_toy_decoders(sample_tokens, captions, real_images, *, decoders, eva
     return rows
 
 
-@torch.no_grad()
-def evaluate_toy_bundle(bundle, sample_tokens, *, n, generator, split="train", batch_size=64, device="cpu",
-                        with_reward=True):
-    """evaluate_toy on a toy_world.ToyBundle: n captioned real scenes of `split` (plus n more, disjoint, for the LCS
-    floor) drawn with `generator`; sample_tokens: list[str] -> (B, N) (e.g. policy.sample + bundle.text_encoder)."""
-    real, captions = bundle.world.sample(n, generator, split)
-    real_b, _ = bundle.world.sample(n, generator, split)
-    return evaluate_toy(sample_tokens, captions, real, decode=bundle.vq.decode_indices,
-                        eval_clip_fn=bundle.eval_clip_fn, feature_fn=bundle.feature_fn, check=bundle.world.check,
-                        encode_indices=bundle.vq.encode_indices, K=bundle.vq.cfg.codebook_size, real_images_b=real_b,
-                        reward_fn=bundle.reward_fn if with_reward else None, batch_size=batch_size, device=device)
-
-
 def read_train_ckpt(path, flag="--ckpt"):
     """A train.py checkpoint -> its dict (config, gpt, vq, ema_vq, step, ...). Missing file, folder, empty or
     corrupt file, or a file that is not a train.py checkpoint: ckpt.CkptError with a one-line message naming `flag`."""

@@ -44,33 +44,6 @@ def test_evaluate_toy_with_fake_world():
     assert collapsed["real_floor_nats"] == exact["real_floor_nats"] > 0
 
 
-def test_evaluate_toy_bundle_uses_bundle_fields():
-    from types import SimpleNamespace
-    K, N = 8, 4
-    sampled = []
-
-    class World:
-        def sample(self, n, generator, split="train"):
-            sampled.append(split)
-            z = torch.randint(0, K, (n, N), generator=generator)
-            return vq.decode_indices(z), [f"c{i}" for i in range(n)]
-
-        def check(self, x, caps):
-            return torch.full((len(caps),), 0.5)
-
-    decode = lambda z: (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1)  # noqa: E731
-    encode = lambda x: ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long()  # noqa: E731
-    vq = SimpleNamespace(cfg=SimpleNamespace(codebook_size=K), decode_indices=decode, encode_indices=encode)
-    bundle = SimpleNamespace(world=World(), vq=vq, eval_clip_fn=lambda x, c: torch.full((len(c),), 20.0),
-                             feature_fn=lambda x: x.flatten(1)[:, :4].double(),
-                             reward_fn=lambda x, c: (x.mean((1, 2, 3)) * 0 + 0.25, {}))
-    res = te.evaluate_toy_bundle(bundle, lambda caps: torch.randint(0, K, (len(caps), N)), n=30,
-                                 generator=torch.Generator().manual_seed(0), split="heldout")
-    assert sampled == ["heldout", "heldout"] and res["check"] == 0.5 and res["clip"] == 20.0 and res["n"] == 30
-    assert res["reward"] == 0.25
-    assert res["real_floor_nats"] > 0 and res["lcs_kl_nats"] >= 0 and res["fid"] >= 0
-
-
 # ------------------------------------------------------------------------------------------- a checkpoint row
 @pytest.fixture(scope="module")
 def fake_run(toy_cache, tmp_path_factory):
