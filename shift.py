@@ -147,6 +147,29 @@ def report(tokens_model, tokens_real, K, tokens_real2=None, seed=0, eps=1e-10):
             "max_entropy_bits": math.log2(K)}
 
 
+@torch.no_grad()
+def reencode_agreement(tokens, decode, encode_indices, *, batch_size=64):
+    """How faithfully the decoder renders a set of token grids (the shift beyond histograms): decode z, re-encode the
+    image with the frozen encoder, decode again.
+        agree = mean 1[E(Dec(z)) == z]            (fraction of tokens that survive the round trip)
+        cycle_l1 = mean |Dec(z) - Dec(E(Dec(z)))|  (pixels in [-1, 1])
+    Applied to the policy's tokens and to the VQ tokens of real images: the real row is what the decoder does on its
+    own training distribution, so the gap between the two rows is the decoder's error on the shifted tokens.
+    tokens (M, N) int; decode: (B, N) -> (B,3,S,S) in [-1,1]; encode_indices: (B,3,S,S) -> (B, N).
+    Returns {"agree": float, "cycle_l1": float}."""
+    same, l1, n_tok, n_pix = 0, 0.0, 0, 0
+    for s in range(0, tokens.shape[0], batch_size):
+        z = tokens[s:s + batch_size]                                      # (B, N)
+        x = decode(z).float().clamp(-1, 1)                                # (B,3,S,S)
+        z2 = encode_indices(x).to(z.device).view(z.shape)                 # (B, N)
+        x2 = decode(z2).float().clamp(-1, 1)
+        same += int((z2 == z).sum())
+        n_tok += z.numel()
+        l1 += float((x - x2).abs().sum())
+        n_pix += x.numel()
+    return {"agree": same / n_tok, "cycle_l1": l1 / n_pix}
+
+
 def _self_check():
     # Synthetic histograms: KL(pi || uniform) = ln K - H_nats(pi) exactly, so a reader can verify the numbers.
     K = 16

@@ -36,11 +36,13 @@ import ckpt
 import policy
 import shift
 import toy_world
-from eval_fid import feature_stats, frechet_distance
+from eval_fid import feature_stats, frechet_distance, kernel_inception_distance
 
-TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")   # the printed table row
+TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "kid", "lcs_kl",
+               "reencode_agree")   # the printed table row
 LABELS = {"reward": "reward (toy CLIP x100)", "clip": "eval CLIP x100", "check_train": "checker acc. train",
-          "check_heldout": "checker acc. held-out", "fid": "toy FID", "lcs_kl": "LCS KL (nats)"}
+          "check_heldout": "checker acc. held-out", "fid": "toy FID", "kid": "toy KID", "lcs_kl": "LCS KL (nats)",
+          "reencode_agree": "re-encode agreement"}
 DECODERS = ("online", "ema", "base")
 CKPT_WHAT = ("a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt, written by `python train.py --out_dir OUT_DIR`), "
              "or omit --ckpt to score the toy base models")
@@ -87,23 +89,31 @@ def evaluate_toy_decoders(sample_tokens, captions, real_images, *, decoders, eva
             o["acc"].append(torch.as_tensor(check(x, caps)).double().cpu())
             if reward_fn is not None:
                 o["rew"].append(reward_fn(x01, caps)[0].double().cpu())
-    real_feats = [np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(), np.float64)
-                  for s in range(0, real_images.shape[0], batch_size)]
-    mu_r, s_r = feature_stats(np.concatenate(real_feats))
-    lcs_by_encoder, rows = {}, {}
-    for name, (_, encode_indices) in decoders.items():
+    real_feats = np.concatenate([np.asarray(feature_fn((real_images[s:s + batch_size].to(device) + 1) / 2).cpu(),
+                                            np.float64) for s in range(0, real_images.shape[0], batch_size)])
+    mu_r, s_r = feature_stats(real_feats)
+    lcs_by_encoder, real_tok, rows, tok = {}, {}, {}, torch.cat(tok)        # tok: (M, N)
+    for name, (decode, encode_indices) in decoders.items():
         if encode_indices not in lcs_by_encoder:     # same encoder -> same real tokens -> same LCS: computed once
             enc = lambda imgs: torch.cat([encode_indices(imgs[s:s + batch_size].to(device)).cpu()  # noqa: E731
                                           for s in range(0, imgs.shape[0], batch_size)])
+            real_tok[encode_indices] = enc(real_images)                                          # (M, N)
             # LCS (docs/method.md §10): p_GT = the VQ tokens of real scenes, pi = the sampled tokens, floor = real
             # vs real
-            lcs_by_encoder[encode_indices] = shift.report(torch.cat(tok), enc(real_images), K,
+            lcs_by_encoder[encode_indices] = shift.report(tok, real_tok[encode_indices], K,
                                                           None if real_images_b is None else enc(real_images_b))
         o = out[name]
-        mu_f, s_f = feature_stats(np.concatenate(o["feats"]))
-        rows[name] = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "clip": float(torch.cat(o["clip"]).mean()),
-                      "check": float(torch.cat(o["acc"]).mean()), **lcs_by_encoder[encode_indices],
-                      "n": len(captions), **({"reward": float(torch.cat(o["rew"]).mean())} if o["rew"] else {})}
+        feats = np.concatenate(o["feats"])                                                       # (M, F)
+        mu_f, s_f = feature_stats(feats)
+        kid, kid_se = kernel_inception_distance(feats, real_feats)
+        # the shift beyond histograms: the decode -> re-encode round trip on the policy's tokens and on real tokens
+        rt = {f"{who}_{k}": v for who, z in (("reencode", tok), ("real_reencode", real_tok[encode_indices]))
+              for k, v in shift.reencode_agreement(z, lambda t: decode(t.to(device)), encode_indices,
+                                                   batch_size=batch_size).items()}
+        rows[name] = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "kid": kid, "kid_se": kid_se,
+                      "clip": float(torch.cat(o["clip"]).mean()), "check": float(torch.cat(o["acc"]).mean()),
+                      **lcs_by_encoder[encode_indices], **rt, "n": len(captions),
+                      **({"reward": float(torch.cat(o["rew"]).mean())} if o["rew"] else {})}
     return rows
 
 
@@ -196,8 +206,11 @@ def evaluate_toy_checkpoint_decoders(ckpt_path, decoders, *, toy_cache=".cache/t
         for d, (decode, _) in dec.items():
             ho[d].append(torch.as_tensor(b.world.check(decode(z).clamp(-1, 1), caps)).double())
     return {d: {"reward": tr[d]["reward"], "clip": tr[d]["clip"], "check_train": tr[d]["check"],
-                "check_heldout": float(torch.cat(ho[d]).mean()), "fid": tr[d]["fid"], "lcs_kl": tr[d]["lcs_kl_nats"],
-                "lcs_floor": tr[d].get("real_floor_nats", float("nan")), "step": ck["step"] if ck else 0}
+                "check_heldout": float(torch.cat(ho[d]).mean()), "fid": tr[d]["fid"], "kid": tr[d]["kid"],
+                "kid_se": tr[d]["kid_se"], "lcs_kl": tr[d]["lcs_kl_nats"],
+                "lcs_floor": tr[d].get("real_floor_nats", float("nan")),
+                **{k: tr[d][k] for k in ("reencode_agree", "reencode_cycle_l1", "real_reencode_agree",
+                                         "real_reencode_cycle_l1")}, "step": ck["step"] if ck else 0}
             for d in decoders}
 
 

@@ -214,7 +214,10 @@ def write_report(args, base, results):
     import matplotlib
     matplotlib.use("Agg")                                   # files only, no display
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
+    rows = -(-(len(LABELS) + len(TRAIN_CURVES)) // 4)                    # every panel below, 4 per row
+    fig, axes = plt.subplots(rows, 4, figsize=(17, 3.5 * rows))
+    for ax in axes.flat[len(LABELS) + len(TRAIN_CURVES):]:
+        ax.axis("off")
     for ax, (k, label) in zip(axes.flat, LABELS.items()):     # evaluated checkpoints: mean +- std over seeds
         for method, by_seed in results.items():
             if method.endswith(BASE_DEC):                   # final step only: no curve
