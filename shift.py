@@ -6,20 +6,25 @@ LCS measures how far the policy's token distribution has drifted from the real o
     LCS = D_KL(pi_theta || p_GT) = sum_k pi(k) ln(pi(k) / p_GT(k))      (nats; model first, real second)
     H(pi) = -sum_k pi(k) log2 pi(k)                                      (bits; max log2 K = 14 for K = 16384)
 
-Choices (docs/method.md §10 "recommended protocol"; the paper's own protocol is unpublished):
+The protocol (docs/method.md §10): the paper's, from its Fig. 1 caption. p_GT comes from N = 5,000 real MS-COCO images
+(`PAPER_N_REAL`, `PAPER_REAL_SOURCE`), and its "Real" bar is the KL between two independently sampled real sets of N
+images each, encoded by the same frozen tokenizer: the finite-sample floor (`real_floor`). `report` takes both real
+sets and refuses to run without the second one; `two_real_sets` draws the two disjoint sets of N from a pool (e.g.
+COCO val2014's 40,504 images). The caption does not say which COCO split, how many model samples, or how the
+histograms are smoothed; this file's choices for those:
 - Histograms pool all N positions of all images into K bins (the unigram marginal); a per-position variant is
   available (`per_position=True`, (N, K)).
 - Smoothing: eps = 1e-10 is added to EVERY bin of both histograms, which are then renormalised. It only keeps
   ln(pi/p) finite where the real histogram has an empty bin; with eps = 1e-10 such a bin contributes about
   pi(k) * ln(pi(k) / 1e-10), i.e. a large penalty, so empty real bins are not hidden.
-- The noise floor: KL between two disjoint real sets of the same size (`real_floor`); the page's "Real 0.0279" bar
-  is most likely such a floor. It shrinks roughly like (K - 1) / (2 n) with n tokens per set, so always compare
-  models at the same sample count and report the floor beside them.
+- The floor shrinks roughly like (K - 1) / (2 n) with n tokens per set, so sample as many model images as real ones
+  and always compare models at the same counts. `split_floor=True` (CLI --split_floor) is the older fallback for a
+  single real set: the KL between its two random halves, a floor at half the count (larger than the paper's).
 
 Run the self-check:  python shift.py
-CLI:                 python shift.py --tokens_model a.pt --tokens_real b.pt --K 16384 [--tokens_real2 c.pt]
-                     (each .pt holds an int tensor of token ids (M, N); without --tokens_real2 the floor is taken
-                      between two random halves of --tokens_real, i.e. at half the sample count)
+CLI:                 python shift.py --tokens_model a.pt --tokens_real b.pt --tokens_real2 c.pt --K 16384
+                     (each .pt holds an int tensor of token ids (M, N); b and c: two independent real sets of the same
+                      size; --split_floor instead of --tokens_real2 splits b into halves)
 Tests:               pytest tests/test_shift.py
 Depends on: torch; no repository file (copies alone). Real-image files -> tensors: data.image_batches.
 Symbols: M images, N = h*w image tokens per image, K codebook size.
@@ -28,6 +33,11 @@ import argparse
 import math
 
 import torch
+
+# The paper's protocol (arXiv 2605.21195, Fig. 1 caption): p_GT from 5,000 real MS-COCO images; "Real" = the KL between
+# two independently sampled real sets (of that size here), encoded by the same frozen tokenizer.
+PAPER_N_REAL = 5000
+PAPER_REAL_SOURCE = "MS-COCO (split not stated; e.g. val2014, the FID reference of docs/method.md §11)"
 
 
 def token_counts(tokens, K, per_position=False):
@@ -90,7 +100,8 @@ def entropy_bits(hist):
 
 
 def real_floor(tokens_a, tokens_b, K, eps=1e-10):
-    """KL between the histograms of two disjoint real token sets: the finite-sample noise floor of lcs_kl."""
+    """KL between the histograms of two independent real token sets of the same size: the finite-sample floor of
+    lcs_kl (the paper's "Real" bar, docs/method.md §10)."""
     return float(lcs_kl(token_histogram(tokens_a, K), token_histogram(tokens_b, K), eps))
 
 
@@ -106,7 +117,8 @@ def histogram_from_images(encode_indices, batches, K):
     batches: an iterable of (B, 3, H, W) float tensors in [-1, 1]. For image FILES use
     data.image_batches(paths, S, batch_size): the training preprocessing (data.preprocess), so p_GT is measured on
     the images the model trains on (this file stays free of image I/O and copies alone).
-    Returns (probabilities (K,) float64, all tokens (M, N) int64) so the caller can also split for real_floor."""
+    Returns (probabilities (K,) float64, all tokens (M, N) int64). Call it once per real set (two_real_sets): the
+    tokens of both sets go to report / real_floor."""
     if isinstance(batches, (list, tuple)) and batches and isinstance(batches[0], str):
         raise TypeError("histogram_from_images takes tensor batches, not file paths: pass "
                         "data.image_batches(paths, image_size, batch_size) (data.py, the training preprocessing)")
@@ -130,16 +142,40 @@ def histogram_from_sampler(sample_tokens, prompts, K, *, batch_size=32):
     return token_histogram(tokens, K), tokens
 
 
-def report(tokens_model, tokens_real, K, tokens_real2=None, seed=0, eps=1e-10):
-    """KL, entropies and floor as plain floats. Without tokens_real2 the floor is measured between two random
-    halves of tokens_real (so at half the sample count: an upper estimate of the full-size floor)."""
+def two_real_sets(items, n=PAPER_N_REAL, seed=0):
+    """Two disjoint random sets of n items each (image paths, say) from a pool: p_GT's set and the floor's second
+    set of the paper's protocol (n = 5,000 MS-COCO images, docs/method.md §10). Seeded, so the sets are reproducible."""
+    items = list(items)
+    if n < 1 or len(items) < 2 * n:
+        raise ValueError(f"two_real_sets: need 2 x n = {2 * n} real items, the pool has {len(items)}; pass a larger "
+                         f"pool or a smaller n (the paper uses n = {PAPER_N_REAL})")
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [items[i] for i in perm[:n]], [items[i] for i in perm[n:2 * n]]
+
+
+def report(tokens_model, tokens_real, K, tokens_real2=None, seed=0, eps=1e-10, *, split_floor=False):
+    """KL(pi_model || p_real), both entropies and the real-vs-real floor as plain floats, by the paper's protocol:
+    tokens_real (M, N) gives p_GT and tokens_real2, a second real set of the same size M encoded by the same
+    tokenizer, gives the floor KL(real || real2). split_floor=True (no tokens_real2) instead takes the floor between
+    two random halves of tokens_real (seeded by `seed`): a floor at half the count, larger than the paper's."""
     h_model, h_real = token_histogram(tokens_model, K), token_histogram(tokens_real, K)
-    if tokens_real2 is None:
-        perm = torch.randperm(tokens_real.shape[0], generator=torch.Generator().manual_seed(seed))
-        half = tokens_real.shape[0] // 2
+    n_real = int(torch.as_tensor(tokens_real).shape[0])
+    if split_floor:
+        if tokens_real2 is not None:
+            raise ValueError("report: pass tokens_real2 (the paper's floor) or split_floor=True, not both")
+        perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(seed))
+        half = n_real // 2
         if half == 0:
-            raise ValueError("need at least 2 real images to split for the floor (or pass tokens_real2)")
+            raise ValueError("report: need at least 2 real images to split for the floor")
         floor = real_floor(tokens_real[perm[:half]], tokens_real[perm[half:2 * half]], K, eps)
+    elif tokens_real2 is None:
+        raise ValueError(f"report: the real-vs-real floor needs a second real set (the paper: two independently "
+                         f"sampled sets of {PAPER_N_REAL} MS-COCO images, docs/method.md §10); pass tokens_real2 "
+                         f"(shift.two_real_sets draws both from one pool), or split_floor=True for two halves of "
+                         f"tokens_real (a floor at half the count)")
+    elif int(torch.as_tensor(tokens_real2).shape[0]) != n_real:
+        raise ValueError(f"report: the two real sets must have the same size (the floor depends on it): tokens_real "
+                         f"has {n_real} images, tokens_real2 {int(torch.as_tensor(tokens_real2).shape[0])}")
     else:
         floor = real_floor(tokens_real, tokens_real2, K, eps)
     return {"lcs_kl_nats": float(lcs_kl(h_model, h_real, eps)), "entropy_model_bits": float(entropy_bits(h_model)),
@@ -192,20 +228,30 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Latent Covariate Shift: KL(pi_model || p_real), entropies, floor")
     ap.add_argument("--tokens_model", help="torch .pt with an int tensor (M, N) of policy-sampled token ids")
     ap.add_argument("--tokens_real", help="torch .pt with an int tensor (M, N) of VQ-encoded real token ids")
-    ap.add_argument("--tokens_real2", default=None, help="optional disjoint real set for the floor")
+    ap.add_argument("--tokens_real2", default=None, help=f"a second, independent real set of the same size: the "
+                    f"floor (the paper: two sets of {PAPER_N_REAL} MS-COCO images)")
+    ap.add_argument("--split_floor", action="store_true", help="no second real set: floor between two halves of "
+                    "--tokens_real (at half the count, larger than the paper's floor)")
     ap.add_argument("--K", type=int, default=16384, help="codebook size")
     ap.add_argument("--eps", type=float, default=1e-10, help="smoothing added to every bin before renormalising")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random halves when --tokens_real2 is absent")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random halves of --split_floor")
     args = ap.parse_args(argv)
     if args.tokens_model is None and args.tokens_real is None:
         return _self_check()
     if args.tokens_model is None or args.tokens_real is None:
         ap.error("pass both --tokens_model and --tokens_real (or neither, for the self-check)")
+    if (args.tokens_real2 is None) == (not args.split_floor):
+        ap.error(f"pass --tokens_real2 (a second real set of the same size: the paper's floor, 2 x {PAPER_N_REAL} "
+                 f"images) or --split_floor (two halves of --tokens_real), exactly one of them")
     load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
-    r = report(load(args.tokens_model), load(args.tokens_real), args.K,
-               None if args.tokens_real2 is None else load(args.tokens_real2), seed=args.seed, eps=args.eps)
+    model, real = load(args.tokens_model), load(args.tokens_real)
+    r = report(model, real, args.K, None if args.tokens_real2 is None else load(args.tokens_real2), seed=args.seed,
+               eps=args.eps, split_floor=args.split_floor)
     for k, v in r.items():
         print(f"{k:>20s} {v:.6f}")
+    print(f"{'images':>20s} model {model.shape[0]}, real {real.shape[0]}"
+          + (" (floor: two halves of them)" if args.split_floor else " per set")
+          + ("" if model.shape[0] == real.shape[0] else "; sample as many model images as real ones"))
 
 
 if __name__ == "__main__":

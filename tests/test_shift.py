@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from shift import (entropy_bits, histogram_from_images, histogram_from_sampler, lcs_kl, real_floor, report,
-                   token_counts, token_histogram)
+from shift import (PAPER_N_REAL, entropy_bits, histogram_from_images, histogram_from_sampler, lcs_kl, real_floor,
+                   report, token_counts, token_histogram, two_real_sets)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,14 +144,68 @@ def test_helpers_from_images_and_sampler(tmp_path):
 def test_report_and_cli(tmp_path):
     g = torch.Generator().manual_seed(0)
     real = torch.randint(0, 32, (40, 16), generator=g)
+    real2 = torch.randint(0, 32, (40, 16), generator=g)
     model = torch.randint(0, 16, (40, 16), generator=g)  # uses only half the codebook
-    r = report(model, real, 32)
+    r = report(model, real, 32, real2)                   # toy_eval's positional call: the second real set 4th
     assert r["lcs_kl_nats"] > 5 * r["real_floor_nats"] > 0
+    assert r["real_floor_nats"] == real_floor(real, real2, 32)
     assert r["entropy_model_bits"] < r["entropy_real_bits"] <= 5.0
-    torch.save(model, tmp_path / "m.pt")
-    torch.save(real, tmp_path / "r.pt")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "shift.py"), "--tokens_model", str(tmp_path / "m.pt"),
-                          "--tokens_real", str(tmp_path / "r.pt"), "--K", "32"],
-                         capture_output=True, text=True, check=True).stdout
-    kl_line = [l for l in out.splitlines() if "lcs_kl_nats" in l][0]
-    assert abs(float(kl_line.split()[-1]) - r["lcs_kl_nats"]) < 1e-5
+    for name, t in (("m", model), ("r", real), ("r2", real2)):
+        torch.save(t, tmp_path / f"{name}.pt")
+    cli = [sys.executable, os.path.join(ROOT, "shift.py"), "--tokens_model", str(tmp_path / "m.pt"),
+           "--tokens_real", str(tmp_path / "r.pt"), "--K", "32"]
+    out = subprocess.run(cli + ["--tokens_real2", str(tmp_path / "r2.pt")], capture_output=True, text=True,
+                         check=True).stdout
+    values = {l.split()[0]: l.split()[-1] for l in out.splitlines()}
+    assert abs(float(values["lcs_kl_nats"]) - r["lcs_kl_nats"]) < 1e-5
+    assert abs(float(values["real_floor_nats"]) - r["real_floor_nats"]) < 1e-5
+    assert "model 40, real 40 per set" in out
+    # without a second real set the CLI refuses, naming both ways out
+    res = subprocess.run(cli, capture_output=True, text=True)
+    assert res.returncode == 2 and "--tokens_real2" in res.stderr and "--split_floor" in res.stderr
+    halves = subprocess.run(cli + ["--split_floor"], capture_output=True, text=True, check=True).stdout
+    assert "two halves" in halves
+
+
+def test_report_follows_the_papers_protocol():
+    # p_GT from N real images, the floor from a second, independent real set of N: no second set is an error (it
+    # used to fall back to two halves of one set, a floor at half the count), and so are sets of different sizes
+    g = torch.Generator().manual_seed(3)
+    real, real2, model = (torch.randint(0, 8, (20, 4), generator=g) for _ in range(3))
+    with pytest.raises(ValueError, match="tokens_real2.*split_floor"):
+        report(model, real, 8)
+    with pytest.raises(ValueError, match="same size"):
+        report(model, real, 8, real2[:10])
+    with pytest.raises(ValueError, match="not both"):
+        report(model, real, 8, real2, split_floor=True)
+    # split_floor: the floor between two seeded random halves of the one real set
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(5))
+    r = report(model, real, 8, seed=5, split_floor=True)
+    assert r["real_floor_nats"] == real_floor(real[perm[:10]], real[perm[10:]], 8)
+    assert PAPER_N_REAL == 5000
+
+
+def test_split_floor_sits_at_half_the_count():
+    # why the paper's protocol matters: two halves of N images give about twice the floor of two sets of N
+    K, N, tok = 64, 100, 16                              # 1,600 tokens per set: no empty bin (eps would dominate)
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(0.3 * torch.randn(K, generator=g), 0)
+    draw = lambda: torch.multinomial(p, N * tok, replacement=True, generator=g).view(N, tok)  # noqa: E731
+    two_sets, halves = [], []
+    for seed in range(20):
+        real, real2 = draw(), draw()
+        two_sets.append(report(real, real, K, real2)["real_floor_nats"])
+        halves.append(report(real, real, K, seed=seed, split_floor=True)["real_floor_nats"])
+    ratio = sum(halves) / sum(two_sets)
+    assert 1.6 < ratio < 2.5, ratio
+
+
+def test_two_real_sets_are_disjoint_seeded_and_sized():
+    pool = [f"img{i}.jpg" for i in range(25)]
+    a, b = two_real_sets(pool, n=10, seed=1)
+    assert len(a) == len(b) == 10 and not set(a) & set(b) and set(a) | set(b) <= set(pool)
+    assert (a, b) == two_real_sets(pool, n=10, seed=1) and (a, b) != two_real_sets(pool, n=10, seed=2)
+    with pytest.raises(ValueError, match="need 2 x n = 30"):
+        two_real_sets(pool, n=15)
+    with pytest.raises(ValueError, match="5000"):
+        two_real_sets(pool)                              # the paper's N by default

@@ -32,9 +32,10 @@ def test_evaluate_toy_with_fake_world():
 
     captions = [str(i) for i in range(M)]
     real_images = decode(real_tokens)
+    real_images_b = decode(torch.randint(0, K, (M, N), generator=g))    # the LCS floor's second real set
     common = dict(decode=decode, eval_clip_fn=lambda x, c: x.mean((1, 2, 3)) * 100,
                   feature_fn=lambda x: x.flatten(1)[:, :4].double(), check=lambda x, c: torch.ones(len(c)),
-                  encode_indices=encode_indices, K=K, batch_size=16)
+                  encode_indices=encode_indices, K=K, batch_size=16, real_images_b=real_images_b)
     exact = te.evaluate_toy(lambda caps: real_tokens[[int(c) for c in caps]], captions, real_images, **common)
     assert abs(exact["fid"]) < 1e-6 and exact["lcs_kl_nats"] < 1e-9 and exact["check"] == 1.0 and exact["n"] == M
     assert exact["entropy_model_bits"] == pytest.approx(exact["entropy_real_bits"])
