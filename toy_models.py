@@ -156,7 +156,8 @@ def _cached(folder, name, model, train, deps, build):
                                 "or remake them with `python toy_world.py --rebuild`")
     t0 = time.time()
     model.train()
-    train(model)
+    with torch.enable_grad():           # a caller under no_grad (toy_eval's evaluation of an unbuilt config) still trains
+        train(model)
     model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
     #                                     loop's first optimizer steps would otherwise add the last training grads)
     # Stored in fp16 (halves the shipped toy_assets/ to ~15 MB) and the model rounded to the stored values in place,

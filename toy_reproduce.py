@@ -111,23 +111,7 @@ def main():
                                     str(args.steps), "--out_dir", d, "--toy_cache", args.toy_cache, "--toy_preset",
                                     args.toy_preset, "--resume", *args.extra.split()],
                           os.path.join(d, "train.log"), (d, method)))
-    running = []
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            kind, cmd, log, run = queue.pop(0)
-            print("+", " ".join(cmd), flush=True)
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), log, run))
-        time.sleep(1)
-        for job in list(running):
-            p, log, run = job
-            if p.poll() is None:
-                continue
-            running.remove(job)
-            if p.returncode != 0:
-                raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
-            if run:
-                queue[:0] = eval_jobs(*run)
+    run_queue(queue, args.jobs, env, lambda run: eval_jobs(*run))
     base = json.load(open(base_json))["online"]
     results = {}                                             # method -> seed -> step -> row
     for method in args.methods:
@@ -142,6 +126,29 @@ def main():
     args.wall = (f"{(time.time() - t_start) / 60:.1f} min wall time for this invocation ({args.jobs} processes at a "
                  f"time, {env['OMP_NUM_THREADS']} threads each; runs and evaluations found on disk are reused)")
     write_report(args, base, results)
+
+
+def run_queue(queue, jobs, env, follow_up):
+    """Run a queue of (kind, argv, log file, run) jobs as subprocesses, `jobs` at a time, each writing to its log.
+    When a job with a run (not None) finishes, follow_up(run) -> list of jobs goes to the FRONT of the queue (a
+    finished training run's evaluations start next). A failing job stops everything, naming its log."""
+    running = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            kind, cmd, log, run = queue.pop(0)
+            print("+", " ".join(cmd), flush=True)
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), log, run))
+        time.sleep(1)
+        for job in list(running):
+            p, log, run = job
+            if p.poll() is None:
+                continue
+            running.remove(job)
+            if p.returncode != 0:
+                raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
+            if run:
+                queue[:0] = follow_up(run)
 
 
 def running_mean(x, w=20):
