@@ -28,8 +28,9 @@ Randomness is explicit: `PairStream` draws a per-epoch permutation from (seed, r
 position, so `state_dict()` / `load_state_dict()` resume the exact stream.
 
 Images out: `to_uint8` (clamp(127.5 x + 128, 0, 255), the LlamaGen / RankE evaluation convention, docs/method.md
-§11) is the one [-1,1] -> uint8 conversion; `save_grid` writes one PNG row per prompt (train.py's samples, the toy
-world's quality grid) with the captions in a .txt beside it.
+§11) is the [-1,1] -> uint8 conversion; `to_uint8_janus` (half a level darker) is the released Janus samplers' one,
+used for Janus evaluation images only (sample.py); `save_grid` writes one PNG row per prompt (train.py's samples, the
+toy world's quality grid) with the captions in a .txt beside it.
 
 Self-check: `python data.py` (writes a small tar with one corrupt image and one empty caption, reads it back,
 writes a sample grid).
@@ -96,12 +97,19 @@ def image_batches(paths, size: int, batch_size: int = 32):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Images out: the one [-1,1] -> uint8 conversion and the sample grid
+# Images out: the [-1,1] -> uint8 conversions and the sample grid
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Decoder output in [-1, 1] (any shape, e.g. (B,3,H,W)) -> uint8: clamp(127.5 x + 128, 0, 255), truncated
     (the LlamaGen / RankE evaluation convention, docs/method.md §11)."""
     return (127.5 * x.detach().float() + 128.0).clamp(0, 255).to(torch.uint8)
+
+
+def to_uint8_janus(x: torch.Tensor) -> torch.Tensor:
+    """Janus decoder output in [-1, 1] -> uint8 as the released Janus samplers convert it: clip((x + 1) / 2 * 255, 0,
+    255) truncated, i.e. floor(127.5 x + 127.5), half a level below to_uint8. Same float32 operations in the same
+    order, so the same bytes (Follows RankE janus/sample/sample_t2i_ddp_coco.py:211-212)."""
+    return ((x.detach().float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(path: str, images: torch.Tensor, captions, G: int) -> None:

@@ -1,36 +1,39 @@
-"""Evaluation of RankE (arXiv 2605.21195; docs/method.md §11): COCO-30K FID + CLIP score, HPSv2.1 benchmark, GenEval
-sampling. The toy world's metrics (toy FID, toy CLIP, attribute check, LCS) are in toy_eval.py, which builds on the
-Frechet distance here; this file imports no toy file.
+"""Evaluation of RankE (arXiv 2605.21195; docs/method.md §11): COCO-30K FID + CLIP score, HPSv2.1 benchmark, and
+what the official evaluators read from sample.py's folders. The toy world's metrics (toy FID, toy CLIP, attribute
+check, LCS) are in toy_eval.py, which builds on the Frechet distance here; this file imports no toy file.
 
 - frechet_distance / feature_stats: FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64, scipy sqrtm.
 - InceptionFeatures: clean-fid's "clean" mode, reimplemented without the clean-fid package: the StyleGAN2-ADA
   TorchScript port of the TF FID Inception (inception-2015-12-05.pt, the file clean-fid itself downloads), inputs
-  resized per channel with PIL float bicubic to 299 (no uint8 rounding), (x - 128) / 128, pool3 2048-d.
+  resized per channel with PIL float bicubic to 299 (no uint8 rounding) and clipped to [0, 255], (x - 128) / 128,
+  pool3 2048-d.
   Adapted from: clean-fid cleanfid/resize.py (make_resizer "PIL", quantize_after=False), features.py InceptionV3W.
-- COCO-30K: captions csv (header Prompt) cycled to n; one sample per caption through a user generate(captions)
-  callable; images/{idx:06d}.png (resumable); centre-crop-long-edge + Lanczos to eval_res for both image sets;
-  reference = whole reference folder (val2014, 40,504 images), statistics cached in a .npz keyed by the folder's
-  file list + settings (the released script recomputes them on every call: same numbers, less time).
+- COCO-30K: a sample.py folder, images/{idx:06d}.png paired with the lines of captions.txt as LlamaGen's
+  evaluations/t2i/evaluation.py pairs them; centre-crop-long-edge + Lanczos to eval_res for both image sets;
+  reference = every image of ref_dir/val2014 (40,504; ref_dir as in LlamaGen's tool), statistics cached in a .npz
+  keyed by the folder's file list + settings (the released script recomputes them on every call).
 - CLIP score: OpenAI CLIP ViT-B/32, caption prefixed "A photo depicts ", bicubic resize to 224, mean cosine x 100.
-- HPSv2: HPDv2 benchmark, 4 styles, HPS v2.1 (rewards.make_reward("hpsv2")), raw scores (not x100), mean per style.
+- HPSv2: HPDv2 benchmark, 4 styles, {style}/{idx:05d}.jpg at JPEG quality 100 (the name hpsv2 reads, the released
+  samplers' format), HPS v2.1 (rewards.make_reward("hpsv2")), raw scores (not x100), mean per style.
+- Folders: the reading rules of clean-fid, LlamaGen, GenEval and hpsv2 ("sample folders" below); a folder that is
+  unfinished (SAMPLING_NOT_FINISHED), incomplete or holds files of another run is refused; scores go beside a
+  folder, never into it. sample.py writes the folders.
 
 Run the self-check (closed-form Gaussians):  python eval_fid.py
-COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014/val2014 --inception inception-2015-12-05.pt
+COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --inception inception-2015-12-05.pt
+        (scores -> out/coco_scores.json; --ref_dir holds val2014/, as for LlamaGen's evaluation.py)
 HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
 Toy:    python toy_eval.py --ckpt CKPT [--decoder online|ema|base]   (`python eval_fid.py toy ...` says so, exit 2)
 Tests:  pytest tests/test_eval_fid.py
-Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models). Generators
-hand in uint8 images: data.to_uint8 is the [-1,1] -> uint8 conversion (LlamaGen / RankE convention,
-docs/method.md §11).
+Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models).
 Symbols: M images, B batch, F feature width (2048 Inception), S eval resolution.
 """
 import argparse
-import csv
 import glob
 import hashlib
-import itertools
 import json
 import os
+import re
 import sys
 import warnings
 
@@ -42,7 +45,9 @@ from tqdm import tqdm
 
 import rewards
 
-IMAGE_EXTS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # clean-fid's list
+# clean-fid's extensions, case-sensitive as its glob is (cleanfid/utils.py:61-62; .npy arrays count as images there)
+IMAGE_EXTS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp", "npy", "JPEG", "JPG", "PNG")
+MARKER = "SAMPLING_NOT_FINISHED"  # at the top of a folder while its sampling run is unfinished
 CLIP_SCORE_PREFIX = "A photo depicts "  # docs/method.md §11 (GigaGAN protocol, arXiv 2104.08718)
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 
@@ -117,22 +122,23 @@ def center_crop_resize(img, res):
     return img if img.size == (res, res) else img.resize((res, res), Image.LANCZOS)
 
 
+def cleanfid_files(folder):
+    """The files clean-fid scores in folder: every IMAGE_EXTS file under it, recursive, sorted by path (Follows
+    cleanfid/fid.py:137-138). Hidden names (a leading dot) are not matched, as with glob."""
+    return sorted(p for e in IMAGE_EXTS for p in glob.glob(os.path.join(folder, "**", f"*.{e}"), recursive=True))
+
+
 def list_images(folder):
-    """Every image file under folder (recursive), sorted, as clean-fid lists a folder."""
+    """Every image file under folder (recursive), sorted, as clean-fid lists a folder; an empty folder is an error."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
-    files = sorted(p for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_EXTS))
+    files = cleanfid_files(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) found under {folder!r}")
+    if any(p.endswith(".npy") for p in files):
+        raise ValueError(f"{folder!r} holds .npy files, which clean-fid would score as images and this reader cannot "
+                         "open: move them out of the folder")
     return files
-
-
-def save_png(array_hwc, path):
-    """uint8 (H, W, 3) -> PNG, written atomically (tmp file then os.replace)."""
-    tmp = path + ".tmp"
-    Image.fromarray(array_hwc).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 class _Folder(torch.utils.data.Dataset):
@@ -153,7 +159,9 @@ class _Folder(torch.utils.data.Dataset):
 class InceptionFeatures:
     """FID Inception features in clean-fid's "clean" mode. weights_path: local inception-2015-12-05.pt."""
     URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-    extractor_id = "inception-2015-12-05/clean"
+    # the id is part of the reference-statistics cache key: "-clip" keeps statistics of the unclipped resize (before
+    # prepare() clipped like clean-fid) from being reused
+    extractor_id = "inception-2015-12-05/clean-clip"
 
     def __init__(self, weights_path, device="cpu"):
         if weights_path is None or not os.path.isfile(weights_path):
@@ -167,10 +175,11 @@ class InceptionFeatures:
 
     @staticmethod
     def prepare(u8_hwc):
-        """uint8 (H, W, 3) -> float32 (3, 299, 299) in [0, 255]: PIL bicubic per channel on floats (no rounding)."""
+        """uint8 (H, W, 3) -> float32 (3, 299, 299): PIL bicubic per channel on floats (no rounding), then clipped to
+        [0, 255] (bicubic overshoots at edges). Follows cleanfid/resize.py:49-57 (make_resizer "PIL", no quantize)."""
         chans = [np.asarray(Image.fromarray(u8_hwc[:, :, c].astype(np.float32))
-                            .resize((299, 299), Image.BICUBIC)) for c in range(3)]
-        return torch.from_numpy(np.stack(chans, 0).astype(np.float32))
+                            .resize((299, 299), Image.BICUBIC)).clip(0, 255) for c in range(3)]
+        return torch.from_numpy(np.stack(chans, 0).astype(np.float32))                # (3, 299, 299)
 
     @torch.no_grad()
     def __call__(self, images):
@@ -217,52 +226,81 @@ def reference_stats(ref_dir, feature_fn, *, eval_res, cache_dir, extractor_id=No
     return mu, sigma
 
 
+# --------------------------------------------------------------------------------------------------- sample folders
+# What the official evaluators read. They count files by name, and none checks that a folder is complete:
+#   clean-fid: every image under a folder, recursive (cleanfid/fid.py:137-138);
+#   LlamaGen:  images/*.png natural-sorted, zipped with the lines of captions.txt (evaluations/t2i/evaluation.py:85-89);
+#   GenEval:   digit-named sub-folders, each with metadata.jsonl and samples/ names that re.match(r"\d+\.png")
+#              (evaluation/evaluate_images.py:263-273; unanchored, so `0000.png.tmp` counts);
+#   hpsv2:     every entry of the folder is a style; image idx is {style}/{idx:05d}.jpg, a missing one is skipped
+#              with a print (hpsv2/evaluation.py:33-38, 118).
+# sample.py writes under tmp_name() names none of them matches, keeps MARKER at the top of a folder until its run has
+# finished (hpsv2 then fails on MARKER.json), writes metadata last and refuses files of other runs; the scorers here
+# refuse a folder that is unfinished, incomplete or holds such files.
+def tmp_name(path):
+    """Where path is written before its rename: a leading dot and a .tmp ending, which no reader's pattern matches."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp")
+
+
+def write_text(path, text):
+    """text -> path (utf-8), atomically."""
+    with open(tmp_name(path), "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp_name(path), path)
+
+
+def check_finished(folder):
+    """A folder whose sampling run has not finished is refused (MARKER present)."""
+    if os.path.exists(os.path.join(folder, MARKER)):
+        raise ValueError(f"{folder}: sampling is unfinished ({MARKER} is there): rerun sample.py with the same flags "
+                         "to complete it before scoring")
+
+
+def refuse_extras(extras, folder, reader):
+    """Entries a reader would count that are not this run's samples (e.g. leftovers of a larger run) -> error."""
+    if extras:
+        raise FileExistsError(f"{folder}: {len(extras)} entries that {reader} would count are not samples of this "
+                              f"run (first: {sorted(extras)[0]}), e.g. leftovers of a larger earlier run: delete them "
+                              "or sample into a new --out_dir")
+
+
 # --------------------------------------------------------------------------------------------------- COCO-30K
-def read_captions(csv_path, n=30000):
-    """Captions csv with a header column "Prompt" (LlamaGen's coco_captions.csv, 29,587 rows), cycled to n."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "Prompt" not in reader.fieldnames:
-            raise ValueError(f"{csv_path}: expected a header with a 'Prompt' column, got {reader.fieldnames}")
-        caps = [row["Prompt"].replace("\n", " ").strip() for row in reader]
-    if not caps:
-        raise ValueError(f"{csv_path}: no captions")
-    return list(itertools.islice(itertools.cycle(caps), n))
-
-
-def _check_batch(images, n):
-    if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[:2] != (n, 3):
-        raise ValueError(f"generate must return a uint8 tensor ({n}, 3, H, W), got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
-                         " (use data.to_uint8 on [-1,1] decoder output)")
-    return images.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
-
-
-def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=True):
-    """One image per caption: out_dir/images/{idx:06d}.png + out_dir/captions.txt. Resumable: indices whose PNG
-    exists are skipped, only the missing ones are generated (in index order, batch_size at a time).
-    generate: callable list[str] -> uint8 (B, 3, H, W), sampler settings fixed inside (docs/method.md §11: LlamaGen
-    CFG 6.0, T 1, top-k 1000, top-p 1.0). Returns the number of images generated by this call."""
-    img_dir = os.path.join(out_dir, "images")
-    os.makedirs(img_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "captions.txt.tmp"), "w", encoding="utf-8") as f:
-        f.write("\n".join(c.replace("\n", " ") for c in captions) + "\n")
-    os.replace(os.path.join(out_dir, "captions.txt.tmp"), os.path.join(out_dir, "captions.txt"))
-    todo = [i for i in range(len(captions)) if not os.path.isfile(os.path.join(img_dir, f"{i:06d}.png"))]
-    for s in tqdm(range(0, len(todo), batch_size), desc="sampling", disable=not progress):
-        idx = todo[s:s + batch_size]
-        arrays = _check_batch(generate([captions[i] for i in idx]), len(idx))
-        for i, a in zip(idx, arrays):
-            save_png(a, os.path.join(img_dir, f"{i:06d}.png"))
-    return len(todo)
-
-
-def fake_paths(out_dir, n):
-    paths = [os.path.join(out_dir, "images", f"{i:06d}.png") for i in range(n)]
+def read_coco_folder(fake_dir, n=None):
+    """A finished sample_to_folder folder -> (image paths, captions), paired as LlamaGen's evaluation pairs them
+    (images/*.png in natural order, zipped with the lines of captions.txt: evaluations/t2i/evaluation.py:85-89).
+    Refused: an unfinished run, no captions.txt, a missing sample, an image clean-fid would also score, n given and
+    not the number of captions."""
+    check_finished(fake_dir)
+    cap_path = os.path.join(fake_dir, "captions.txt")
+    if not os.path.isfile(cap_path):
+        raise FileNotFoundError(f"{cap_path} not found: {fake_dir} is not a finished `sample.py --bench coco` folder "
+                                "(captions.txt is written after the images)")
+    with open(cap_path, encoding="utf-8") as f:
+        captions = f.read().splitlines()                                            # as evaluation.py:88 reads it
+    if n is not None and n != len(captions):
+        raise ValueError(f"{fake_dir} holds {len(captions)} samples (captions.txt), but --n {n} was asked for")
+    img_dir = os.path.join(fake_dir, "images")
+    paths = [os.path.join(img_dir, f"{i:06d}.png") for i in range(len(captions))]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {n} samples missing (first: {missing[0]}); run sample_to_folder")
-    return paths
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} samples missing (first: {missing[0]}): rerun "
+                                "sample.py with the same flags")
+    refuse_extras(set(cleanfid_files(img_dir)) - set(paths), img_dir, "clean-fid (every image under images/)")
+    return paths, captions
+
+
+def coco_reference_dir(ref_dir):
+    """--ref_dir as LlamaGen's evaluations/t2i/evaluation.py:228-232 means it: the COCO-2014 folder that holds
+    val2014/; the FID reference is every image under ref_dir/val2014."""
+    images = os.path.join(ref_dir, "val2014")
+    if os.path.isdir(images):
+        return images
+    parent = os.path.dirname(os.path.abspath(ref_dir))
+    hint = (f"; {ref_dir!r} is the val2014 folder itself: pass its parent {parent!r}"
+            if os.path.basename(os.path.normpath(ref_dir)) == "val2014" else "")
+    raise FileNotFoundError(f"--ref_dir {ref_dir!r} has no val2014/ folder{hint} (--ref_dir is the COCO-2014 folder "
+                            "that holds val2014/, as for LlamaGen's evaluation.py)")
 
 
 def prefixed(tokenize, prefix=CLIP_SCORE_PREFIX):
@@ -305,25 +343,24 @@ def clip_score_folder(paths, captions, clip_fn, eval_res, *, batch_size=50, num_
     return float(torch.cat(scores).mean())
 
 
-def evaluate_coco(fake_dir, ref_dir, *, inception, clip_fn=None, n=30000, eval_res=256, cache_dir=".cache/fid",
+def evaluate_coco(fake_dir, ref_dir, *, inception, clip_fn=None, n=None, eval_res=256, cache_dir=".cache/fid",
                   batch_size=50, num_workers=4, device="cpu"):
-    """FID (fake_dir/images vs the whole ref_dir) and, if clip_fn is given, CLIP score with fake_dir/captions.txt."""
-    paths = fake_paths(fake_dir, n)
-    mu_r, s_r = reference_stats(ref_dir, inception, eval_res=eval_res, cache_dir=cache_dir, batch_size=batch_size,
-                                num_workers=num_workers)
+    """FID (fake_dir/images vs every image of ref_dir/val2014) and, if clip_fn is given, CLIP score with
+    fake_dir/captions.txt. n: the number of samples expected (default: as many as captions.txt has lines)."""
+    paths, caps = read_coco_folder(fake_dir, n)
+    mu_r, s_r = reference_stats(coco_reference_dir(ref_dir), inception, eval_res=eval_res, cache_dir=cache_dir,
+                                batch_size=batch_size, num_workers=num_workers)
     mu_f, s_f = feature_stats(folder_features(paths, inception, eval_res, batch_size=batch_size,
                                               num_workers=num_workers, desc="samples"))
-    out = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "n": n, "eval_res": eval_res}
+    out = {"fid": frechet_distance(mu_f, s_f, mu_r, s_r), "n": len(paths), "eval_res": eval_res}
     if clip_fn is not None:
-        with open(os.path.join(fake_dir, "captions.txt"), encoding="utf-8") as f:
-            caps = f.read().splitlines()[:n]
         out["clip_score"] = clip_score_folder(paths, caps, clip_fn, eval_res, batch_size=batch_size,
                                               num_workers=num_workers, device=device)
     return out
 
 
 # --------------------------------------------------------------------------------------------------- HPSv2 / GenEval
-def _hps_prompts(prompts_dir, style):
+def hps_prompts(prompts_dir, style):
     path = os.path.join(prompts_dir, f"{style}.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"HPDv2 benchmark prompts {path} not found (files anime.json, concept-art.json, "
@@ -332,19 +369,9 @@ def _hps_prompts(prompts_dir, style):
         return json.load(f)
 
 
-def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32):
-    """1 image per HPDv2 prompt per style: out_dir/{style}/{idx:05d}.png (resumable, like sample_to_folder)."""
-    made = 0
-    for style in HPS_STYLES:
-        prompts, d = _hps_prompts(prompts_dir, style), os.path.join(out_dir, style)
-        os.makedirs(d, exist_ok=True)
-        todo = [i for i in range(len(prompts)) if not os.path.isfile(os.path.join(d, f"{i:05d}.png"))]
-        for s in tqdm(range(0, len(todo), batch_size), desc=f"HPS {style}"):
-            idx = todo[s:s + batch_size]
-            for i, a in zip(idx, _check_batch(generate([prompts[i] for i in idx]), len(idx))):
-                save_png(a, os.path.join(d, f"{i:05d}.png"))
-        made += len(todo)
-    return made
+def hps_extras(image_dir):
+    """Entries hpsv2 would take as styles (every entry of the folder: hpsv2/evaluation.py:118) besides the 4 styles."""
+    return set(os.listdir(image_dir)) - set(HPS_STYLES) if os.path.isdir(image_dir) else set()
 
 
 def hps_pil_preprocess(img, size=224):
@@ -362,15 +389,22 @@ def hps_pil_preprocess(img, size=224):
 def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="cpu"):
     """HPS v2.1 on the HPDv2 benchmark: {style: mean raw score, "average": mean over all images} (not x100).
     reward_fn: rewards.make_reward("hpsv2"); images go through the official PIL preprocessing first, so the
-    reward's tensor resize/crop is the identity and the scores match the PIL-based hpsv2 package."""
+    reward's tensor resize/crop is the identity and the scores match the PIL-based hpsv2 package. Reads what hpsv2
+    reads, {style}/{idx:05d}.jpg; refuses an unfinished run, a missing image (hpsv2 would skip it) and a stray entry
+    beside the style folders (hpsv2 would fail on it)."""
+    check_finished(image_dir)
+    refuse_extras(hps_extras(image_dir), image_dir, "hpsv2 (every entry is a style)")
     out, all_scores = {}, []
     for style in HPS_STYLES:
-        prompts, scores = _hps_prompts(prompts_dir, style), []
+        prompts, scores = hps_prompts(prompts_dir, style), []
         for s in tqdm(range(0, len(prompts), batch_size), desc=f"HPS {style}"):
-            names = [os.path.join(image_dir, style, f"{i:05d}") for i in range(s, min(s + batch_size, len(prompts)))]
-            files = [next((p + e for e in (".png", ".jpg") if os.path.isfile(p + e)), None) for p in names]
-            if None in files:
-                raise FileNotFoundError(f"missing {names[files.index(None)]}.png/.jpg (run sample_hps_benchmark)")
+            files = [os.path.join(image_dir, style, f"{i:05d}.jpg")
+                     for i in range(s, min(s + batch_size, len(prompts)))]
+            missing = [p for p in files if not os.path.isfile(p)]
+            if missing:
+                old = " (a .png of an older sample.py is there: hpsv2 reads .jpg only, re-sample)" if os.path.isfile(
+                    missing[0][:-4] + ".png") else ""
+                raise FileNotFoundError(f"missing {missing[0]}{old}: run sample.py --bench hps with the same flags")
             x = torch.stack([hps_pil_preprocess(Image.open(p)) for p in files]).to(device)
             scores.append(reward_fn(x, prompts[s:s + len(files)])[0].double().cpu() / 100.0)  # raw HPS, not x100
         scores = torch.cat(scores)
@@ -380,26 +414,16 @@ def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="c
     return out
 
 
-def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_size=32):
-    """GenEval sampling layout: out_dir/{i:05d}/metadata.jsonl + samples/{k:04d}.png, n_per_prompt images per
-    prompt (553 prompts x 4, docs/method.md §11). Resumable. Scoring then runs GenEval's own detector scripts
-    (evaluation/evaluate_images.py, summary_scores.py), which need Mask2Former and are not reimplemented here."""
-    with open(metadata_jsonl, encoding="utf-8") as f:
-        metas = [json.loads(line) for line in f if line.strip()]
-    jobs = []
-    for i, meta in enumerate(metas):
-        d = os.path.join(out_dir, f"{i:05d}")
-        os.makedirs(os.path.join(d, "samples"), exist_ok=True)
-        with open(os.path.join(d, "metadata.jsonl.tmp"), "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-        os.replace(os.path.join(d, "metadata.jsonl.tmp"), os.path.join(d, "metadata.jsonl"))
-        jobs += [(meta["prompt"], os.path.join(d, "samples", f"{k:04d}.png")) for k in range(n_per_prompt)
-                 if not os.path.isfile(os.path.join(d, "samples", f"{k:04d}.png"))]
-    for s in tqdm(range(0, len(jobs), batch_size), desc="GenEval"):
-        chunk = jobs[s:s + batch_size]
-        for (_, path), a in zip(chunk, _check_batch(generate([p for p, _ in chunk]), len(chunk))):
-            save_png(a, path)
-    return len(jobs)
+def geneval_counted(out_dir):
+    r"""What GenEval's evaluate_images.py would read (evaluation/evaluate_images.py:263-273): {digit-named sub-folder:
+    the names in its samples/ that re.match(r"\d+\.png")}."""
+    found = {}
+    for sub in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        samples = os.path.join(out_dir, sub, "samples")
+        if os.path.isdir(os.path.join(out_dir, sub)) and sub.isdigit():
+            names = os.listdir(samples) if os.path.isdir(samples) else []
+            found[sub] = [n for n in names if os.path.isfile(os.path.join(samples, n)) and re.match(r"\d+\.png", n)]
+    return found
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -428,27 +452,46 @@ def main(argv=None):
         raise SystemExit(2)
     ap = argparse.ArgumentParser(description="RankE evaluation (docs/method.md §11); no subcommand = self-check")
     sub = ap.add_subparsers(dest="cmd")
-    c = sub.add_parser("coco", help="FID + CLIP score of fake_dir/images/*.png (made by sample_to_folder)")
+    c = sub.add_parser("coco", help="FID + CLIP score of fake_dir/images/*.png with fake_dir/captions.txt "
+                                    "(made by sample.py --bench coco)")
     c.add_argument("--fake_dir", required=True)
-    c.add_argument("--ref_dir", required=True, help="reference folder, e.g. coco2014/val2014 (all images used)")
+    c.add_argument("--ref_dir", required=True, help="the COCO-2014 folder holding val2014/ (as for LlamaGen's "
+                                                    "evaluation.py); every image of ref_dir/val2014 is the reference")
     c.add_argument("--inception", required=True, help=f"local inception-2015-12-05.pt ({InceptionFeatures.URL})")
     c.add_argument("--clip", default=None, help="local OpenAI ViT-B/32 weights (default: open_clip 'openai' tag)")
     c.add_argument("--no_clip", action="store_true", help="skip the CLIP score")
-    c.add_argument("--n", type=int, default=30000)
+    c.add_argument("--n", type=int, default=None, help="samples expected (default: the lines of captions.txt)")
     c.add_argument("--eval_res", type=int, default=256, help="256 LlamaGen, 384 Janus")
     c.add_argument("--cache_dir", default=".cache/fid", help="where reference statistics are cached")
     c.add_argument("--batch_size", type=int, default=50)
     c.add_argument("--num_workers", type=int, default=4)
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    h = sub.add_parser("hps", help="HPS v2.1 on the HPDv2 benchmark folder layout {style}/{idx:05d}.png")
+    h = sub.add_parser("hps", help="HPS v2.1 on the HPDv2 benchmark folder layout {style}/{idx:05d}.jpg")
     h.add_argument("--image_dir", required=True)
     h.add_argument("--prompts_dir", required=True, help="folder with anime.json, concept-art.json, ... prompt lists")
     h.add_argument("--hps", default=None, help="local HPS_v2.1_compressed.pt (default: hf://xswu/HPSv2/...)")
     h.add_argument("--batch_size", type=int, default=20)
     h.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for p in (c, h):
+        p.add_argument("--out", default=None, help="scores JSON (default: beside the folder, <folder>_scores.json)")
     args = ap.parse_args(argv)
     if args.cmd is None:
         return _self_check()
+    # DEVIATION(LlamaGen@ce98ec4): its evaluation.py writes score.txt into --fake_dir (evaluations/t2i/evaluation.py:
+    # 237-241); scores go beside the folder here, for every benchmark, since hpsv2 takes every entry of its folder as
+    # a style (hpsv2/evaluation.py:118)
+    folder = os.path.abspath(args.fake_dir if args.cmd == "coco" else args.image_dir)
+    out_json = os.path.abspath(args.out or folder.rstrip(os.sep) + "_scores.json")
+    if os.path.commonpath([out_json, folder]) == folder:
+        raise SystemExit(f"--out {out_json} is inside {folder}, which the official evaluators read: write it elsewhere")
+    try:   # the folder checks first, before any model is loaded
+        if args.cmd == "coco":
+            read_coco_folder(args.fake_dir, args.n), coco_reference_dir(args.ref_dir)
+        else:
+            check_finished(args.image_dir)
+            refuse_extras(hps_extras(args.image_dir), args.image_dir, "hpsv2 (every entry is a style)")
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e))
     if args.cmd == "coco":
         clip_fn = None if args.no_clip else make_clip_score(args.clip)
         res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),
@@ -458,10 +501,8 @@ def main(argv=None):
         res = hps_benchmark(args.image_dir, args.prompts_dir, rewards.make_reward("hpsv2", path=args.hps),
                             batch_size=args.batch_size, device=args.device)
     print(json.dumps(res, indent=1))
-    out_json = os.path.join(args.fake_dir if args.cmd == "coco" else args.image_dir, f"scores_{args.cmd}.json")
-    with open(out_json + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(out_json + ".tmp", out_json)
+    write_text(out_json, json.dumps(res, indent=1) + "\n")
+    print(f"[eval_fid] scores -> {out_json}")
 
 
 if __name__ == "__main__":

@@ -7,27 +7,44 @@ GenEval and HPSv2 images. This file turns a checkpoint into those image folders;
         --out_dir out/coco                                      # 30,000 images, one per caption (cycled)
     python sample.py --ckpt CKPT --bench geneval --prompts evaluation_metadata.jsonl --out_dir out/geneval  # 4/prompt
     python sample.py --ckpt CKPT --bench hps --prompts hpsv2_benchmark_prompts --out_dir out/hps   # 1/prompt/style
-    python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014/val2014 --inception inception-2015-12-05.pt
+    python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --inception inception-2015-12-05.pt
+
+The folders are the ones the official evaluators read (README, "Evaluation"): out/coco (images/{idx:06d}.png and
+captions.txt, LlamaGen's evaluations/t2i/evaluation.py --fake_dir), out/geneval ({i:05d}/metadata.jsonl and
+samples/{k:04d}.png, GenEval's evaluate_images.py), out/hps ({style}/{idx:05d}.jpg, hpsv2.evaluate). Until a run has
+finished, its folder holds SAMPLING_NOT_FINISHED and no metadata, which makes every evaluator here refuse it.
 
 Sampler settings come from backbones.EVAL_SETTINGS (LlamaGen: CFG 6, T 1, top-k 1000; Janus: CFG 5, T 1, top-k 50,
 D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1). `--policy` / `--decoder` pick the
 online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus online + online, LlamaGen HPS
-online policy + EMA decoder). Every run is resumable (existing images are kept) and seeded (--seed).
+online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
+run is resumable (existing images are kept; a run with other prompts or flags is refused) and seeded (--seed).
 Self-check: tests/test_sample.py samples every benchmark from a 2-step toy and a 2-step tiny-Janus checkpoint.
 Symbols: B prompts per sampling batch, N image tokens, S image side.
 """
 import argparse
+import csv
+import hashlib
+import itertools
+import json
 import os
 import sys
 
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 import backbones
 import ckpt
-import eval_fid
-from data import to_uint8
+from data import to_uint8, to_uint8_janus
+from eval_fid import (HPS_STYLES, MARKER, cleanfid_files, geneval_counted, hps_extras, hps_prompts, refuse_extras,
+                      tmp_name, write_text)
 
 BENCHES = ("coco", "geneval", "hps")
+# The [-1,1] -> uint8 conversion of each backbone's released evaluation sampler (they differ by half a level):
+# Janus clip((x + 1) / 2 * 255) (RankE janus/sample/sample_t2i_ddp_coco.py:212), every other backbone LlamaGen's
+# clamp(127.5 x + 128) (autoregressive/sample/sample_t2i_ddp.py:164).
+TO_UINT8 = {"janus_pro_1b": to_uint8_janus}
 
 
 def load_sampler(ckpt_path, *, policy="online", decoder="online", device="cpu", overrides=None):
@@ -48,21 +65,217 @@ def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", 
     """captions -> uint8 (B,3,S,S), sampled with the backbone's released evaluation settings and one generator."""
     settings = settings or backbones.EVAL_SETTINGS[cfg.backbone]
     gen = torch.Generator(device).manual_seed(seed)
+    convert = TO_UINT8.get(cfg.backbone, to_uint8)
 
     @torch.no_grad()
     def generate(captions):
         cond, mask = (t.to(device) for t in text_encoder(list(captions)))
         tokens = sample_fn(gpt, cond, mask, generator=gen, **settings)                 # (B, N)
-        return to_uint8(vq.decode_indices(tokens).float())                              # (B,3,S,S)
+        return convert(vq.decode_indices(tokens).float())                               # (B,3,S,S) uint8
     return generate
+
+
+# --------------------------------------------------------------------------------------------------- folders
+# Written so that the official evaluators (their reading rules: eval_fid.py, "sample folders") count only finished
+# samples of one run: every file under a tmp_name() first, MARKER at the top of the folder until the run has
+# finished, metadata after the images, and files a reader would count that are not this run's samples refused.
+# DEVIATION(RankE@2798acc): the released samplers write in place, in any order, into any folder, so an interrupted or
+# re-used folder is scored silently; here those cases fail loudly.
+def _clear_tmp(folder):
+    """Remove the temporary files an interrupted run left in folder."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))
+
+
+def save_image(array_hwc, path):
+    """uint8 (H, W, 3) -> path, atomically: .jpg as JPEG at quality 100 (Follows RankE
+    autoregressive/sample/sample_t2i_ddp_hpsv2.py:144 and janus/sample/sample_t2i_ddp_hpsv2.py:273), else PNG."""
+    tmp = tmp_name(path)
+    if path.endswith(".jpg"):
+        Image.fromarray(array_hwc).save(tmp, format="JPEG", quality=100)
+    else:
+        Image.fromarray(array_hwc).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def begin_run(out_dir, identity):
+    """Open out_dir for a new or resumed sampling run. identity: a JSON dict of what must not change on resume
+    (prompts digest, counts, checkpoint, seed); an unfinished run with another identity is refused. Writes MARKER."""
+    identity = json.loads(json.dumps(identity))                     # compared as it reads back from the file
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as f:
+            old = json.load(f)
+        changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
+        if changed:
+            raise ValueError(f"{out_dir} holds an unfinished run with another {', '.join(changed)} ({marker}): resume "
+                             "it with the same prompts and flags, or sample into a new --out_dir")
+    os.makedirs(out_dir, exist_ok=True)
+    write_text(marker, json.dumps(identity, indent=1) + "\n")
+
+
+def finish_run(out_dir):
+    os.remove(os.path.join(out_dir, MARKER))
+
+
+def read_captions(csv_path, n=30000):
+    """LlamaGen's coco_captions.csv -> n captions, cycled. The file is a header line `Prompt`, then one raw caption per
+    line with its commas NOT quoted (30,000 captions, 1,180 with commas). LlamaGen reads it with pandas and a tab
+    delimiter (autoregressive/sample/sample_t2i_ddp.py:109-110), so each whole line is one caption; this follows that
+    rule with csv's tab-delimited reader, which parses as pandas does (equal on all 30,000 lines): blank lines are
+    skipped, a caption that opens with a double quote loses that quote pair, anything else is kept as written."""
+    # DEVIATION(RankE@2798acc): the released RankE sampler splits this file at commas (pd.read_csv), which fails, then
+    # falls back to stripped lines and keeps the header "Prompt" as caption 0 (janus/sample/sample_t2i_ddp_coco.py:
+    # 226-243); LlamaGen's rule reads the file as written.
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if not header or "Prompt" not in header:
+            raise ValueError(f"{csv_path}: the first line must be the header `Prompt` (LlamaGen's coco_captions.csv: "
+                             f"that line, then one caption per line), got {header}")
+        col, caps = header.index("Prompt"), []
+        for row in reader:
+            if not row:
+                continue                                                      # a blank line (pandas skips it too)
+            if len(row) != len(header):
+                raise ValueError(f"{csv_path}:{reader.line_num}: {len(row)} tab-separated fields, the header has "
+                                 f"{len(header)}: fix that line")
+            if row[col].splitlines() != [row[col]]:
+                raise ValueError(f"{csv_path}:{reader.line_num}: caption {row[col]!r} is empty or holds a line break; "
+                                 "captions.txt is read back line by line, so it would shift every later caption "
+                                 "against its image: fix that line")
+            caps.append(row[col])
+    if not caps:
+        raise ValueError(f"{csv_path}: no captions after the header")
+    return list(itertools.islice(itertools.cycle(caps), n))
+
+
+def _check_batch(images, n):
+    if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[:2] != (n, 3):
+        raise ValueError(f"generate must return a uint8 tensor ({n}, 3, H, W), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+                         " (use data.to_uint8 on [-1,1] decoder output)")
+    return images.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
+
+
+def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=True, run=None):
+    """One image per caption: out_dir/images/{idx:06d}.png, then out_dir/captions.txt (one caption per line), the
+    folder LlamaGen's evaluations/t2i/evaluation.py reads as --fake_dir. Resumable: indices whose PNG exists are
+    skipped, only the missing ones are generated (in index order, batch_size at a time). Refused: a caption that is
+    empty or holds a line break, a finished folder of other captions, an unfinished run of other captions or `run`
+    settings, and images under images/ that are not these samples (clean-fid would score them).
+    generate: callable list[str] -> uint8 (B, 3, H, W), sampler settings fixed inside (docs/method.md §11: LlamaGen
+    CFG 6.0, T 1, top-k 1000, top-p 1.0). run: JSON dict that must not change on resume (checkpoint, seed, ...).
+    Returns the number of images generated by this call."""
+    bad = [i for i, c in enumerate(captions) if c.splitlines() != [c]]
+    if not captions or bad:
+        raise ValueError("captions must be non-empty one-line strings (captions.txt is read back line by line): "
+                         + (f"caption {bad[0]} is {captions[bad[0]]!r}" if bad else "got none"))
+    img_dir, cap_path = os.path.join(out_dir, "images"), os.path.join(out_dir, "captions.txt")
+    text = "".join(c + "\n" for c in captions)
+    if os.path.isfile(cap_path) and not os.path.isfile(os.path.join(out_dir, MARKER)):
+        with open(cap_path, encoding="utf-8") as f:
+            if f.read() != text:
+                raise ValueError(f"{out_dir} holds a finished run of other captions ({cap_path}): sample into a new "
+                                 "--out_dir")
+    paths = [os.path.join(img_dir, f"{i:06d}.png") for i in range(len(captions))]
+    refuse_extras(set(cleanfid_files(img_dir)) - set(paths), img_dir, "clean-fid (every image under images/)")
+    begin_run(out_dir, {"bench": "coco", "n": len(captions), **(run or {}),
+                        "captions_sha1": hashlib.sha1(text.encode()).hexdigest()})
+    os.makedirs(img_dir, exist_ok=True)
+    _clear_tmp(img_dir)
+    todo = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    for s in tqdm(range(0, len(todo), batch_size), desc="sampling", disable=not progress):
+        idx = todo[s:s + batch_size]
+        arrays = _check_batch(generate([captions[i] for i in idx]), len(idx))       # (B, H, W, 3)
+        for i, a in zip(idx, arrays):
+            save_image(a, paths[i])
+    # DEVIATION(RankE@2798acc): captions.txt comes after the images, as in LlamaGen (sample_t2i_ddp.py:186-191);
+    # RankE writes it first (janus/sample/sample_t2i_ddp_coco.py:255-262), so a partial folder looked finished.
+    write_text(cap_path, text)
+    finish_run(out_dir)
+    return len(todo)
+
+
+def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32, run=None):
+    """1 image per HPDv2 prompt per style: out_dir/{style}/{idx:05d}.jpg at JPEG quality 100, the only name hpsv2
+    reads (hpsv2/evaluation.py:33) and the released samplers' format. Resumable; refused as in sample_to_folder,
+    and out_dir must hold nothing but the 4 style folders (hpsv2 takes every entry of it as a style)."""
+    prompts = {style: hps_prompts(prompts_dir, style) for style in HPS_STYLES}
+    refuse_extras(hps_extras(out_dir) - {MARKER}, out_dir, "hpsv2 (every entry is a style)")
+    begin_run(out_dir, {"bench": "hps", **(run or {}),
+                        "prompts_sha1": hashlib.sha1(json.dumps(prompts, sort_keys=True).encode()).hexdigest()})
+    made = 0
+    for style in HPS_STYLES:
+        d = os.path.join(out_dir, style)
+        os.makedirs(d, exist_ok=True)
+        _clear_tmp(d)
+        todo = [i for i in range(len(prompts[style])) if not os.path.isfile(os.path.join(d, f"{i:05d}.jpg"))]
+        for s in tqdm(range(0, len(todo), batch_size), desc=f"HPS {style}"):
+            idx = todo[s:s + batch_size]
+            for i, a in zip(idx, _check_batch(generate([prompts[style][i] for i in idx]), len(idx))):
+                save_image(a, os.path.join(d, f"{i:05d}.jpg"))
+        made += len(todo)
+    finish_run(out_dir)
+    return made
+
+
+def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_size=32, run=None):
+    """GenEval sampling layout: out_dir/{i:05d}/samples/{k:04d}.png, n_per_prompt images per prompt (553 prompts x 4,
+    docs/method.md §11), and out_dir/{i:05d}/metadata.jsonl (the prompt's JSON object) once all images exist. Every
+    prompt folder is made first, so an unfinished run leaves folders without metadata.jsonl, on which GenEval's
+    evaluate_images.py stops (evaluation/evaluate_images.py:267) instead of scoring fewer prompts. Resumable; refused
+    as in sample_to_folder. Scoring runs GenEval's own detector scripts (evaluate_images.py, summary_scores.py)."""
+    with open(metadata_jsonl, encoding="utf-8") as f:
+        metas = [json.loads(line) for line in f if line.strip()]
+    if not metas:
+        raise ValueError(f"{metadata_jsonl}: no prompts (GenEval's evaluation_metadata.jsonl: one JSON object a line)")
+    want = {f"{i:05d}": {f"{k:04d}.png" for k in range(n_per_prompt)} for i in range(len(metas))}
+    found = geneval_counted(out_dir)
+    extras = [os.path.join(out_dir, sub) for sub in found if sub not in want]
+    extras += [os.path.join(out_dir, sub, "samples", name) for sub in found if sub in want
+               for name in found[sub] if name not in want[sub]]
+    refuse_extras(extras, out_dir, "GenEval's evaluate_images.py")
+    dirs = [os.path.join(out_dir, sub) for sub in sorted(want)]
+    for i, (d, meta) in enumerate(zip(dirs, metas)):
+        path = os.path.join(d, "metadata.jsonl")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if json.load(f) != meta:
+                    raise ValueError(f"{path} holds another prompt than prompt {i} of {metadata_jsonl}: sample into "
+                                     "a new --out_dir")
+    begin_run(out_dir, {"bench": "geneval", "n_per_prompt": n_per_prompt, **(run or {}),
+                        "metadata_sha1": hashlib.sha1(json.dumps(metas).encode()).hexdigest()})
+    for d in dirs:
+        os.makedirs(os.path.join(d, "samples"), exist_ok=True)
+        _clear_tmp(d)
+        _clear_tmp(os.path.join(d, "samples"))
+    jobs = [(meta["prompt"], os.path.join(d, "samples", f"{k:04d}.png")) for d, meta in zip(dirs, metas)
+            for k in range(n_per_prompt) if not os.path.isfile(os.path.join(d, "samples", f"{k:04d}.png"))]
+    for s in tqdm(range(0, len(jobs), batch_size), desc="GenEval"):
+        chunk = jobs[s:s + batch_size]
+        for (_, path), a in zip(chunk, _check_batch(generate([p for p, _ in chunk]), len(chunk))):
+            save_image(a, path)
+    # DEVIATION(RankE@2798acc): metadata.jsonl after all images (RankE writes it with a prompt's first image,
+    # janus/sample/sample_t2i_ddp_geneval.py:263-269), so GenEval cannot score an unfinished folder.
+    for d, meta in zip(dirs, metas):
+        write_text(os.path.join(d, "metadata.jsonl"), json.dumps(meta) + "\n")
+    finish_run(out_dir)
+    return len(jobs)
+
+
+
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="train.py checkpoint (runs/<name>/ckpt_*.pt)")
     p.add_argument("--bench", required=True, choices=BENCHES)
-    p.add_argument("--prompts", required=True, help="coco: captions .csv (column Prompt); geneval: metadata .jsonl; "
-                                                    "hps: folder with anime.json, concept-art.json, paintings.json, photo.json")
+    p.add_argument("--prompts", required=True,
+                   help="coco: LlamaGen's coco_captions.csv (a header line `Prompt`, then one caption per line); "
+                        "geneval: evaluation_metadata.jsonl; hps: folder with anime.json, concept-art.json, "
+                        "paintings.json, photo.json")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--n", type=int, default=30000, help="coco: number of images (captions cycled)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -81,18 +294,23 @@ def main(argv=None):
         raise SystemExit("\n".join(bad))
     overrides = {f: getattr(a, f) for f in ("t5_path", "janus_tokenizer", "toy_cache") if getattr(a, f)}
     try:
+        captions = read_captions(a.prompts, a.n) if a.bench == "coco" else None
         cfg, te, gpt, vq, fn = load_sampler(a.ckpt, policy=a.policy, decoder=a.decoder, device=a.device,
                                             overrides=overrides)
-    except ckpt.CkptError as e:
+    except (ckpt.CkptError, ValueError, UnicodeDecodeError) as e:
         raise SystemExit(str(e))
     generate = make_generate(cfg, te, gpt, vq, fn, seed=a.seed, device=a.device)
-    if a.bench == "coco":
-        made = eval_fid.sample_to_folder(generate, eval_fid.read_captions(a.prompts, a.n), a.out_dir,
-                                         batch_size=a.batch_size)
-    elif a.bench == "geneval":
-        made = eval_fid.sample_geneval(generate, a.prompts, a.out_dir, n_per_prompt=4, batch_size=a.batch_size)
-    else:
-        made = eval_fid.sample_hps_benchmark(generate, a.prompts, a.out_dir, batch_size=a.batch_size)
+    # what must not change when an unfinished folder is resumed (the prompts are checked by the writers)
+    run = {"ckpt": os.path.abspath(a.ckpt), "policy": a.policy, "decoder": a.decoder, "seed": a.seed}
+    try:
+        if a.bench == "coco":
+            made = sample_to_folder(generate, captions, a.out_dir, batch_size=a.batch_size, run=run)
+        elif a.bench == "geneval":
+            made = sample_geneval(generate, a.prompts, a.out_dir, n_per_prompt=4, batch_size=a.batch_size, run=run)
+        else:
+            made = sample_hps_benchmark(generate, a.prompts, a.out_dir, batch_size=a.batch_size, run=run)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:   # a folder or prompt file refused, named inside
+        raise SystemExit(str(e))
     print(f"[sample] {a.bench}: {made} new images in {a.out_dir} ({cfg.backbone}, "
           f"{backbones.EVAL_SETTINGS[cfg.backbone]}, policy {a.policy}, decoder {a.decoder}, seed {a.seed})")
     return made

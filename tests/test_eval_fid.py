@@ -1,4 +1,5 @@
-"""Tests for eval_fid.py (CPU, offline, fake generators / extractors).  Run: pytest -q tests/test_eval_fid.py"""
+"""Tests for eval_fid.py (CPU, offline, fake generators / extractors; folders written by sample.py's writers,
+clean-fid's own reader and resizer as the reference).  Run: pytest -q tests/test_eval_fid.py"""
 import json
 import os
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 import eval_fid as ef
+import sample
 from data import to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,17 +69,6 @@ def test_to_uint8_and_center_crop_resize():
     assert ef.center_crop_resize(Image.fromarray(a), 8).size == (8, 8)
 
 
-def test_read_captions_cycles_and_checks_header(tmp_path):
-    p = tmp_path / "c.csv"
-    p.write_text("Prompt\nfirst caption\n\"with, comma\"\nthird\n", encoding="utf-8")
-    caps = ef.read_captions(str(p), n=7)
-    assert caps == ["first caption", "with, comma", "third"] * 2 + ["first caption"]
-    bad = tmp_path / "b.csv"
-    bad.write_text("caption\nx\n")
-    with pytest.raises(ValueError, match="Prompt"):
-        ef.read_captions(str(bad))
-
-
 def make_generate(calls):
     def generate(captions):
         calls.append(list(captions))
@@ -86,36 +77,38 @@ def make_generate(calls):
     return generate
 
 
-def test_sample_to_folder_is_resumable(tmp_path):
+def test_read_coco_folder_refuses_partial_and_foreign_folders(tmp_path):
     caps = [f"caption number {'x' * i}" for i in range(7)]
-    calls = []
-    gen = make_generate(calls)
-    assert ef.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 7
-    assert [len(c) for c in calls] == [3, 3, 1]
-    files = sorted(os.listdir(tmp_path / "images"))
-    assert files == [f"{i:06d}.png" for i in range(7)]
-    assert (tmp_path / "captions.txt").read_text().splitlines() == caps
-    img = np.asarray(Image.open(tmp_path / "images" / "000004.png"))
-    assert img.shape == (8, 8, 3) and (img == len(caps[4]) * 10 % 256).all()
-    # remove two samples: a second run generates exactly those, nothing else
+    sample.sample_to_folder(make_generate([]), caps, str(tmp_path), batch_size=3, progress=False)
+    paths, read = ef.read_coco_folder(str(tmp_path))
+    assert read == caps and paths == [str(tmp_path / "images" / f"{i:06d}.png") for i in range(7)]
+    with pytest.raises(ValueError, match="7 samples.*--n 8"):
+        ef.read_coco_folder(str(tmp_path), n=8)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "000007.png")   # a larger earlier run
+    with pytest.raises(FileExistsError, match="1 entries that clean-fid.*000007.png.*delete them"):
+        ef.read_coco_folder(str(tmp_path))
+    os.remove(tmp_path / "images" / "000007.png")
     os.remove(tmp_path / "images" / "000002.png")
-    os.remove(tmp_path / "images" / "000005.png")
-    calls.clear()
-    assert ef.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 2
-    assert calls == [[caps[2], caps[5]]]
-    calls.clear()
-    assert ef.sample_to_folder(gen, caps, str(tmp_path), progress=False) == 0 and calls == []
-    assert len(ef.fake_paths(str(tmp_path), 7)) == 7
-    with pytest.raises(FileNotFoundError, match="missing"):
-        ef.fake_paths(str(tmp_path), 8)
+    with pytest.raises(FileNotFoundError, match="1 of 7 samples missing.*000002.png"):
+        ef.read_coco_folder(str(tmp_path))
+    (tmp_path / ef.MARKER).write_text("{}")
+    with pytest.raises(ValueError, match="unfinished"):
+        ef.read_coco_folder(str(tmp_path))
+    os.remove(tmp_path / ef.MARKER)
+    os.remove(tmp_path / "captions.txt")
+    with pytest.raises(FileNotFoundError, match="captions.txt"):
+        ef.read_coco_folder(str(tmp_path))
 
 
-def test_generate_output_is_validated(tmp_path):
-    with pytest.raises(ValueError, match="uint8"):
-        ef.sample_to_folder(lambda c: torch.zeros(len(c), 3, 8, 8), ["a"], str(tmp_path), progress=False)
-    with pytest.raises(ValueError, match=r"\(2, 3, H, W\)"):
-        ef.sample_to_folder(lambda c: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a", "b"], str(tmp_path),
-                            progress=False)
+def test_coco_reference_dir_means_what_llamagen_means(tmp_path):
+    # LlamaGen's evaluation.py reads ref_dir + "/val2014" (evaluations/t2i/evaluation.py:228-232)
+    (tmp_path / "coco2014" / "val2014").mkdir(parents=True)
+    (tmp_path / "coco2014" / "train2014").mkdir()
+    assert ef.coco_reference_dir(str(tmp_path / "coco2014")) == str(tmp_path / "coco2014" / "val2014")
+    with pytest.raises(FileNotFoundError, match="val2014 folder itself: pass its parent .*coco2014"):
+        ef.coco_reference_dir(str(tmp_path / "coco2014" / "val2014"))
+    with pytest.raises(FileNotFoundError, match="has no val2014/ folder"):
+        ef.coco_reference_dir(str(tmp_path / "coco2014" / "train2014"))
 
 
 # ------------------------------------------------------------------------------------------- reference stats cache
@@ -165,10 +158,11 @@ def test_reference_stats_cached_and_invalidated(tmp_path):
 
 
 def test_evaluate_coco_with_fake_extractor(tmp_path):
-    ref = str(tmp_path / "ref")
-    write_ref_folder(ref, n=8)
+    ref = str(tmp_path / "coco2014")
+    write_ref_folder(os.path.join(ref, "val2014"), n=8)
+    write_ref_folder(os.path.join(ref, "train2014"), n=5, seed=1)   # beside val2014: never part of the reference
     caps = [f"c{i}" for i in range(5)]
-    ef.sample_to_folder(make_generate([]), caps, str(tmp_path / "fake"), progress=False)
+    sample.sample_to_folder(make_generate([]), caps, str(tmp_path / "fake"), progress=False)
     seen = []
 
     def clip_fn(images01, captions):
@@ -179,6 +173,9 @@ def test_evaluate_coco_with_fake_extractor(tmp_path):
     res = ef.evaluate_coco(str(tmp_path / "fake"), ref, inception=CountingFeatures(), clip_fn=clip_fn, n=5,
                            eval_res=8, cache_dir=str(tmp_path / "cache"), batch_size=2, num_workers=0)
     assert res["fid"] > 0 and res["clip_score"] == pytest.approx(30.0) and seen == caps
+    feats = ef.folder_features(ef.list_images(os.path.join(ref, "val2014")), CountingFeatures(), 8, num_workers=0)
+    fake = ef.folder_features(ef.read_coco_folder(str(tmp_path / "fake"))[0], CountingFeatures(), 8, num_workers=0)
+    assert res["fid"] == pytest.approx(ef.frechet_distance(*ef.feature_stats(fake), *ef.feature_stats(feats)))
 
 
 # ------------------------------------------------------------------------------------------- CLIP score
@@ -207,9 +204,9 @@ def test_prefix_matches_released_token_insertion():
 
 def test_clip_score_folder_means_scores(tmp_path):
     caps = ["a", "bb", "ccc"]
-    ef.sample_to_folder(make_generate([]), caps, str(tmp_path), progress=False)
+    sample.sample_to_folder(make_generate([]), caps, str(tmp_path), progress=False)
     fn = lambda x, c: (x.mean((1, 2, 3)) * 100, {})  # noqa: E731
-    got = ef.clip_score_folder(ef.fake_paths(str(tmp_path), 3), caps, fn, 8, batch_size=2, num_workers=0)
+    got = ef.clip_score_folder(ef.read_coco_folder(str(tmp_path))[0], caps, fn, 8, batch_size=2, num_workers=0)
     assert got == pytest.approx(np.mean([10, 20, 30]) / 255 * 100, rel=1e-5)
 
 
@@ -238,6 +235,20 @@ class _FakeInception(torch.nn.Module):
         return self.layers(x)
 
 
+class _PixelLayers(torch.nn.Module):
+    def forward(self, x):                                        # (B,3,299,299) -> 2048 pixels of a 7-px grid
+        return x[:, :, ::7, ::7].flatten(1)[:, :2048].reshape(-1, 2048, 1, 1)
+
+
+class _PixelInception(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _PixelLayers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
 def test_inception_features_clean_preprocessing(tmp_path):
     path = str(tmp_path / "inception-2015-12-05.pt")
     torch.jit.script(_FakeInception()).save(path)
@@ -252,6 +263,56 @@ def test_inception_features_clean_preprocessing(tmp_path):
     assert prepared.shape == (3, 299, 299) and prepared.dtype == torch.float32
     with pytest.raises(FileNotFoundError, match="nvlabs-fi-cdn.*--inception"):
         ef.InceptionFeatures(str(tmp_path / "missing.pt"))
+    # the clip of prepare() is in the reference-statistics cache key: caches of the unclipped resize are not reused
+    assert ef.InceptionFeatures.extractor_id != "inception-2015-12-05/clean"
+
+
+def test_prepare_equals_clean_fid_resizer():
+    """clean-fid's own "clean" resizer (cleanfid/resize.py: PIL bicubic per channel in float, clipped to [0, 255])
+    against InceptionFeatures.prepare, on edges sharp enough for bicubic to overshoot."""
+    from cleanfid.resize import build_resizer
+    rng = np.random.default_rng(0)
+    a = (rng.integers(0, 2, (37, 53, 3)) * 255).astype(np.uint8)                    # 0/255 noise: overshoot
+    theirs = build_resizer("clean")(a)                                               # (299, 299, 3) float32
+    ours = ef.InceptionFeatures.prepare(a).permute(1, 2, 0).numpy()
+    assert theirs.dtype == ours.dtype == np.float32 and np.array_equal(ours, theirs)
+    unclipped = np.asarray(Image.fromarray(a[:, :, 0].astype(np.float32)).resize((299, 299), Image.BICUBIC))
+    assert unclipped.max() > 255 and unclipped.min() < 0                             # the clip matters here
+
+
+def test_coco_features_equal_clean_fid_on_a_sample_folder(tmp_path):
+    """A sample.py COCO folder read by clean-fid's real folder reader (get_folder_features: its own file listing,
+    ResizeDataset, "clean" resizer) with LlamaGen's custom transform, vs this file's folder_features: the same files
+    in the same order give the same features (a fake Inception, called identically on both sides)."""
+    import torchvision.transforms.functional as TF
+    from cleanfid.fid import get_folder_features
+    rng = np.random.default_rng(1)
+    sizes = [(20, 30), (31, 17), (24, 24), (9, 40)]
+
+    def generate(captions):                                                          # non-square sharp images
+        h, w = sizes[len(generate.seen) % len(sizes)]
+        generate.seen += captions
+        return torch.from_numpy((rng.integers(0, 2, (len(captions), 3, h, w)) * 255).astype(np.uint8))
+    generate.seen = []
+    sample.sample_to_folder(generate, [f"c{i}" for i in range(11)], str(tmp_path / "coco"), batch_size=3,
+                            progress=False)
+
+    def llamagen_transform(image_np, res=16):
+        # LlamaGen's compute_fid transform (evaluations/t2i/evaluation.py:31-38, 183-190): CenterCropLongEdge, Lanczos
+        img = TF.center_crop(Image.fromarray(image_np), min(Image.fromarray(image_np).size))
+        return np.array(img.resize((res, res), Image.LANCZOS))
+
+    path = str(tmp_path / "inception-2015-12-05.pt")
+    torch.jit.script(_PixelInception()).save(path)
+    fx = ef.InceptionFeatures(path)
+    cleanfid_model = lambda x: fx.net.layers((x - 128.0) / 128.0).reshape(len(x), 2048)  # noqa: E731
+    theirs = get_folder_features(str(tmp_path / "coco" / "images"), model=cleanfid_model, num_workers=0,
+                                 batch_size=4, device=torch.device("cpu"), mode="clean",
+                                 custom_image_tranform=llamagen_transform, verbose=False)
+    paths, _ = ef.read_coco_folder(str(tmp_path / "coco"))
+    ours = ef.folder_features(paths, fx, 16, batch_size=4, num_workers=0)
+    assert theirs.shape == ours.shape == (11, 2048)
+    assert np.array_equal(theirs.astype(np.float64), ours)
 
 
 # ------------------------------------------------------------------------------------------- HPSv2 / GenEval
@@ -261,8 +322,8 @@ def test_hps_benchmark_layout_and_raw_scale(tmp_path):
     for k, style in enumerate(ef.HPS_STYLES):
         (prompts_dir / f"{style}.json").write_text(json.dumps([f"{style} {i}" for i in range(3 + k % 2)]))
     calls = []
-    assert ef.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir), batch_size=2) == 14
-    assert ef.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir)) == 0  # resumable
+    assert sample.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir), batch_size=2) == 14
+    assert sample.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir)) == 0  # resumable
     seen = []
 
     def fake_hps(x, prompts):
@@ -278,6 +339,38 @@ def test_hps_benchmark_layout_and_raw_scale(tmp_path):
     allv = [len(f"{s} {i}") * 10 % 256 / 255 for k, s in enumerate(ef.HPS_STYLES) for i in range(3 + k % 2)]
     assert res["average"] == pytest.approx(np.mean(allv), abs=2e-3)
     assert seen[:3] == ["anime 0", "anime 1", "anime 2"]
+    # refused: a stray entry beside the styles (hpsv2 would open it as a style), a missing .jpg, an unfinished run
+    (img_dir / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="hpsv2.*notes.txt"):
+        ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps)
+    os.remove(img_dir / "notes.txt")
+    os.rename(img_dir / "photo" / "00001.jpg", img_dir / "photo" / "00001.png")
+    with pytest.raises(FileNotFoundError, match="00001.jpg .*older sample.py.*jpg only"):
+        ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps)
+    (img_dir / ef.MARKER).write_text("{}")
+    with pytest.raises(ValueError, match="unfinished"):
+        ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps)
+
+
+def test_cli_writes_scores_beside_the_folder(tmp_path, monkeypatch):
+    prompts_dir, img_dir = tmp_path / "prompts", tmp_path / "hps"
+    prompts_dir.mkdir()
+    for style in ef.HPS_STYLES:
+        (prompts_dir / f"{style}.json").write_text(json.dumps([f"{style} 0"]))
+    sample.sample_hps_benchmark(make_generate([]), str(prompts_dir), str(img_dir))
+    monkeypatch.setattr(ef.rewards, "make_reward", lambda name, path=None: lambda x, p: (x.mean((1, 2, 3)) * 100, {}))
+    before = sorted(os.listdir(img_dir))
+    ef.main(["hps", "--image_dir", str(img_dir), "--prompts_dir", str(prompts_dir), "--device", "cpu"])
+    assert sorted(os.listdir(img_dir)) == before == sorted(ef.HPS_STYLES)   # nothing written into the folder
+    assert set(json.loads((tmp_path / "hps_scores.json").read_text())) == set(ef.HPS_STYLES) | {"average"}
+    with pytest.raises(SystemExit, match="inside .*hps.*write it elsewhere"):
+        ef.main(["hps", "--image_dir", str(img_dir), "--prompts_dir", str(prompts_dir), "--out",
+                 str(img_dir / "scores_hps.json")])
+    (tmp_path / "coco2014" / "val2014").mkdir(parents=True)
+    sample.sample_to_folder(make_generate([]), ["a, b"], str(tmp_path / "coco"), progress=False)
+    with pytest.raises(SystemExit, match="val2014 folder itself: pass its parent"):   # checked before any model loads
+        ef.main(["coco", "--fake_dir", str(tmp_path / "coco"), "--ref_dir", str(tmp_path / "coco2014" / "val2014"),
+                 "--inception", str(tmp_path / "none.pt")])
 
 
 def test_hps_pil_preprocess_crops_centre():
@@ -285,18 +378,6 @@ def test_hps_pil_preprocess_crops_centre():
     a[:, 50:350] = 255  # the central 300 columns survive the crop
     x = ef.hps_pil_preprocess(Image.fromarray(a))
     assert x.shape == (3, 224, 224) and x[:, :, 2:-2].min() > 0.99
-
-
-def test_sample_geneval_layout(tmp_path):
-    meta = tmp_path / "evaluation_metadata.jsonl"
-    meta.write_text("\n".join(json.dumps({"tag": "single_object", "prompt": p}) for p in ["a cat", "a dog"]))
-    calls = []
-    assert ef.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2,
-                             batch_size=3) == 4
-    assert calls == [["a cat", "a cat", "a dog"], ["a dog"]]
-    assert json.loads((tmp_path / "out" / "00001" / "metadata.jsonl").read_text())["prompt"] == "a dog"
-    assert sorted(os.listdir(tmp_path / "out" / "00000" / "samples")) == ["0000.png", "0001.png"]
-    assert ef.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2) == 0
 
 
 # ------------------------------------------------------------------------------------------- toy: moved out

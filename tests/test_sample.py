@@ -1,16 +1,23 @@
 """sample.py: a train.py checkpoint -> COCO / GenEval / HPSv2 image folders with the backbone's released evaluation
-sampler settings; resumable; bad paths named. Run: pytest -q tests/test_sample.py
+sampler settings and image conversion; the folders as the official evaluators read them (their reading rules below,
+transcribed from their sources, and clean-fid's own reader); captions with commas; interrupted and re-used folders;
+resumable; bad paths named. Run: pytest -q tests/test_sample.py
 """
+import glob
 import json
 import os
+import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import backbones
+import eval_fid
 import sample
 import train
+from data import to_uint8, to_uint8_janus
 
 
 @pytest.fixture(scope="module")
@@ -23,33 +30,120 @@ def toy_ckpt(toy_cache, tmp_path_factory):
     return str(out / "ckpt_0000001.pt")
 
 
+# ------------------------------------------------------------------------------------------- the official readers
+# hpsv2 (1.2.0) pulls in a pinned pytest, protobuf 3.20, pandas and webdataset, and GenEval needs mmdet and CUDA, so
+# their reading code is transcribed here from their sources; LlamaGen's evaluation.py needs the `clip` package, so
+# its folder reader is transcribed too; clean-fid installs cleanly and is used as itself.
+def llamagen_reads(fake_dir):
+    """LlamaGen's EvalDataset, coco2014 with load_txt_from_file (evaluations/t2i/evaluation.py:77-89): images/*.png in
+    natural order, zipped with the lines of captions.txt -> [(image path, caption)]."""
+    def natural(key):
+        return [int(t) if t.isdigit() else t.lower() for t in re.split("([0-9]+)", key)]
+    images = sorted(glob.glob(os.path.join(fake_dir, "images", "*.png")), key=natural)
+    with open(os.path.join(fake_dir, "captions.txt"), encoding="utf-8") as f:
+        return list(zip(images, f.read().splitlines()))
+
+
+def cleanfid_reads(folder):
+    """The number of images clean-fid's folder reader scores (cleanfid.fid.get_folder_features, its own listing)."""
+    from cleanfid.fid import get_folder_features
+    feats = get_folder_features(folder, model=lambda x: x.mean((1, 2, 3))[:, None], num_workers=0, batch_size=8,
+                                device=torch.device("cpu"), mode="clean", verbose=False)
+    return len(feats)
+
+
+def geneval_reads(image_dir):
+    """GenEval's evaluate_images.py main loop (evaluation/evaluate_images.py:263-273): every digit-named sub-folder is a
+    prompt, json.load of its metadata.jsonl, its samples the files of samples/ whose name re.match(r"\\d+\\.png")
+    -> {folder: (metadata, sorted sample names)}."""
+    read = {}
+    for sub in os.listdir(image_dir):
+        folder = os.path.join(image_dir, sub)
+        if not os.path.isdir(folder) or not sub.isdigit():
+            continue
+        with open(os.path.join(folder, "metadata.jsonl")) as fp:
+            metadata = json.load(fp)
+        names = [n for n in os.listdir(os.path.join(folder, "samples"))
+                 if os.path.isfile(os.path.join(folder, "samples", n)) and re.match(r"\d+\.png", n)]
+        read[sub] = (metadata, sorted(names))
+    return read
+
+
+def hpsv2_reads(image_path, data_path):
+    """hpsv2's evaluate_benchmark + BenchmarkDataset (hpsv2/evaluation.py:118-129, 28-39): every entry of image_path
+    is a style, its prompts {data_path}/{style}.json, image idx {style}/{idx:05d}.jpg, a missing one skipped
+    -> {style: [(prompt, image path)]}."""
+    read = {}
+    for style in os.listdir(image_path):
+        with open(os.path.join(data_path, f"{style}.json")) as f:
+            prompts = json.load(f)
+        files = [(p, os.path.join(image_path, style, f"{i:05d}.jpg")) for i, p in enumerate(prompts)]
+        read[style] = [(p, f) for p, f in files if os.path.exists(f)]
+    return read
+
+
+def hidden_files(folder):
+    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------- from a checkpoint
+CAPTIONS_FILE = ('Prompt\na red circle, on the left\n"a blue square" on the left, small\n'
+                 'a green cross on the left \n\na yellow triangle')                    # LlamaGen's file layout
+CAPTIONS = ["a red circle, on the left", "a blue square on the left, small", "a green cross on the left ",
+            "a yellow triangle"]                                                       # as pandas reads them
+
+
 def prompts(tmp_path):
-    (tmp_path / "coco.csv").write_text("Prompt\na red circle on the left\na blue square\n")
+    (tmp_path / "coco.csv").write_text(CAPTIONS_FILE, encoding="utf-8")
     (tmp_path / "geneval.jsonl").write_text(json.dumps({"prompt": "a green cross", "tag": "single_object"}) + "\n")
     hps = tmp_path / "hps"
     hps.mkdir()
-    for style in ("anime", "concept-art", "paintings", "photo"):
+    for style in eval_fid.HPS_STYLES:
         (hps / f"{style}.json").write_text(json.dumps(["a yellow triangle"]))   # toy vocabulary only
     return tmp_path / "coco.csv", tmp_path / "geneval.jsonl", hps
 
 
-def test_every_benchmark_from_a_toy_checkpoint(toy_ckpt, tmp_path, monkeypatch):
+def record_prompts(monkeypatch):
+    """Every caption that reaches the sampler, in order."""
+    seen, make = [], sample.make_generate
+
+    def make_recording(*a, **k):
+        generate = make(*a, **k)
+        return lambda captions: seen.extend(captions) or generate(captions)
+    monkeypatch.setattr(sample, "make_generate", make_recording)
+    return seen
+
+
+def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy_ckpt, tmp_path, monkeypatch):
     coco, geneval, hps = prompts(tmp_path)
     seen = []
     sample_fn = backbones.policy.sample
     monkeypatch.setattr(backbones.policy, "sample", lambda *a, **k: seen.append(k) or sample_fn(*a, **k))
+    prompted = record_prompts(monkeypatch)
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "coco", "--prompts", str(coco), "--out_dir",
-                        str(tmp_path / "c"), "--n", "3", "--device", "cpu"]) == 3
-    imgs = sorted(os.listdir(tmp_path / "c" / "images"))
-    assert imgs == ["000000.png", "000001.png", "000002.png"]
-    assert Image.open(tmp_path / "c" / "images" / imgs[0]).size == (32, 32)
+                        str(tmp_path / "c"), "--n", "6", "--device", "cpu"]) == 6
+    expect = CAPTIONS + CAPTIONS[:2]                                                    # cycled to --n
+    pairs = llamagen_reads(str(tmp_path / "c"))                                         # what LlamaGen scores
+    assert pairs == [(str(tmp_path / "c" / "images" / f"{i:06d}.png"), c) for i, c in enumerate(expect)]
+    assert prompted == expect                                    # commas kept: the prompts are the scored captions
+    assert cleanfid_reads(str(tmp_path / "c" / "images")) == 6
+    assert Image.open(pairs[0][0]).size == (32, 32)
     assert {k: seen[0][k] for k in ("cfg_scale", "temperature", "top_k", "top_p")} == backbones.EVAL_SETTINGS["tiny"]
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "coco", "--prompts", str(coco), "--out_dir",
-                        str(tmp_path / "c"), "--n", "3", "--device", "cpu"]) == 0          # resumable: nothing new
+                        str(tmp_path / "c"), "--n", "6", "--device", "cpu"]) == 0          # resumable: nothing new
+
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "geneval", "--prompts", str(geneval), "--out_dir",
-                        str(tmp_path / "g"), "--device", "cpu"]) == 4                      # 4 images per prompt
+                        str(tmp_path / "g"), "--device", "cpu", "--seed", "0"]) == 4       # 4 images per prompt
+    assert geneval_reads(str(tmp_path / "g")) == {
+        "00000": ({"prompt": "a green cross", "tag": "single_object"}, [f"{k:04d}.png" for k in range(4)])}
+
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "hps", "--prompts", str(hps), "--out_dir",
                         str(tmp_path / "h"), "--device", "cpu"]) == 4                      # 1 per prompt and style
+    read = hpsv2_reads(str(tmp_path / "h"), str(hps))
+    assert sorted(read) == sorted(eval_fid.HPS_STYLES) and all(len(v) == 1 for v in read.values())
+    assert all(Image.open(f).format == "JPEG" for v in read.values() for _, f in v)    # as the released samplers
+    for d in ("c", "g", "h"):                                                           # no marker, no temp file left
+        assert not os.path.exists(tmp_path / d / eval_fid.MARKER) and hidden_files(tmp_path / d) == []
 
 
 def test_policy_and_decoder_choice_loads_those_weights(toy_ckpt):
@@ -69,9 +163,22 @@ def test_bad_paths_are_named(tmp_path):
                      "--out_dir", str(tmp_path / "o")])
 
 
-def test_janus_checkpoint_samples_with_janus_eval_settings(toy_cache, tmp_path, monkeypatch):
+def test_refused_folder_is_named_before_sampling(toy_ckpt, tmp_path):
+    coco, _, _ = prompts(tmp_path)
+    (tmp_path / "c" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c" / "images" / "000009.png")
+    with pytest.raises(SystemExit, match="clean-fid.*000009.png.*new --out_dir"):
+        sample.main(["--ckpt", toy_ckpt, "--bench", "coco", "--prompts", str(coco), "--out_dir", str(tmp_path / "c"),
+                     "--n", "2", "--device", "cpu"])
+    (tmp_path / "bad.csv").write_text("Prompt\na red circle\ta blue square\n")
+    with pytest.raises(SystemExit, match="bad.csv:2: 2 tab-separated fields"):
+        sample.main(["--ckpt", toy_ckpt, "--bench", "coco", "--prompts", str(tmp_path / "bad.csv"), "--out_dir",
+                     str(tmp_path / "c2"), "--device", "cpu"])
+
+
+def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_cache, tmp_path, monkeypatch):
     # a tiny Janus trained one step in the toy world; sample.py must use Janus's released evaluation sampler
-    # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset
+    # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset, and its uint8 conversion
     import janus
     from janus_fixtures import write_tiny_janus
     ckpt_path, tok_dir = write_tiny_janus(tmp_path / "janus")
@@ -83,8 +190,202 @@ def test_janus_checkpoint_samples_with_janus_eval_settings(toy_cache, tmp_path, 
     assert cfg.top_k == 1000 and cfg.cfg_scale == 5.0                                   # the training preset
     seen, fn = [], janus.sample
     monkeypatch.setattr(janus, "sample", lambda *a, **k: seen.append(k) or fn(*a, **k))
+    decoded, load = [], sample.load_sampler
+
+    def load_recording(*a, **k):                                 # keeps every decoder output in [-1, 1]
+        cfg, te, gpt, vq, sample_fn = load(*a, **k)
+        decode = vq.decode_indices
+        vq.decode_indices = lambda tokens: decoded.append(decode(tokens)) or decoded[-1]
+        return cfg, te, gpt, vq, sample_fn
+    monkeypatch.setattr(sample, "load_sampler", load_recording)
     coco, _, _ = prompts(tmp_path)
     assert sample.main(["--ckpt", str(tmp_path / "run" / "ckpt_0000001.pt"), "--bench", "coco", "--prompts",
                         str(coco), "--out_dir", str(tmp_path / "c"), "--n", "2", "--device", "cpu"]) == 2
     assert {k: seen[0][k] for k in ("cfg_scale", "top_k")} == {"cfg_scale": 5.0, "top_k": 50}
-    assert Image.open(tmp_path / "c" / "images" / "000000.png").size == (32, 32)
+    saved = np.stack([np.asarray(Image.open(tmp_path / "c" / "images" / f"{i:06d}.png")) for i in range(2)])
+    assert saved.shape == (2, 32, 32, 3)
+    # the released Janus conversion (RankE janus/sample/sample_t2i_ddp_coco.py:211-212), written with numpy
+    dec = decoded[0].float().numpy().transpose(0, 2, 3, 1)
+    assert np.array_equal(saved, np.clip((dec + 1) / 2 * 255, 0, 255).astype(np.uint8))
+    llamagen = to_uint8(decoded[0]).permute(0, 2, 3, 1).numpy()
+    assert (saved != llamagen).mean() > 0.1                      # LlamaGen's conversion would give other pixels
+
+
+def test_janus_conversion_is_the_released_one_byte_for_byte():
+    x = torch.cat([torch.linspace(-1.2, 1.2, 240001), torch.tensor([-1.0, 1.0, 0.0, 1 / 255, -1 / 255])])
+    released = np.clip((x.numpy() + 1) / 2 * 255, 0, 255).astype(np.uint8)  # janus/sample/sample_t2i_ddp_coco.py:212
+    assert np.array_equal(to_uint8_janus(x).numpy(), released)
+    assert to_uint8_janus(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 127, 255]
+    assert to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]       # LlamaGen: half a level up
+
+
+# ------------------------------------------------------------------------------------------- captions
+def test_read_captions_is_llamagens_one_caption_per_line(tmp_path):
+    p = tmp_path / "coco_captions.csv"
+    p.write_text(CAPTIONS_FILE, encoding="utf-8")
+    assert sample.read_captions(str(p), n=9) == (CAPTIONS * 3)[:9]
+    p.write_bytes(b"Prompt\r\nA man, a plan, a canal\r\n")                             # CRLF line ends
+    assert sample.read_captions(str(p)) == ["A man, a plan, a canal"] * 30000
+    p.write_text("caption\nx\n")
+    with pytest.raises(ValueError, match="header `Prompt`"):
+        sample.read_captions(str(p))
+    p.write_text("Prompt\n\n")
+    with pytest.raises(ValueError, match="no captions"):
+        sample.read_captions(str(p))
+    p.write_text('Prompt\nfine\n"a caption\nover two lines"\n')
+    with pytest.raises(ValueError, match=":4: caption .*line break"):
+        sample.read_captions(str(p))
+
+
+# ------------------------------------------------------------------------------------------- folder writers
+def make_generate(calls):
+    def generate(captions):
+        calls.append(list(captions))
+        vals = torch.tensor([len(c) * 10 % 256 for c in captions], dtype=torch.uint8)
+        return vals.view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()  # (B,3,8,8) uint8
+    return generate
+
+
+def failing_after(calls_ok):
+    """A generator that raises on its call number calls_ok + 1, like a run killed mid-way."""
+    calls = []
+    good = make_generate(calls)
+
+    def generate(captions):
+        if len(calls) == calls_ok:
+            raise KeyboardInterrupt
+        return good(captions)
+    return generate
+
+
+def test_sample_to_folder_is_resumable(tmp_path):
+    caps = [f"caption number {'x' * i}" for i in range(7)]
+    calls = []
+    gen = make_generate(calls)
+    assert sample.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 7
+    assert [len(c) for c in calls] == [3, 3, 1]
+    assert sorted(os.listdir(tmp_path / "images")) == [f"{i:06d}.png" for i in range(7)]
+    assert (tmp_path / "captions.txt").read_text().splitlines() == caps
+    img = np.asarray(Image.open(tmp_path / "images" / "000004.png"))
+    assert img.shape == (8, 8, 3) and (img == len(caps[4]) * 10 % 256).all()
+    # remove two samples: a second run generates exactly those, nothing else
+    os.remove(tmp_path / "images" / "000002.png")
+    os.remove(tmp_path / "images" / "000005.png")
+    calls.clear()
+    assert sample.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 2
+    assert calls == [[caps[2], caps[5]]]
+    calls.clear()
+    assert sample.sample_to_folder(gen, caps, str(tmp_path), progress=False) == 0 and calls == []
+    assert eval_fid.read_coco_folder(str(tmp_path)) == ([str(tmp_path / "images" / f"{i:06d}.png") for i in range(7)],
+                                                        caps)
+
+
+def test_generate_output_and_captions_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        sample.sample_to_folder(lambda c: torch.zeros(len(c), 3, 8, 8), ["a"], str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"\(2, 3, H, W\)"):
+        sample.sample_to_folder(lambda c: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a", "b"], str(tmp_path / "2"),
+                                progress=False)
+    with pytest.raises(ValueError, match="caption 1 is 'b\\\\nc'"):
+        sample.sample_to_folder(make_generate([]), ["a", "b\nc"], str(tmp_path / "3"), progress=False)
+
+
+def test_sample_geneval_layout(tmp_path):
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps({"tag": "single_object", "prompt": p}) for p in ["a cat", "a dog"]))
+    calls = []
+    assert sample.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2,
+                                 batch_size=3) == 4
+    assert calls == [["a cat", "a cat", "a dog"], ["a dog"]]
+    read = geneval_reads(str(tmp_path / "out"))
+    assert read == {"00000": ({"tag": "single_object", "prompt": "a cat"}, ["0000.png", "0001.png"]),
+                    "00001": ({"tag": "single_object", "prompt": "a dog"}, ["0000.png", "0001.png"])}
+    assert sample.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2) == 0
+
+
+def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monkeypatch):
+    from cleanfid.utils import EXTENSIONS
+    caps = [f"c{i}, d" for i in range(5)]
+    coco = tmp_path / "coco"
+    # killed inside a file write: the half-written file lies under a name no reader matches
+    real_replace, kills = os.replace, []
+
+    def replace_once_killed(src, dst):
+        if str(dst).endswith("000001.png") and not kills:
+            kills.append(src)
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace_once_killed)
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_to_folder(make_generate([]), caps, str(coco), batch_size=2, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert os.path.basename(kills[0]) == ".000001.png.tmp" and os.path.isfile(kills[0])
+    assert not re.match(r"\d+\.png", ".000001.png.tmp")                              # GenEval's pattern
+    listed = [p for e in EXTENSIONS for p in glob.glob(str(coco / "images" / "**" / f"*.{e}"), recursive=True)]
+    assert listed == [str(coco / "images" / "000000.png")]                              # clean-fid's listing
+    with pytest.raises(FileNotFoundError):                                              # LlamaGen: no captions.txt
+        llamagen_reads(str(coco))
+    with pytest.raises(ValueError, match="unfinished"):
+        eval_fid.read_coco_folder(str(coco))
+    with pytest.raises(ValueError, match="unfinished run with another seed"):           # resume with other settings
+        sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False, run={"seed": 1})
+    with pytest.raises(ValueError, match="unfinished run with another captions_sha1, n"):
+        sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
+    assert sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False) == 4
+    assert hidden_files(coco) == [] and len(llamagen_reads(str(coco))) == 5 and cleanfid_reads(str(coco)) == 5
+
+    # GenEval: every prompt folder exists from the start, metadata.jsonl only at the end -> GenEval stops on it
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps({"tag": "t", "prompt": p}) for p in ["a cat", "a dog", "a cow"]))
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_geneval(failing_after(1), str(meta), str(tmp_path / "g"), n_per_prompt=2, batch_size=2)
+    assert sorted(os.listdir(tmp_path / "g")) == ["00000", "00001", "00002", eval_fid.MARKER]
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        geneval_reads(str(tmp_path / "g"))
+    assert sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=2) == 4
+    assert [len(v[1]) for v in geneval_reads(str(tmp_path / "g")).values()] == [2, 2, 2]
+
+    # HPSv2: the marker beside the styles makes hpsv2 fail instead of scoring the styles it finds
+    hps = tmp_path / "hps_prompts"
+    hps.mkdir()
+    for style in eval_fid.HPS_STYLES:
+        (hps / f"{style}.json").write_text(json.dumps([f"{style} {i}" for i in range(3)]))
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_hps_benchmark(failing_after(2), str(hps), str(tmp_path / "h"), batch_size=2)
+    with pytest.raises(FileNotFoundError, match=f"{eval_fid.MARKER}.json"):
+        hpsv2_reads(str(tmp_path / "h"), str(hps))
+    assert sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"), batch_size=2) == 9
+    assert all(len(v) == 3 for v in hpsv2_reads(str(tmp_path / "h"), str(hps)).values())
+
+
+def test_leftovers_of_other_runs_are_refused(tmp_path):
+    coco = tmp_path / "coco"
+    caps = [f"c{i}" for i in range(5)]
+    sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False)
+    with pytest.raises(ValueError, match="finished run of other captions"):
+        sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
+    os.remove(coco / "captions.txt")                        # a larger run's images without its captions
+    with pytest.raises(FileExistsError, match="2 entries that clean-fid .*000003.png"):
+        sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
+
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps({"tag": "t", "prompt": p}) for p in ["a cat", "a dog"]))
+    sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=3)
+    with pytest.raises(FileExistsError, match="2 entries that GenEval.*0002.png"):     # 3 per prompt, now 2
+        sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=2)
+    (tmp_path / "g" / "00000" / "samples" / "0000.png.tmp").write_bytes(b"")           # GenEval counts this name
+    with pytest.raises(FileExistsError, match="0000.png.tmp"):
+        sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=3)
+    os.remove(tmp_path / "g" / "00000" / "samples" / "0000.png.tmp")
+    meta.write_text(json.dumps({"tag": "t", "prompt": "a cat"}))                       # a shorter prompt list
+    with pytest.raises(FileExistsError, match="GenEval.*00001"):
+        sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=3)
+
+    hps = tmp_path / "hps_prompts"
+    hps.mkdir()
+    for style in eval_fid.HPS_STYLES:
+        (hps / f"{style}.json").write_text(json.dumps([f"{style} 0"]))
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "scores_hps.json").write_text("{}")                              # hpsv2 would open it as a style
+    with pytest.raises(FileExistsError, match="hpsv2.*scores_hps.json"):
+        sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"))
