@@ -39,13 +39,15 @@ class Backbone:
     sample: object          # (gpt, cond, mask, cfg_scale=, temperature=, top_k=, top_p=, generator=) -> (B,N)
     logprobs: object        # (gpt, cond, mask, tokens, cfg_scale=) -> (B,N)
     logits: object          # (gpt, tokens, cond, mask) -> (B,N,V) teacher-forced (VA-pi)
-    reward_fn: object       # (images01, prompts) -> (scores (B,), info)
-    perceptual: object      # (x, y) -> (B,) in [-1, 1]
+    reward_fn: object       # (images01, prompts) -> (scores (B,), info); on --data None for --method vapi
+    perceptual: object      # (x, y) -> (B,) in [-1, 1]; on --data None for --method grpo (never used)
     stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); stats, state_dict, load_state_dict
 
 
 def image_side(cfg) -> int:
-    """Side in pixels of the images the configured policy's tokenizer decodes."""
+    """Side in pixels of the images the configured policy's tokenizer decodes (train.py sets --image_size to it)."""
+    if getattr(cfg, "synthetic", ""):
+        return synthetic.image_side(cfg)
     if cfg.backbone == "janus_pro_1b":
         import janus
         jc = janus.JANUS_CONFIGS[cfg.janus_config]
@@ -55,6 +57,39 @@ def image_side(cfg) -> int:
 
 def uses_toy_world(cfg) -> bool:
     return cfg.backbone == "tiny" or not cfg.data
+
+
+def real_data(cfg) -> bool:
+    """(image, caption) pairs from --data, scored by CLIP / HPSv2, with LPIPS: not the toy world, not --synthetic."""
+    return not getattr(cfg, "synthetic", "") and not uses_toy_world(cfg)
+
+
+def needs_reward(cfg) -> bool:
+    return cfg.method != "vapi"      # VA-pi scores by reconstruction (vapi.recon_reward), never by the reward model
+
+
+def needs_lpips(cfg) -> bool:
+    return cfg.method != "grpo"      # standard RL has no decoder step and no reconstruction reward
+
+
+# The world / backbone flags and the runs they act in (train.parse_config refuses them, given, in any other run).
+WORLD_SCOPES = [  # (flags, applies(cfg), what they act on)
+    (("toy_cache", "toy_preset"), lambda c: not c.synthetic and uses_toy_world(c),
+     "the toy world (--backbone tiny, or no --data; not --synthetic)"),
+    (("report_n",), lambda c: c.backbone == "tiny" and not c.data, "the end-of-run report of --backbone tiny without "
+     "--data"),
+    (("reward",), lambda c: (c.synthetic or not uses_toy_world(c)) and needs_reward(c), "the reward of runs on --data "
+     "or --synthetic (the toy world scores with its toy CLIP, --method vapi with its reconstruction reward)"),
+    (("clip_path",), lambda c: real_data(c) and needs_reward(c) and c.reward == "clip",
+     "the CLIP reward (--reward clip) of a run on --data"),
+    (("hps_path",), lambda c: real_data(c) and needs_reward(c) and c.reward == "hpsv2",
+     "the HPSv2 reward (--reward hpsv2) of a run on --data"),
+    (("lpips_vgg", "lpips_lin"), lambda c: real_data(c) and needs_lpips(c),
+     "LPIPS of a run on --data: the decoder step and VA-pi's reward (--method grpo has neither)"),
+    (("gpt_ckpt", "vq_ckpt", "t5_path"), lambda c: c.backbone == "llamagen_xl" and not c.synthetic,
+     "--backbone llamagen_xl with real weights"),
+    (("janus_ckpt", "janus_tokenizer", "janus_config"), lambda c: c.backbone == "janus_pro_1b" and not c.synthetic,
+     "--backbone janus_pro_1b with real weights")]
 
 
 # Released evaluation samplers per backbone (docs/method.md §11, §17.6; D12: Janus evaluates with top-k 50).
@@ -105,8 +140,10 @@ def build_backbone(cfg, device, rank: int) -> Backbone:
         stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
                   else WorldStream(toy.world, cfg.batch_prompts, data_seed))
     else:
-        reward_fn = rewards.WeightedReward({cfg.reward: (rewards.make_reward(cfg.reward, reward_path(cfg)[1]), 1.0)})
-        perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device)
+        reward_fn = rewards.WeightedReward({cfg.reward: (rewards.make_reward(cfg.reward, reward_path(cfg)[1]), 1.0)}) \
+            if needs_reward(cfg) else None
+        perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device) \
+            if needs_lpips(cfg) else None
         stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
     gpt.cfg.grad_ckpt = cfg.grad_ckpt
     return Backbone(text_encoder, gpt.to(device), vq.to(device), sample, logprobs,
@@ -140,10 +177,12 @@ def check_paths(cfg) -> list:
     else:
         flag, path = reward_path(cfg)
         try:                                    # the active reward's weights: local file, hub cache or open_clip's
-            rewards.make_reward(cfg.reward, path).resolve()
+            if needs_reward(cfg):
+                rewards.make_reward(cfg.reward, path).resolve()
         except FileNotFoundError as e:
             bad.append(f"{flag}: {e}")
-        for flag, url in (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)):
+        lpips_files = (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)) if needs_lpips(cfg) else ()
+        for flag, url in lpips_files:
             path = getattr(cfg, flag[2:])
             try:                                # "" = the torch-hub cache copy, downloaded when online
                 path or ckpt.cached_download(None, url, f"LPIPS needs {url}: download it and pass {flag} PATH.")

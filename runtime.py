@@ -21,32 +21,38 @@ import ckpt
 BARE_FLAGS = {"synthetic": "full"}   # str flags that may be given without a value, and the value they then take
 
 
-def parse_dataclass_flags(cls, presets, choices, argv, default_preset):
+def parse_dataclass_flags(cls, presets, choices, argv, default_preset, preset_keys=("backbone",)):
     """One flag per field of the dataclass `cls`; its help text is the comment after the field. --preset NAME (or
-    default_preset(--backbone)) picks the defaults from presets[NAME]; explicit flags override them."""
+    default_preset(**the preset_keys flags given, None where absent)) picks the defaults from presets[NAME]; explicit
+    flags override them. Returns (config, the set of field names given on the command line)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=None)
-    pre.add_argument("--backbone", default=None)
+    for key in ("preset", *preset_keys):
+        pre.add_argument(f"--{key}", default=None)
     known, _ = pre.parse_known_args(argv)
-    preset = known.preset or default_preset(known.backbone)
+    preset = known.preset or default_preset(**{k: getattr(known, k) for k in preset_keys})
     if preset not in presets:
         raise SystemExit(f"--preset {preset!r}: choose one of {sorted(presets)}")
     defaults = {**asdict(cls()), **presets[preset], "preset": preset}
-    p = argparse.ArgumentParser(description="RankE post-training (train.py)",
-                                formatter_class=argparse.RawTextHelpFormatter)
     src = inspect.getsource(cls).splitlines()
-    for f in fields(cls):
-        line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
-        help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
-        if f.type in (bool, "bool"):
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?", const=True,
-                           default=defaults[f.name], help=help_)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            bare = dict(nargs="?", const=BARE_FLAGS[f.name]) if f.name in BARE_FLAGS else {}
-            p.add_argument(f"--{f.name}", type=typ, default=defaults[f.name], choices=choices.get(f.name), help=help_,
-                           **bare)
-    return cls(**vars(p.parse_args(argv)))
+
+    def parser(default):                     # default(name) -> the flag's default value
+        p = argparse.ArgumentParser(description="RankE post-training (train.py)",
+                                    formatter_class=argparse.RawTextHelpFormatter)
+        for f in fields(cls):
+            line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
+            help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
+            if f.type in (bool, "bool"):
+                p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?", const=True,
+                               default=default(f.name), help=help_)
+            else:
+                typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+                bare = dict(nargs="?", const=BARE_FLAGS[f.name]) if f.name in BARE_FLAGS else {}
+                p.add_argument(f"--{f.name}", type=typ, default=default(f.name), choices=choices.get(f.name),
+                               help=help_, **bare)
+        return p
+    cfg = cls(**vars(parser(defaults.get).parse_args(argv)))
+    given = set(vars(parser(lambda name: argparse.SUPPRESS).parse_args(argv)))   # only the flags on the line
+    return cfg, given
 
 
 def setup_distributed(cfg):

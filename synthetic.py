@@ -270,7 +270,7 @@ def build_world(cfg, device, data_seed: int):
 
 def banner(cfg) -> str:
     return BANNER.format(scale=cfg.synthetic, backbone=cfg.backbone) + \
-        f"\n##  images {image_side(cfg)} px (the synthetic tokenizer's side; --image_size is not used)\n"
+        f"\n##  images {image_side(cfg)} px (the synthetic tokenizer's side, which --image_size follows)\n"
 
 
 def full_counts(backbone: str = "llamagen_xl") -> dict:

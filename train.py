@@ -38,7 +38,7 @@ from tqdm import tqdm
 import ranke
 import vapi
 import vq as vqlib
-from backbones import Backbone, build_backbone, check_paths
+from backbones import WORLD_SCOPES, Backbone, build_backbone, check_paths, image_side
 from data import save_grid
 from runtime import (Logger, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb, resume,
                      save_checkpoint, setup_distributed, teardown)
@@ -66,7 +66,7 @@ class Config:
     data: str = ""                 # folder / .jsonl / .tar[,...]; "" = the toy world's own generator
     toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
     toy_preset: str = "default"    # default | tiny (seconds-fast, low quality: tests)
-    image_size: int = 32           # S
+    image_size: int = 32           # S: set from the backbone (tiny 32, llamagen_xl 256, janus_pro_1b 384), no other
     batch_prompts: int = 8         # B per rank and micro-batch (released LlamaGen: 4, Janus: 2)
     # DEVIATION (D9): a real accumulation; the released Janus trainer's zero_grad kept only every 2nd micro-batch
     grad_accum: int = 1            # micro-batches per optimizer update (Janus preset: 2)
@@ -138,18 +138,18 @@ PRESETS = {
     "tiny": dict(batch_prompts=4, disc_start=30),
     # docs/method.md §8, column "LlamaGen CLIP"; learning rates as actually run by the released code (D15)
     "llamagen_xl_clip": dict(backbone="llamagen_xl", out_dir="runs/llamagen_xl_clip", steps=6000, total_steps=4680,
-                             ckpt_every=500, sample_every=500, image_size=256, batch_prompts=4, group_size=8,
-                             cfg_scale=6.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
+                             ckpt_every=500, sample_every=500, batch_prompts=4, group_size=8, cfg_scale=6.0,
+                             top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
                              lambda_reward=0.01, lambda_consist=10.0, reward="clip", grad_ckpt=True),
     "llamagen_xl_hps": dict(backbone="llamagen_xl", out_dir="runs/llamagen_xl_hps", steps=2000, total_steps=2340,
-                            ckpt_every=500, sample_every=500, image_size=256, batch_prompts=4, group_size=8,
-                            cfg_scale=6.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
+                            ckpt_every=500, sample_every=500, batch_prompts=4, group_size=8, cfg_scale=6.0,
+                            top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
                             lambda_reward=0.1, lambda_consist=10.0, reward="hpsv2", grad_ckpt=True),
     # VA-pi's released LlamaGen T2I run (docs/method.md §12.3; vapi.VAPI_PRESET). One optimizer step per B images.
     # DEVIATION: the policy forward runs in eval mode (no dropout): it both draws the samples and is trained, so the
     # released train-mode forward would make logp_old != logp at step 0 (docs/method.md §12.7 defect 5).
     "llamagen_xl_vapi": dict(backbone="llamagen_xl", method="vapi", out_dir="runs/llamagen_xl_vapi", steps=200,
-                             total_steps=200, ckpt_every=50, sample_every=0, image_size=256, batch_prompts=16,
+                             total_steps=200, ckpt_every=50, sample_every=0, batch_prompts=16,
                              group_size=8, lr_gpt=1e-6, weight_decay=1e-4, vapi_xi=0.5, vapi_ce=0.1, vapi_kl=0.0,
                              grad_ckpt=True),
 }
@@ -157,14 +157,19 @@ PRESETS = {
 # 32 prompts per update, as the scripts intended (the released accumulation kept only every second micro-batch and
 # counted micro-steps, D9: its disc_start 100, total 4680, checkpoint 500 and 6k evaluated steps become 50, 2340,
 # 250 and 3000 updates here). Learning rates as actually run (D15).
+# The released trainer also ran the 0.99 decoder EMA on every micro-step, so 0.99^2 per update here, and accelerate
+# divided each loss by the accumulation count 2 before the 1.0 clip: AdamW ignores the scale, the clip does not, so
+# clipping our (undivided) mean gradient at 2.0 is the released clip (docs/method.md D9, §17.5).
+# DEVIATION (D9): the released first EMA pull of an update went to the pre-update decoder, and its second micro-batch
+# was scored by that once-pulled EMA; here both micro-batches see one EMA and the two pulls go to the updated decoder.
 # DEVIATION (docs/method.md §17.4): fp32 master weights, AdamW states and EMAs under bf16 autocast; the released
 # Janus runs trained bf16 weights with bf16 states and EMAs, so most weights and the 0.999 EMA could not move.
 for _name, _beta, _reward in (("janus_pro_1b_clip", 0.05, "clip"), ("janus_pro_1b_hps", 0.01, "hpsv2")):
     PRESETS[_name] = dict(backbone="janus_pro_1b", out_dir=f"runs/{_name}", steps=3000, total_steps=2340,
-                          ckpt_every=250, sample_every=250, image_size=384, batch_prompts=2, grad_accum=2,
-                          group_size=8, cfg_scale=5.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5,
-                          beta_kl=_beta, lambda_reward=0.05, lambda_consist=5.0, disc_start=50, reward=_reward,
-                          grad_ckpt=True)
+                          ckpt_every=250, sample_every=250, batch_prompts=2, grad_accum=2, group_size=8,
+                          cfg_scale=5.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=_beta,
+                          lambda_reward=0.05, lambda_consist=5.0, disc_start=50, reward=_reward, grad_ckpt=True,
+                          ema_vq_decay=0.99 ** 2, grad_clip=2.0)
 CHOICES = dict(backbone=("tiny", "llamagen_xl", "janus_pro_1b"), janus_config=("janus_pro_1b", "tiny"),
                method=("ranke", "grpo", "decoder", "vapi"), kl_estimator=("k2", "k3"), kl_ref=("frozen", "ema"),
                logp_cfg=("cond", "guided"),
@@ -174,7 +179,7 @@ CHOICES = dict(backbone=("tiny", "llamagen_xl", "janus_pro_1b"), janus_config=("
 
 # Allowed values: (requirement, test, flags). parse_config reports every violation at once.
 RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "grad_accum", "ckpt_every", "keep_ckpts",
-                                    "ppo_epochs", "ema_gpt_every", "image_size")),
+                                    "ppo_epochs", "ema_gpt_every")),
          (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
          ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
          ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
@@ -185,16 +190,67 @@ RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "g
                                     "vapi_kl"))]
 
 
+# Flags that act only in some runs (docs/method.md §15). Given on the command line in a run where they do nothing,
+# they are an error, unless they restate the value the run has anyway (so one flag list can serve several methods)
+# or switch off what the run does not do (OFF_VALUES).
+POLICY_METHODS, DECODER_METHODS, OFF_VALUES = ("ranke", "grpo"), ("ranke", "decoder"), {"sample_every": 0, "report_n": 0}
+SCOPES = [  # (flags, applies(cfg), what they act on)
+    (("cfg_scale", "temperature", "top_k", "top_p", "sample_every"), lambda c: c.method != "vapi",
+     "the autoregressive rollouts and their sample grids, which --method vapi does not draw"),
+    (("lr_gpt", "grad_ckpt"), lambda c: c.method != "decoder", "the policy update, which --method decoder never makes"),
+    (("beta_kl", "kl_ref", "kl_estimator", "ppo_epochs", "logp_cfg", "logp_chunk", "ema_gpt_decay", "ema_gpt_every"),
+     lambda c: c.method in POLICY_METHODS, "the policy step of --method ranke / grpo"),
+    (("kl_ref", "kl_estimator"), lambda c: c.beta_kl > 0, "the KL term, which --beta_kl 0 removes"),
+    (("clip_eps",), lambda c: c.method in POLICY_METHODS and c.ppo_epochs > 1,
+     "the PPO clip, which binds only from a second epoch (--ppo_epochs > 1; one epoch has rho == 1, D7)"),
+    (("lr_decoder", "lr_disc", "rank_k", "rank_mode", "lambda_gan", "lambda_reward", "lambda_recon", "lambda_consist",
+      "disc_start", "disc_weight", "ema_vq_decay"), lambda c: c.method in DECODER_METHODS,
+     "the decoder and discriminator steps of --method ranke / decoder"),
+    (("tau_start", "tau_end", "tau_frac", "total_steps"),
+     lambda c: c.method in DECODER_METHODS and c.rank_mode == "reward" and c.rank_k > 1,
+     "the rank-weight temperature, which acts only with --rank_k > 1 and --rank_mode reward (K = 1: w == 1, D2)"),
+    (("vapi_xi", "vapi_ce", "vapi_kl"), lambda c: c.method == "vapi", "VA-pi (--method vapi)"), *WORLD_SCOPES]
+
+
+def default_preset(backbone=None, reward=None, method=None) -> str:
+    """The released run a backbone / reward / method starts from (docs/method.md §8); None = the Config default."""
+    backbone, reward, method = backbone or Config.backbone, reward or Config.reward, method or Config.method
+    if backbone == "llamagen_xl":
+        return "llamagen_xl_vapi" if method == "vapi" else f"llamagen_xl_{'hps' if reward == 'hpsv2' else 'clip'}"
+    if backbone == "janus_pro_1b":
+        return f"janus_pro_1b_{'hps' if reward == 'hpsv2' else 'clip'}"
+    return "tiny"
+
+
 def parse_config(argv=None) -> Config:
-    """Flags from the Config fields (help = each field's comment); a preset (or --backbone llamagen_xl) sets the
-    defaults, flags override them. Out-of-range values exit at once with every bad flag named."""
-    cfg = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset=lambda backbone: {
-        "llamagen_xl": "llamagen_xl_clip", "janus_pro_1b": "janus_pro_1b_clip"}.get(backbone, "tiny"))
+    """Flags from the Config fields (help = each field's comment). The preset (--preset, else the one of --backbone,
+    --reward and --method) sets the defaults, flags override them. Out-of-range values, a preset of another run and
+    flags that would do nothing in this run exit at once, every bad flag named."""
+    cfg, given = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset,
+                                       preset_keys=("backbone", "reward", "method"))
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
     if cfg.report_n < 0 or cfg.report_n == 1:
         bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 2 (feature covariance, LCS floor)")
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    own = default_preset(cfg.backbone, cfg.reward, cfg.method)
+    if own != cfg.preset:     # only with --preset: a preset's values belong to its backbone, reward and method
+        bad.append(f"--preset {cfg.preset}: the values of another backbone / reward / method than this run's (--backbone "
+                   f"{cfg.backbone} --reward {cfg.reward} --method {cfg.method}); use --preset {own}, or drop --preset")
+    side = image_side(cfg)    # derived: the side the tokenizer decodes
+    if "image_size" in given and cfg.image_size != side:
+        bad.append(f"--image_size {cfg.image_size}: the image side follows from the backbone ({side} px here); drop "
+                   f"--image_size")
+    cfg.image_size = side
+    defaults, idle = {**asdict(Config()), **PRESETS[cfg.preset]}, {}
+    for flags, applies, what in SCOPES:
+        for f in flags:
+            v = getattr(cfg, f)
+            if f in given and v != defaults[f] and v != OFF_VALUES.get(f) and not applies(cfg) and f not in idle:
+                idle[f] = f"--{f} {v}: does nothing in this run; it acts on {what}. Drop --{f}"
+    if idle:
+        bad += [*idle.values(), f"(this run: --backbone {cfg.backbone} --method {cfg.method}, "
+                f"{'--data ' + cfg.data if cfg.data else 'no --data'}{', --synthetic' if cfg.synthetic else ''})"]
     if bad:
         raise SystemExit("bad flag values:\n  " + "\n  ".join(bad))
     return cfg

@@ -23,7 +23,7 @@ import train
 import vq as vqlib
 
 ARGS = ["--synthetic", "tiny", "--steps", "2", "--ckpt_every", "2", "--batch_prompts", "2", "--group_size", "2",
-        "--grad_accum", "1", "--disc_start", "0", "--sample_every", "0", "--device", "cpu"]
+        "--grad_accum", "1", "--sample_every", "0", "--device", "cpu"]
 DECODER_KEYS = ("decoder.", "post_quant_conv.")
 
 
@@ -35,7 +35,8 @@ def no_network(monkeypatch):
 
 
 def run(out_dir, backbone="llamagen_xl", method="ranke"):
-    cfg = train.parse_config(["--backbone", backbone, "--method", method, "--out_dir", str(out_dir), *ARGS])
+    gan_now = ["--disc_start", "0"] if method in train.DECODER_METHODS else []   # a flag only methods with D take
+    cfg = train.parse_config(["--backbone", backbone, "--method", method, "--out_dir", str(out_dir), *ARGS, *gan_now])
     train.main(cfg)
     return cfg, torch.load(ckpt.list_ckpts(str(out_dir))[-1], map_location="cpu", weights_only=True)
 

@@ -22,9 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(toy_cache, out_dir, *extra):
+    method = extra[extra.index("--method") + 1] if "--method" in extra else "ranke"
+    gan_now = ["--disc_start", "0"] if method in train.DECODER_METHODS else []   # a flag only methods with D take
     args = ["--toy_preset", "tiny", "--toy_cache", toy_cache, "--out_dir", str(out_dir), "--batch_prompts", "2",
-            "--group_size", "4", "--disc_start", "0", "--sample_every", "0", "--device", "cpu", "--report_n", "0",
-            *extra]
+            "--group_size", "4", *gan_now, "--sample_every", "0", "--device", "cpu", "--report_n", "0", *extra]
     cfg = train.parse_config(args)
     train.main(cfg)
     return cfg
@@ -170,12 +171,73 @@ def test_dry_run_llamagen_xl_counts(capsys):
 
 
 def test_config_flags_and_presets():
-    cfg = train.parse_config(["--method", "grpo", "--rank_k", "8", "--bf16", "false"])
-    assert cfg.method == "grpo" and cfg.rank_k == 8 and cfg.bf16 is False
+    cfg = train.parse_config(["--method", "decoder", "--rank_k", "8", "--bf16", "false"])
+    assert cfg.method == "decoder" and cfg.rank_k == 8 and cfg.bf16 is False
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "nonsense"])
     with pytest.raises(SystemExit):
         train.parse_config(["--rank_k", "9"])
+
+
+@pytest.mark.parametrize("backbone,preset,lambda_reward,beta,total_steps,steps", [
+    ("llamagen_xl", "llamagen_xl_hps", 0.1, 0.05, 2340, 2000), ("janus_pro_1b", "janus_pro_1b_hps", 0.05, 0.01, 2340, 3000)])
+def test_reward_picks_the_backbones_hps_preset(backbone, preset, lambda_reward, beta, total_steps, steps):
+    # --reward hpsv2 is the HPS run of that backbone (docs/method.md §8), not the CLIP preset with another reward
+    cfg = train.parse_config(["--backbone", backbone, "--reward", "hpsv2"])
+    assert (cfg.preset, cfg.reward, cfg.lambda_reward, cfg.beta_kl, cfg.total_steps, cfg.steps) == \
+        (preset, "hpsv2", lambda_reward, beta, total_steps, steps)
+    assert {k: getattr(cfg, k) for k in train.PRESETS[preset]} == train.PRESETS[preset]
+    assert train.parse_config(["--backbone", backbone]).preset == preset.replace("_hps", "_clip")
+    assert train.parse_config(["--backbone", "llamagen_xl", "--method", "vapi"]).preset == "llamagen_xl_vapi"
+    # a preset given with the reward / backbone / method of another run is refused, naming the matching preset
+    for argv, right in ((["--preset", preset.replace("_hps", "_clip"), "--reward", "hpsv2"], preset),
+                        (["--preset", preset, "--reward", "clip"], preset.replace("_hps", "_clip")),
+                        (["--preset", "tiny", "--backbone", backbone], preset.replace("_hps", "_clip")),
+                        (["--preset", "llamagen_xl_vapi", "--method", "ranke"], "llamagen_xl_clip")):
+        with pytest.raises(SystemExit, match=f"use --preset {right}"):
+            train.parse_config(argv)
+    # the baselines of a released run keep its preset
+    assert train.parse_config(["--preset", preset, "--method", "grpo"]).beta_kl == beta
+
+
+def test_flags_that_would_do_nothing_are_refused():
+    def refused(*argv):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(list(argv))
+        return str(e.value)
+    # the image side follows from the backbone: only that value is accepted, and the config carries it
+    assert "--image_size 31" in refused("--image_size", "31") and "32 px" in refused("--image_size", "31")
+    assert train.parse_config(["--image_size", "32"]).image_size == 32
+    assert train.parse_config(["--backbone", "janus_pro_1b"]).image_size == 384
+    assert train.parse_config(["--backbone", "llamagen_xl", "--synthetic", "tiny"]).image_size == 64
+    assert "follows from the backbone" in refused("--backbone", "janus_pro_1b", "--janus_config", "tiny",
+                                                  "--image_size", "384")
+    # method-specific flags with another method, each named with what it acts on; every one in one message
+    msg = refused("--method", "grpo", "--rank_k", "2", "--lambda_reward", "0.5", "--vapi_xi", "0.1")
+    assert all(f in msg for f in ("--rank_k 2", "--lambda_reward 0.5", "--vapi_xi 0.1", "--method grpo"))
+    assert "decoder and discriminator steps" in msg and "Drop --rank_k" in msg
+    assert "--cfg_scale 2.0" in refused("--method", "vapi", "--cfg_scale", "2")
+    assert "--lr_gpt" in refused("--method", "decoder", "--lr_gpt", "1e-3")
+    assert "--kl_estimator k3" in refused("--method", "vapi", "--kl_estimator", "k3")       # VA-pi's KL is k3 always
+    assert "--clip_eps 0.3" in refused("--clip_eps", "0.3")                                # one epoch: rho == 1
+    assert "--tau_start 2.0" in refused("--tau_start", "2") and "--total_steps 50" in refused("--total_steps", "50")
+    assert "--kl_ref ema" in refused("--beta_kl", "0", "--kl_ref", "ema")
+    # backbone / world flags outside their backbone or world
+    assert "--reward hpsv2" in refused("--reward", "hpsv2")                              # the toy world's own reward
+    assert "--gpt_ckpt" in refused("--backbone", "janus_pro_1b", "--gpt_ckpt", "g.pt")
+    assert "--janus_config tiny" in refused("--janus_config", "tiny")
+    assert "--toy_preset tiny" in refused("--backbone", "llamagen_xl", "--synthetic", "tiny", "--toy_preset", "tiny")
+    assert "--report_n 8" in refused("--backbone", "janus_pro_1b", "--janus_config", "tiny", "--report_n", "8")
+    assert "--hps_path" in refused("--backbone", "llamagen_xl", "--data", "x.tar", "--hps_path", "h.pt")
+    assert "--lpips_vgg" in refused("--backbone", "llamagen_xl", "--data", "x.tar", "--method", "grpo",
+                                    "--lpips_vgg", "v.pth")
+    # accepted: the flag acts, restates the run's own value, or switches off what the run does not do
+    for argv in (["--ppo_epochs", "2", "--clip_eps", "0.3"], ["--rank_k", "8", "--tau_start", "2", "--total_steps", "9"],
+                 ["--method", "grpo", "--disc_start", "30", "--total_steps", "300"], ["--method", "vapi",
+                 "--sample_every", "0", "--vapi_xi", "0.1"], ["--backbone", "janus_pro_1b", "--report_n", "0"],
+                 ["--backbone", "llamagen_xl", "--data", "x.tar", "--reward", "hpsv2", "--hps_path", "h.pt"],
+                 ["--preset", "llamagen_xl_clip", "--method", "grpo", "--lr_decoder", "1e-5"]):
+        train.parse_config(argv)
 
 
 def test_disc_weight_reaches_all_three_terms(toy_cache, tmp_path, monkeypatch):
