@@ -18,7 +18,8 @@ Sampler settings come from backbones.EVAL_SETTINGS (LlamaGen: CFG 6, T 1, top-k 
 D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1). `--policy` / `--decoder` pick the
 online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus online + online, LlamaGen HPS
 online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
-run is resumable (existing images are kept; a run with other prompts or flags is refused) and seeded (--seed).
+run is resumable (existing images are kept; a folder of a run with other prompts, checkpoint or seed is refused) and
+seeded (--seed).
 Self-check: tests/test_sample.py samples every benchmark from a 2-step toy and a 2-step tiny-Janus checkpoint.
 Symbols: B prompts per sampling batch, N image tokens, S image side.
 """
@@ -78,7 +79,8 @@ def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", 
 # --------------------------------------------------------------------------------------------------- folders
 # Written so that the official evaluators (their reading rules: eval_fid.py, "sample folders") count only finished
 # samples of one run: every file under a tmp_name() first, MARKER at the top of the folder until the run has
-# finished, metadata after the images, and files a reader would count that are not this run's samples refused.
+# finished (then a hidden record of the run), metadata after the images, and files a reader would count that are not
+# this run's samples refused, as is a folder of a run with other prompts, checkpoint or seed.
 # DEVIATION(RankE@2798acc): the released samplers write in place, in any order, into any folder, so an interrupted or
 # re-used folder is scored silently; here those cases fail loudly.
 def _clear_tmp(folder):
@@ -99,24 +101,36 @@ def save_image(array_hwc, path):
     os.replace(tmp, path)
 
 
+def _record_path(out_dir, bench):
+    """Where a finished run keeps its identity: a hidden file no evaluator reads. For HPSv2 it lies inside a style
+    folder, since hpsv2 takes every entry of out_dir as a style."""
+    return os.path.join(out_dir, HPS_STYLES[0] if bench == "hps" else "", ".sampled_with.json")
+
+
 def begin_run(out_dir, identity):
     """Open out_dir for a new or resumed sampling run. identity: a JSON dict of what must not change on resume
-    (prompts digest, counts, checkpoint, seed); an unfinished run with another identity is refused. Writes MARKER."""
+    (bench, prompts digest, counts, checkpoint, seed); an unfinished or finished run there with another identity is
+    refused. Writes MARKER (holding identity) at the top of out_dir."""
     identity = json.loads(json.dumps(identity))                     # compared as it reads back from the file
-    marker = os.path.join(out_dir, MARKER)
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            old = json.load(f)
-        changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
-        if changed:
-            raise ValueError(f"{out_dir} holds an unfinished run with another {', '.join(changed)} ({marker}): resume "
-                             "it with the same prompts and flags, or sample into a new --out_dir")
+    marker, record = os.path.join(out_dir, MARKER), _record_path(out_dir, identity["bench"])
+    for path, state in ((marker, "an unfinished"), (record, "a finished")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+            changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
+            if changed:
+                raise ValueError(f"{out_dir} holds {state} run with another {', '.join(changed)} ({path}): resume it "
+                                 "with the same prompts and flags, or sample into a new --out_dir")
+            break                                                   # the marker is the newer of the two
     os.makedirs(out_dir, exist_ok=True)
     write_text(marker, json.dumps(identity, indent=1) + "\n")
 
 
-def finish_run(out_dir):
-    os.remove(os.path.join(out_dir, MARKER))
+def finish_run(out_dir, bench):
+    """The run has written everything: its identity moves from MARKER to the hidden record."""
+    record = _record_path(out_dir, bench)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    os.replace(os.path.join(out_dir, MARKER), record)
 
 
 def read_captions(csv_path, n=30000):
@@ -194,7 +208,7 @@ def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=Tru
     # DEVIATION(RankE@2798acc): captions.txt comes after the images, as in LlamaGen (sample_t2i_ddp.py:186-191);
     # RankE writes it first (janus/sample/sample_t2i_ddp_coco.py:255-262), so a partial folder looked finished.
     write_text(cap_path, text)
-    finish_run(out_dir)
+    finish_run(out_dir, "coco")
     return len(todo)
 
 
@@ -217,7 +231,7 @@ def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32, run=N
             for i, a in zip(idx, _check_batch(generate([prompts[style][i] for i in idx]), len(idx))):
                 save_image(a, os.path.join(d, f"{i:05d}.jpg"))
         made += len(todo)
-    finish_run(out_dir)
+    finish_run(out_dir, "hps")
     return made
 
 
@@ -261,7 +275,7 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
     # janus/sample/sample_t2i_ddp_geneval.py:263-269), so GenEval cannot score an unfinished folder.
     for d, meta in zip(dirs, metas):
         write_text(os.path.join(d, "metadata.jsonl"), json.dumps(meta) + "\n")
-    finish_run(out_dir)
+    finish_run(out_dir, "geneval")
     return len(jobs)
 
 
@@ -297,7 +311,7 @@ def main(argv=None):
         captions = read_captions(a.prompts, a.n) if a.bench == "coco" else None
         cfg, te, gpt, vq, fn = load_sampler(a.ckpt, policy=a.policy, decoder=a.decoder, device=a.device,
                                             overrides=overrides)
-    except (ckpt.CkptError, ValueError, UnicodeDecodeError) as e:
+    except (ckpt.CkptError, ValueError) as e:                     # ValueError includes UnicodeDecodeError
         raise SystemExit(str(e))
     generate = make_generate(cfg, te, gpt, vq, fn, seed=a.seed, device=a.device)
     # what must not change when an unfinished folder is resumed (the prompts are checked by the writers)

@@ -82,8 +82,10 @@ def hpsv2_reads(image_path, data_path):
     return read
 
 
-def hidden_files(folder):
-    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.startswith(".")]
+def leftover_files(folder):
+    """Hidden files other than a finished run's record (temporary files of an interrupted write)."""
+    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+            if f.startswith(".") and f != ".sampled_with.json"]
 
 
 # ------------------------------------------------------------------------------------------- from a checkpoint
@@ -143,7 +145,7 @@ def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy
     assert sorted(read) == sorted(eval_fid.HPS_STYLES) and all(len(v) == 1 for v in read.values())
     assert all(Image.open(f).format == "JPEG" for v in read.values() for _, f in v)    # as the released samplers
     for d in ("c", "g", "h"):                                                           # no marker, no temp file left
-        assert not os.path.exists(tmp_path / d / eval_fid.MARKER) and hidden_files(tmp_path / d) == []
+        assert not os.path.exists(tmp_path / d / eval_fid.MARKER) and leftover_files(tmp_path / d) == []
 
 
 def test_policy_and_decoder_choice_loads_those_weights(toy_ckpt):
@@ -332,7 +334,7 @@ def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monke
     with pytest.raises(ValueError, match="unfinished run with another captions_sha1, n"):
         sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
     assert sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False) == 4
-    assert hidden_files(coco) == [] and len(llamagen_reads(str(coco))) == 5 and cleanfid_reads(str(coco)) == 5
+    assert leftover_files(coco) == [] and len(llamagen_reads(str(coco))) == 5 and cleanfid_reads(str(coco)) == 5
 
     # GenEval: every prompt folder exists from the start, metadata.jsonl only at the end -> GenEval stops on it
     meta = tmp_path / "evaluation_metadata.jsonl"
@@ -361,7 +363,12 @@ def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monke
 def test_leftovers_of_other_runs_are_refused(tmp_path):
     coco = tmp_path / "coco"
     caps = [f"c{i}" for i in range(5)]
-    sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False)
+    sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False, run={"ckpt": "a.pt", "seed": 0})
+    assert sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False,
+                                   run={"ckpt": "a.pt", "seed": 0}) == 0               # the same run: nothing to do
+    with pytest.raises(ValueError, match="finished run with another ckpt"):            # another checkpoint: refused
+        sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False, run={"ckpt": "b.pt", "seed": 0})
+    os.remove(coco / ".sampled_with.json")                                             # a folder of an older sample.py
     with pytest.raises(ValueError, match="finished run of other captions"):
         sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
     os.remove(coco / "captions.txt")                        # a larger run's images without its captions
@@ -385,7 +392,9 @@ def test_leftovers_of_other_runs_are_refused(tmp_path):
     hps.mkdir()
     for style in eval_fid.HPS_STYLES:
         (hps / f"{style}.json").write_text(json.dumps([f"{style} 0"]))
-    (tmp_path / "h").mkdir()
+    sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"), run={"seed": 42})
+    with pytest.raises(ValueError, match="finished run with another seed"):
+        sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"), run={"seed": 0})
     (tmp_path / "h" / "scores_hps.json").write_text("{}")                              # hpsv2 would open it as a style
     with pytest.raises(FileExistsError, match="hpsv2.*scores_hps.json"):
         sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"))
