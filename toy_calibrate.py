@@ -85,7 +85,7 @@ def main(argv=None):
         if os.path.exists(os.path.join(d, f"ckpt_{steps:07d}.pt")):
             return evals(d, eval_steps)
         cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--method", "grpo", "--report_n", "0", "--seed",
-               str(seed), "--lr_gpt", lr, "--steps", str(steps), "--total_steps", str(steps), "--ckpt_every",
+               str(seed), "--lr_gpt", lr, "--steps", str(steps), "--ckpt_every",
                str(args.every), "--keep_ckpts", str(args.curve_steps // args.every + 1), "--sample_every", "0",
                "--out_dir", d, "--toy_cache", args.toy_cache, "--toy_preset", args.toy_preset, "--resume"]
         return [("train", cmd, os.path.join(d, "train.log"), (d, eval_steps))]

@@ -1,20 +1,24 @@
 """The paper's comparison (docs/method.md §1: the paper's tables and its uniform-GAN ablation) reproduced on the
-toy world: Base, Standard RL (GRPO, frozen decoder), RankE, RankE with a uniform (not reward-ranked) GAN, and VA-pi,
-several seeds each, from the same base models.
+toy world, as pre-registered in docs/preregistration.md: Base, Standard RL (GRPO, frozen decoder), RankE, RankE with a
+uniform (not reward-ranked) GAN, VA-pi, and the two-stage control (Standard RL, then as many decoder-only steps on the
+final policy's rollouts with RankE's decoder losses), several seeds each, from the same base models.
 
-    python toy_reproduce.py                       # 5 seeds, writes runs/repro/{results.md, results.json, curves.png}
-    python toy_reproduce.py --seeds 0 --steps 40  # a quick look
+    python toy_reproduce.py --lr_gpt 1e-5 --steps 300   # 8 seeds (5 for uniform GAN, VA-pi), n 1,024 per split;
+                                                        # writes runs/repro/{results.md, results.json, curves.png}
+    python toy_reproduce.py --seeds 0 --few_seeds 0 --steps 40 --n 256   # a quick look
 
 Every run is `python train.py --seed S ...` and every evaluation `python toy_eval.py --ckpt ... --json ...`
 (subprocesses, so each is exactly what a user would run), --jobs of them at a time from one queue: a finished run's
-evaluations start while the other runs train. Runs and evaluations already on disk (the rows are kept beside each
-checkpoint as ckpt_NNNNNNN.pt.eval-n<n>-s1234.json) are reused, so an interrupted reproduction continues where it
-stopped. Each checkpoint is scored on the same captions with the same sampling seed: training reward, eval-CLIP (an
-independent CLIP), attribute-checker accuracy on train and held-out combinations, toy FID and the LCS KL. The table
-reports mean +- std over seeds at the final step; curves.png shows the evaluated checkpoints and, for every training
-step, the training reward and the policy KL. For the RankE runs the final tokens are also decoded by the frozen BASE
-decoder (one sampling pass, two decoders): the difference between the two rows is what the co-evolved decoder
-contributes.
+evaluations start while the other runs train; a finished Standard RL run starts the two-stage arm's second stage
+(`train.py --method decoder --init_policy <its final checkpoint>`). Runs and evaluations already on disk (the rows are
+kept beside each checkpoint as ckpt_NNNNNNN.pt.eval-n<n>-s1234.json) are reused, so an interrupted reproduction
+continues where it stopped. Each checkpoint is scored on the same captions with the same sampling seed: training
+reward, eval-CLIP (an independent CLIP), attribute-checker accuracy on train and held-out combinations, toy FID and
+KID, the LCS KL and the decode -> re-encode agreement. The table reports mean +- std over seeds at the final step and
+paired differences (same seed) with 95 % intervals; curves.png shows the evaluated checkpoints and, for every training
+step, the training reward and the policy KL. For the arms that train the decoder the final tokens are also decoded by
+the frozen BASE decoder (one sampling pass, two decoders): the difference between the two rows is what the trained
+decoder contributes.
 
 Tests: pytest tests/test_toy_reproduce.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy_*.py): it imports
 toy_eval.py and runs train.py as a subprocess; no concept file imports it.
@@ -39,11 +43,17 @@ METHODS = {                                   # name -> train.py flags
     # DEVIATION: context noise xi = 0.1, not VA-pi's released 0.5, which collapses the 64-token toy policy (FID 785
     # vs 422 at 0.1 and 326 at 0; docs/experiments.md): 0.1 is the strongest noise at which VA-pi still works here.
     "VA-pi": ["--method", "vapi", "--vapi_xi", "0.1"],
+    # the reviewers' control: Standard RL, then as many decoder-only steps (RankE's decoder losses and settings) on
+    # the final policy's rollouts. Stage 1 IS the Standard RL run of the same seed; stage 2 starts from its checkpoint.
+    "Two-stage (RL, then decoder)": ["--method", "decoder"],
 }
-PAIRS = [("RankE", "Standard RL (GRPO)"), ("RankE", "RankE, uniform GAN"), ("RankE, uniform GAN", "Standard RL (GRPO)")]
+TWO_STAGE, RL = "Two-stage (RL, then decoder)", "Standard RL (GRPO)"
+FEW_SEEDS = ("RankE, uniform GAN", "VA-pi")           # arms run on --few_seeds only (docs/preregistration.md)
+PAIRS = [("RankE", RL), ("RankE", TWO_STAGE), ("RankE", "RankE, uniform GAN"), ("RankE, uniform GAN", RL),
+         (TWO_STAGE, RL)]
 # flags every run shares: the toy preset of train.py (4 prompts x G 8, disc_start 30) otherwise; the runs are scored
 # here, on more captions, so train.py's own end-of-run report is off.
-COMMON = ["--report_n", "0"]
+COMMON = ["--report_n", "0", "--sample_every", "0"]
 BASE_DEC = "(its policy, base decoder)"     # table row: a RankE run's final policy decoded by the frozen base VQ
 LABELS = toy_eval.LABELS
 TRAIN_CURVES = {"reward/mean": "reward (toy CLIP x100)", "policy/kl": "policy KL to the reference"}
@@ -61,11 +71,15 @@ def eval_path(ckpt, n, seed=EVAL_SEED):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="seeds of every arm")
+    ap.add_argument("--few_seeds", type=int, nargs="+", default=list(range(5)),
+                    help=f"seeds of the arms {list(FEW_SEEDS)} (a subset of --seeds)")
+    ap.add_argument("--lr_gpt", default=None, help="the policy learning rate X of every arm; the decoder and the "
+                    "discriminator get 10 X and 20 X, the released ratios (docs/method.md D15). Default: train.py's")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--evals", type=int, default=1, help="evaluated checkpoints per run (evenly spaced; the last is "
                                                          "the final step); the training curves come from every step")
-    ap.add_argument("--n", type=int, default=512, help="captions per split in each evaluation")
+    ap.add_argument("--n", type=int, default=1024, help="captions per split in each evaluation")
     ap.add_argument("--out", default="runs/repro")
     ap.add_argument("--toy_cache", default=".cache/toy")
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
@@ -73,7 +87,8 @@ def main():
                                                         "(each gets cpu_count // jobs threads)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
                     help=f"a subset of {list(METHODS)}")
-    ap.add_argument("--extra", default="", help="extra train.py flags for every run, e.g. '--lr_gpt 3e-4'")
+    ap.add_argument("--extra", default="", help="extra train.py flags for every run (each must act in every arm: "
+                                                "train.py refuses a flag that does nothing), e.g. '--beta_kl 0.1'")
     args = ap.parse_args()
     t_start, every = time.time(), max(1, args.steps // args.evals)
     os.makedirs(args.out, exist_ok=True)
@@ -87,7 +102,8 @@ def main():
         jobs = []
         for step in range(every, args.steps + 1, every):
             ck = os.path.join(d, f"ckpt_{step:07d}.pt")
-            decoders = ["online"] + (["base"] if METHODS[method][1] == "ranke" and step == args.steps else [])
+            decoders = ["online"] + (["base"] if METHODS[method][1] in ("ranke", "decoder") and step == args.steps
+                                     else [])
             if not os.path.exists(eval_path(ck, args.n)):
                 jobs.append(("eval", [*evaluate, "--ckpt", ck, "--decoder", *decoders, "--json", eval_path(ck, args.n)],
                              ck + ".eval.log", None))
@@ -99,23 +115,51 @@ def main():
     queue = [] if os.path.exists(base_json) else [("eval", [*evaluate, "--toy_cache", args.toy_cache, "--toy_preset",
                                                             args.toy_preset, "--json", base_json],
                                                    os.path.join(args.out, "base.eval.log"), None)]
+    def lr_flags(method):
+        """--lr_gpt X as the policy's learning rate, 10 X / 20 X for decoder and discriminator (D15's ratios), each
+        only where the run trains that part (train.py refuses a flag that does nothing in a run)."""
+        if not args.lr_gpt:
+            return []
+        x, kind = float(args.lr_gpt), METHODS[method][1]
+        return ([] if kind == "decoder" else ["--lr_gpt", f"{x:g}"]) + \
+            (["--lr_decoder", f"{10 * x:g}", "--lr_disc", f"{20 * x:g}"] if kind in ("ranke", "decoder") else [])
+
+    seeds_of = {m: [s for s in args.seeds if m not in FEW_SEEDS or s in args.few_seeds] for m in args.methods}
+
+    def train_job(method, seed):
+        """A run's training job, or its missing evaluations if it is trained. The two-stage arm's second stage
+        starts from the final checkpoint of the Standard RL run of the same seed (None: that run is not done)."""
+        d = run_dir(args.out, method, seed)
+        if os.path.exists(os.path.join(d, f"ckpt_{args.steps:07d}.pt")):
+            return eval_jobs(d, method)                          # trained before: only what is not scored yet
+        init = []
+        if method == TWO_STAGE:
+            rl = os.path.join(run_dir(args.out, RL, seed), f"ckpt_{args.steps:07d}.pt")
+            if not os.path.exists(rl):
+                return None
+            init = ["--init_policy", rl]
+        return [("train", [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], *init, *COMMON,
+                           *lr_flags(method), "--seed", str(seed), "--steps", str(args.steps), "--ckpt_every",
+                           str(every), "--keep_ckpts", str(args.evals + 1), "--out_dir", d, "--toy_cache",
+                           args.toy_cache, "--toy_preset", args.toy_preset, "--resume", *args.extra.split()],
+                 os.path.join(d, "train.log"), (d, method, seed))]
+
+    def follow_up(run):
+        """After a training run: its evaluations, and after a Standard RL run the two-stage arm's second stage."""
+        d, method, seed = run
+        after = train_job(TWO_STAGE, seed) if method == RL and TWO_STAGE in args.methods else []
+        return eval_jobs(d, method) + after
+
+    if TWO_STAGE in args.methods and RL not in args.methods:
+        ap.error(f"{TWO_STAGE!r} needs {RL!r} in --methods: its first stage is that run")
     for seed in args.seeds:
-        for method in args.methods:
-            d = run_dir(args.out, method, seed)
-            if os.path.exists(os.path.join(d, f"ckpt_{args.steps:07d}.pt")):
-                queue += eval_jobs(d, method)                    # trained before: only what is not scored yet
-                continue
-            queue.append(("train", [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], *COMMON,
-                                    "--seed", str(seed), "--steps", str(args.steps), "--total_steps", str(args.steps),
-                                    "--ckpt_every", str(every), "--keep_ckpts", str(args.evals + 1), "--sample_every",
-                                    str(args.steps), "--out_dir", d, "--toy_cache", args.toy_cache, "--toy_preset",
-                                    args.toy_preset, "--resume", *args.extra.split()],
-                          os.path.join(d, "train.log"), (d, method)))
-    run_queue(queue, args.jobs, env, lambda run: eval_jobs(*run))
+        for method in (m for m in args.methods if seed in seeds_of[m]):
+            queue += train_job(method, seed) or []               # None: a two-stage run waits for its RL run
+    run_queue(queue, args.jobs, env, follow_up)
     base = json.load(open(base_json))["online"]
     results = {}                                             # method -> seed -> step -> row
     for method in args.methods:
-        for seed in args.seeds:
+        for seed in seeds_of[method]:
             d = run_dir(args.out, method, seed)
             for step in range(every, args.steps + 1, every):
                 rows = json.load(open(eval_path(os.path.join(d, f"ckpt_{step:07d}.pt"), args.n)))
@@ -174,7 +218,10 @@ def paired_ci(d):
 
 
 def write_report(args, base, results):
-    lines = [f"Toy world, {args.steps} steps, seeds {args.seeds}, {args.n} captions per split; mean +- std over "
+    few = [m for m in results if m in FEW_SEEDS]
+    lines = [f"Toy world, {args.steps} steps, seeds {args.seeds}" + (f" ({', '.join(few)}: seeds {args.few_seeds})"
+                                                                      if few else "") +
+             f", {args.n} captions per split, train.py flags {args.extra.split() or 'as train.py'}; mean +- std over "
              f"seeds at the final step. Base = the toy base models (no post-training).", "",
              "| method | " + " | ".join(LABELS.values()) + " |", "|---" * (len(LABELS) + 1) + "|",
              "| Base | " + " | ".join(f"{base[k]:.3f}" for k in LABELS) + " |"]
@@ -185,7 +232,7 @@ def write_report(args, base, results):
         for k in LABELS:
             summary.setdefault(method, {})[k] = mean_sd([f[k] for f in finals])
             cells.append("{:.3f} +- {:.3f}".format(*summary[method][k]))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} (n = {len(finals)}) | " + " | ".join(cells) + " |")
     pairs = [(a, b) for a, b in PAIRS if a in results and b in results and len(results[a]) > 1]
     if pairs:    # same seed = same base models, data order and rollout seed: the difference removes shared noise
         lines += ["", "Paired differences at the final step, per seed (same seed, same data order): mean, std and "
@@ -239,9 +286,9 @@ def write_report(args, base, results):
     # every training step (metrics.jsonl), running mean over 20 steps, mean +- std over seeds; VA-pi's reward is its
     # reconstruction reward (another scale) and it has no KL term, so it is left out of these two panels
     for ax, (k, label) in zip(axes.flat[len(LABELS):], TRAIN_CURVES.items()):
-        for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] != "vapi"):
+        for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] in ("ranke", "grpo")):
             v = np.array([running_mean([json.loads(line)[k] for line in open(os.path.join(
-                run_dir(args.out, method, s), "metrics.jsonl"))][:args.steps]) for s in args.seeds])    # (seeds, steps)
+                run_dir(args.out, method, s), "metrics.jsonl"))][:args.steps]) for s in results[method]])  # (seeds, steps)
             m, sd, xs = v.mean(0), v.std(0), np.arange(1, v.shape[1] + 1)
             ax.plot(xs, m, label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)

@@ -18,7 +18,8 @@ them in this order. Per rank and iteration, with B (image, caption) pairs per mi
   5. DECODER   decoder_step()    on the same rollouts: top-K by reward, rank weights; GT reconstruction, Rank-GAN,
                                  EMA consistency, reward backprop; AdamW on decoder + post_quant_conv (§5);
                                  decoder EMA every step.
-  --method ranke (default): 1-5 | grpo (standard RL): 1-3, the decoder never changes | decoder: 1-2, 4-5
+  --method ranke (default): 1-5 | grpo (standard RL): 1-3, the decoder never changes | decoder: 1-2, 4-5 (with
+  --init_policy CKPT: the two-stage control, decoder steps on the rollouts of a finished standard-RL policy)
   --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
 What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (processes, checkpoints,
 resume, logging) in runtime.py; the memory estimator in dry_run.py.
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
+import ckpt
 import ranke
 import vapi
 import vq as vqlib
@@ -56,6 +58,8 @@ class Config:
     steps: int = 300               # optimizer iterations to run
     total_steps: int = 300         # nominal length: sets the tau anneal (docs/method.md §8: (15000 // 32) x epochs)
     resume: bool = False           # continue from the newest readable checkpoint in out_dir
+    init_policy: str = ""          # start the policy (its KL reference and EMA too) from this train.py checkpoint's
+    #                                policy: the toy comparison's two-stage control (toy_reproduce.py); "" = base
     ckpt_every: int = 100          # checkpoint interval (steps); written atomically
     keep_ckpts: int = 3            # how many checkpoints to keep
     sample_every: int = 100        # PNG grid of current samples every N steps (0 = never)
@@ -484,6 +488,14 @@ def main(cfg: Config):
     bad = check_paths(cfg)
     if bad:
         raise SystemExit("bad paths (nothing was loaded):\n  " + "\n  ".join(bad))
+    try:                            # read first: a bad --init_policy fails before the models are built
+        init_ckpt = cfg.init_policy and ckpt.load_ckpt(cfg.init_policy, flag="--init_policy", need=("gpt", "config"),
+                                                       what="a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt)")
+    except ckpt.CkptError as e:
+        raise SystemExit(str(e))
+    if init_ckpt and init_ckpt["config"].get("backbone") != cfg.backbone:
+        raise SystemExit(f"--init_policy {cfg.init_policy!r} holds a --backbone {init_ckpt['config'].get('backbone')} "
+                         f"policy; this run is --backbone {cfg.backbone}: pass a checkpoint of the same backbone")
     rank, world, device, autocast = setup_distributed(cfg)
     master = rank == 0
     if master:
@@ -491,6 +503,8 @@ def main(cfg: Config):
               "count: float reduction order)", flush=True)
     torch.manual_seed(cfg.seed)                                     # identical model init on every rank
     bb = build_backbone(cfg, device, rank)
+    if cfg.init_policy:             # before build_models, so the reference and EMA copies are of this policy
+        bb.gpt.load_state_dict(init_ckpt["gpt"])
     m = build_models(cfg, bb, device)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
     step = resume(cfg, m, gen, bb.stream, world, rank) if cfg.resume else 0

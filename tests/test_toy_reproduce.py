@@ -10,18 +10,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_toy_reproduce_tiny(toy_cache, tmp_path):
     out = tmp_path / "repro"
     cmd = [sys.executable, os.path.join(ROOT, "toy_reproduce.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache,
-           "--seeds", "0", "1", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "Standard RL (GRPO)",
+           "--seeds", "0", "1", "--few_seeds", "0", "--lr_gpt", "1e-4", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "Standard RL (GRPO)", "Two-stage (RL, then decoder)",
            "--out", str(out),
-           "--extra", "--batch_prompts 2 --group_size 4 --disc_start 0 --device cpu"]
+           "--extra", "--batch_prompts 2 --group_size 4 --device cpu"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     main_table, _, rest = (out / "results.md").read_text().partition("Paired differences")
     paired_table, _, decoder_table = rest.partition("What the co-evolved decoder adds")
     name = lambda table: [l.split(" | ")[0].lstrip("| ") for l in table.splitlines() if l.startswith("| ") and "---" not in l]
-    assert name(main_table)[1:] == ["Base", "RankE", "RankE (its policy, base decoder)", "Standard RL (GRPO)"]
-    assert name(paired_table)[1:] == ["RankE - Standard RL (GRPO) (n = 2)"], paired_table
-    assert name(decoder_table)[1:] == ["RankE"], decoder_table     # the paired online - base-decoder differences
+    assert name(main_table)[1:] == ["Base", "RankE (n = 2)", "RankE (its policy, base decoder) (n = 2)",
+                                    "Standard RL (GRPO) (n = 2)", "Two-stage (RL, then decoder) (n = 2)",
+                                    "Two-stage (RL, then decoder) (its policy, base decoder) (n = 2)"], main_table
+    assert name(paired_table)[1:] == ["RankE - Standard RL (GRPO) (n = 2)", "RankE - Two-stage (RL, then decoder) (n = 2)",
+                                      "Two-stage (RL, then decoder) - Standard RL (GRPO) (n = 2)"], paired_table
+    assert name(decoder_table)[1:] == ["RankE", "Two-stage (RL, then decoder)"], decoder_table
     runs = json.loads((out / "results.json").read_text())["runs"]
     for seed in ("0", "1"):
         online, base_dec = runs["RankE"][seed]["2"], runs["RankE (its policy, base decoder)"][seed]["2"]
@@ -34,3 +37,6 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     d = json.loads((out / "results.json").read_text())["summary"]["RankE - Standard RL (GRPO)"]["fid"]
     assert d["per_seed"] == [runs["RankE"][s]["2"]["fid"] - runs["Standard RL (GRPO)"][s]["2"]["fid"] for s in "01"]
     assert abs(d["mean"] - sum(d["per_seed"]) / 2) < 1e-9 and d["lo"] < d["mean"] < d["hi"]
+    # the two-stage arm samples the Standard RL run's final policy: same tokens, so the same LCS KL, per seed
+    for s in "01":
+        assert runs["Two-stage (RL, then decoder)"][s]["2"]["lcs_kl"] == runs["Standard RL (GRPO)"][s]["2"]["lcs_kl"]
