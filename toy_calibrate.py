@@ -3,7 +3,7 @@ policy learning rates over seeds at step --steps; stage B follows the chosen rec
 paper's premise (policy-only RL raises the reward but image quality falls: docs/method.md §1, §10) and applies the
 pre-registered rule that fixes the comparison's length L.
 
-    python toy_calibrate.py                   # as pre-registered; writes runs/calib/{calibration.md, .json, curves.png}
+    python toy_calibrate.py                   # as pre-registered; writes runs/calib/{results.md, .json, curves.png}
     python toy_calibrate.py --lrs 1e-4 --seeds 0 1 --steps 20 --curve_seeds 0 --curve_steps 40 --every 10 --n 64 \
         --toy_preset tiny --out runs/calib_smoke          # a seconds-fast smoke run (tests)
 
@@ -161,10 +161,10 @@ def write_report(args, base, screen, chosen, curve, L, wall):
     lines += ["", f"{wall / 60:.1f} min wall time for this invocation ({args.jobs} processes at a time; runs and "
               f"evaluations found on disk are reused)."]
     os.makedirs(args.out, exist_ok=True)
-    open(os.path.join(args.out, "calibration.md"), "w").write("\n".join(lines) + "\n")
+    open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"base": base, "screen": screen, "chosen": chosen, "L": L or args.curve_steps, "premise_shown_at": L,
                "curve": {s: {t: r for t, r in c.items()} for s, c in curve.items()}},
-              open(os.path.join(args.out, "calibration.json"), "w"), indent=1)
+              open(os.path.join(args.out, "results.json"), "w"), indent=1)
     print("\n".join(lines))
     if curve:
         import matplotlib
