@@ -391,3 +391,35 @@ def test_first_run_equals_later_runs(tmp_path):
     for part in ("gpt", "vq", "disc", "ema_gpt", "ema_vq"):
         for k in cks[0][part]:
             assert torch.equal(cks[0][part][k], cks[1][part][k]), f"first run differs at {part}.{k}"
+
+
+def test_janus_presets_restate_the_released_micro_step_cadence_per_update():
+    # docs/method.md §17.5: the released trainer pulled the 0.99 decoder EMA on both micro-steps of an update and
+    # clipped at 1.0 a loss divided by grad_accum 2. One update here with the preset's values is the same step.
+    import ranke
+    for name in ("janus_pro_1b_clip", "janus_pro_1b_hps"):
+        p = train.PRESETS[name]
+        assert p["grad_accum"] == 2
+        online, ema_twice, ema_once = (torch.nn.Linear(4, 3) for _ in range(3))
+        ema_once.load_state_dict(ema_twice.state_dict())
+        for _ in range(2):                                          # released: 0.99 per micro-step
+            ranke.ema_update(ema_twice, online, 0.99)
+        ranke.ema_update(ema_once, online, p["ema_vq_decay"])      # here: once per update
+        for a, b in zip(ema_twice.parameters(), ema_once.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        # AdamW on (loss / 2) clipped at 1.0 == AdamW on the undivided loss clipped at the preset's grad_clip, over
+        # steps whose gradient norms straddle the thresholds (Adam ignores one constant scale, the clip does not)
+        gen = torch.Generator().manual_seed(0)
+        grads = [torch.randn(50, generator=gen) * s for s in (3.0, 0.05, 1.0, 0.2)]   # norms ~21, 0.35, 7, 1.4
+        runs = []
+        for scale, clip in ((0.5, 1.0), (1.0, p["grad_clip"]), (1.0, 1.0)):
+            w = torch.zeros(50, requires_grad=True)
+            opt = torch.optim.AdamW([w], lr=1e-3, weight_decay=0.01, eps=1e-12)
+            for g in grads:
+                opt.zero_grad()
+                (w * g * scale).sum().backward()
+                torch.nn.utils.clip_grad_norm_([w], clip)
+                opt.step()
+            runs.append(w.detach().clone())
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-9)
+        assert (runs[2] - runs[0]).abs().max() > 1e-5         # the unhalved clip at 1.0 would be another run
