@@ -50,14 +50,15 @@ CKPT_WHAT = ("a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt, written by `python
 
 @torch.no_grad()
 def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, feature_fn, check, encode_indices,
-                 K, real_images_b=None, reward_fn=None, batch_size=64, device="cpu"):
+                 K, real_images_b, reward_fn=None, batch_size=64, device="cpu"):
     """Toy-world metrics for one policy (fields of the toy ToyBundle):
     sample_tokens: list[str] -> (B, N) int64 (the policy sampler with fixed eval settings and generator);
     captions (M) and real_images (M,3,S,S) in [-1,1]: a batch of ToyWorld.sample;
     decode: (B, N) -> (B,3,S,S) in [-1,1] (vq.decode_indices); eval_clip_fn(images01, captions) -> (B,);
     feature_fn(images01) -> (B, F); check(images [-1,1], captions) -> (B,) in [0,1] (ToyWorld.check);
-    encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: optional disjoint real set for the
-    LCS floor (else two halves of real_images); reward_fn: the training reward (reported as "reward" if given);
+    encode_indices: (B,3,S,S) -> (B, N) (vq.encode_indices); real_images_b: a second, independent real set of the
+    same size for the LCS floor (the paper's protocol, shift.report); reward_fn: the training reward (reported as
+    "reward" if given);
     device: where real-image batches go (the models' device).
     Returns a dict of floats: fid (toy feature space), clip, check, lcs_kl_nats, entropies (bits), real floor, n."""
     return evaluate_toy_decoders(sample_tokens, captions, real_images, decoders={"": (decode, encode_indices)},
@@ -68,7 +69,7 @@ def evaluate_toy(sample_tokens, captions, real_images, *, decode, eval_clip_fn, 
 
 @torch.no_grad()
 def evaluate_toy_decoders(sample_tokens, captions, real_images, *, decoders, eval_clip_fn, feature_fn, check, K,
-                          real_images_b=None, reward_fn=None, batch_size=64, device="cpu"):
+                          real_images_b, reward_fn=None, batch_size=64, device="cpu"):
     """evaluate_toy for several decoders of the SAME tokens: decoders = {name: (decode, encode_indices)}; the tokens
     are sampled once (one pass of the sampler, so each row equals a separate evaluate_toy call with the same sampler
     state), the real features are computed once and the real tokens once per distinct encode_indices callable.
@@ -101,7 +102,7 @@ def evaluate_toy_decoders(sample_tokens, captions, real_images, *, decoders, eva
             # LCS (docs/method.md §10): p_GT = the VQ tokens of real scenes, pi = the sampled tokens, floor = real
             # vs real
             lcs_by_encoder[encode_indices] = shift.report(tok, real_tok[encode_indices], K,
-                                                          None if real_images_b is None else enc(real_images_b))
+                                                          enc(real_images_b))
         o = out[name]
         feats = np.concatenate(o["feats"])                                                       # (M, F)
         mu_f, s_f = feature_stats(feats)
