@@ -1,6 +1,6 @@
 """Shared pytest setup: offline hubs, repo root on sys.path, a few threads.
 
-Run the suite from the repository root:  pytest -q
+Run the suite from the repository root:  pytest -q   (everything; -m "not slow" skips the tests marked slow)
 """
 import os
 import sys
@@ -17,6 +17,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs, subprocesses, 2-process runs, torch.compile, or more than "
+                                       "~3 s on one thread; pytest -q -m 'not slow' is the quick inner loop")
 
 
 @pytest.fixture(scope="session")

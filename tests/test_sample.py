@@ -116,6 +116,7 @@ def record_prompts(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy_ckpt, tmp_path, monkeypatch):
     coco, geneval, hps = prompts(tmp_path)
     seen = []
@@ -148,6 +149,7 @@ def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy
         assert not os.path.exists(tmp_path / d / eval_fid.MARKER) and leftover_files(tmp_path / d) == []
 
 
+@pytest.mark.slow
 def test_policy_and_decoder_choice_loads_those_weights(toy_ckpt):
     ck = torch.load(toy_ckpt, map_location="cpu", weights_only=True)
     _, _, gpt, vq, _ = sample.load_sampler(toy_ckpt, policy="ema", decoder="online")
@@ -165,6 +167,7 @@ def test_bad_paths_are_named(tmp_path):
                      "--out_dir", str(tmp_path / "o")])
 
 
+@pytest.mark.slow
 def test_refused_folder_is_named_before_sampling(toy_ckpt, tmp_path):
     coco, _, _ = prompts(tmp_path)
     (tmp_path / "c" / "images").mkdir(parents=True)
@@ -178,6 +181,7 @@ def test_refused_folder_is_named_before_sampling(toy_ckpt, tmp_path):
                      str(tmp_path / "c2"), "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_cache, tmp_path, monkeypatch):
     # a tiny Janus trained one step in the toy world; sample.py must use Janus's released evaluation sampler
     # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset, and its uint8 conversion

@@ -141,6 +141,7 @@ def test_helpers_from_images_and_sampler(tmp_path):
     assert h3[1] == pytest.approx(0.4) and h3[2] == pytest.approx(0.4) and h3[3] == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_report_and_cli(tmp_path):
     g = torch.Generator().manual_seed(0)
     real = torch.randint(0, 32, (40, 16), generator=g)

@@ -65,6 +65,7 @@ def check_moves(ck, cfg, policy_moves, decoder_moves):
     assert moved(ck, cfg, "vq") == (dec if decoder_moves else set()), f"--method {cfg.method}: tokenizer"
 
 
+@pytest.mark.slow
 def test_ranke_two_steps_trains_policy_and_decoder_and_says_synthetic(ranke_run, capsys):
     out, cfg, ck = ranke_run
     assert ck["config"]["synthetic"] == "tiny" and ck["step"] == 2
@@ -74,6 +75,7 @@ def test_ranke_two_steps_trains_policy_and_decoder_and_says_synthetic(ranke_run,
     assert all(k in lines[-1] for k in ("reward/clip", "policy/kl", "decoder/total", "disc/loss"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,policy_moves,decoder_moves", [
     ("grpo", True, False), ("decoder", False, True), ("vapi", True, False)])
 def test_each_method_two_steps_moves_only_its_part(tmp_path, method, policy_moves, decoder_moves):
@@ -82,6 +84,7 @@ def test_each_method_two_steps_moves_only_its_part(tmp_path, method, policy_move
     check_moves(ck, cfg, policy_moves, decoder_moves)
 
 
+@pytest.mark.slow
 def test_janus_two_steps(tmp_path):
     cfg, ck = run(tmp_path, backbone="janus_pro_1b")
     assert ck["config"]["synthetic"] == "tiny" and ck["config"]["backbone"] == "janus_pro_1b"
@@ -105,6 +108,7 @@ def test_full_size_models_on_meta_match_the_released_counts(capsys):
             t5.dense_act_fn) == (2048, 5120, 64, 32, 24, 32128, True, "gelu_new")
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_mix_synthetic_and_real(ranke_run):
     out, cfg, _ = ranke_run
     for other in ("", "2"):   # a real run, or another scale, resuming this synthetic run's out_dir
@@ -112,6 +116,7 @@ def test_resume_refuses_to_mix_synthetic_and_real(ranke_run):
             runtime.resume(SimpleNamespace(out_dir=str(out), synthetic=other), None, None, None, 1, 0)
 
 
+@pytest.mark.slow
 def test_sample_loads_a_synthetic_checkpoint_only_with_the_banner(ranke_run, capsys):
     import sample
     out, cfg, ck = ranke_run

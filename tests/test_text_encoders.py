@@ -76,6 +76,7 @@ def test_t5_encoder_with_a_tiny_local_model(tmp_path):
     torch.testing.assert_close(cond[1, 4:], ref[1, :2])
 
 
+@pytest.mark.slow
 def test_t5_offline_fails_fast_and_informatively():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/nonexistent_hf_home"}
     code = ("import time, text_encoders; enc = text_encoders.T5TextEncoder('google/flan-t5-xl'); t = time.time()\n"

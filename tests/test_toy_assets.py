@@ -67,6 +67,7 @@ def test_damaged_shipped_file_is_an_error(tmp_path, monkeypatch):
     assert (copy / "gpt.pt").read_bytes() == bytes(raw)                               # left as it was, not rebuilt
 
 
+@pytest.mark.slow
 def test_recorded_quality_reproduces(manifest):
     q = manifest["quality"]
     b = toy_world.load_toy(toy_world.ToyConfig(), progress=False)

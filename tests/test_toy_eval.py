@@ -61,6 +61,7 @@ def fake_run(toy_cache, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_checkpoint_row_and_decoders(fake_run, toy_cache):
     rows = {dec: te.evaluate_toy_checkpoint(fake_run, n=8, decoder=dec) for dec in te.DECODERS}
     online, ema, base = rows["online"], rows["ema"], rows["base"]
@@ -79,6 +80,7 @@ def test_checkpoint_row_and_decoders(fake_run, toy_cache):
         te.evaluate_toy_checkpoint_decoders(fake_run, ("online", "frozen"), n=8)
 
 
+@pytest.mark.slow
 def test_cli_json_several_decoders(fake_run, tmp_path):
     out = tmp_path / "rows.json"
     printed = te.main(["--ckpt", fake_run, "--n", "8", "--decoder", "online", "base", "--json", str(out)])
@@ -93,6 +95,7 @@ def _run(*args):
                           text=True, timeout=300, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow
 def test_missing_ckpt_is_a_clear_error_not_a_traceback(tmp_path):
     missing = str(tmp_path / "missing.pt")
     res = _run("--ckpt", missing)
@@ -103,6 +106,7 @@ def test_missing_ckpt_is_a_clear_error_not_a_traceback(tmp_path):
     assert "ckpt_" in last and "omit --ckpt" in last                              # says what to pass instead
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "empty", "corrupt", "foreign"])
 def test_bad_ckpt_files_are_named(kind, tmp_path, fake_run):
     path = tmp_path / "c.pt"

@@ -28,6 +28,7 @@ def toy_run(toy_cache, tmp_path_factory):
     return out, cfg
 
 
+@pytest.mark.slow
 def test_report_files_and_rows(toy_run, toy_cache):
     out, cfg = toy_run
     for name in ("answer.md", "answer.json", "before_after.png", "curves.png"):
@@ -46,6 +47,7 @@ def test_report_files_and_rows(toy_run, toy_cache):
         assert toy_eval.LABELS[k] in md
 
 
+@pytest.mark.slow
 def test_before_after_halves(toy_run, toy_cache):
     out, cfg = toy_run
     ck = toy_eval.read_train_ckpt(str(out / "ckpt_0000002.pt"))

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.slow          # toy_reproduce.py in a subprocess, end to end
 
 
 def test_toy_reproduce_tiny(toy_cache, tmp_path):

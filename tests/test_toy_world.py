@@ -72,6 +72,7 @@ def test_checker_accepts_every_real_scene(seed, split):
     assert torch.equal(WORLD.check(x, caps), torch.ones(16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attr", sorted(set(ATTRS_ONE + ATTRS_TWO)))
 def test_checker_rejects_one_altered_attribute(attr):
     x, caps, parsed = scenes_of("all", 240, 7)
@@ -141,6 +142,7 @@ def built(tmp_path_factory):
     return cache, load_toy(ToyConfig.tiny(), cache, progress=False)
 
 
+@pytest.mark.slow
 def test_bundle_works_end_to_end(built):
     _, b = built
     x, caps = b.world.sample(4, gen(0))
@@ -163,6 +165,7 @@ def test_bundle_works_end_to_end(built):
     assert b.world.check(b.vq.decode_indices(tokens).clamp(-1, 1), caps).shape == (4,)
 
 
+@pytest.mark.slow
 def test_second_load_uses_the_cache(built):
     cache, b = built
     names = ("feat", "vq", "gpt", "clip_reward", "clip_eval")
@@ -173,6 +176,7 @@ def test_second_load_uses_the_cache(built):
         assert torch.equal(p, q)
 
 
+@pytest.mark.slow
 def test_build_is_reproducible(built, tmp_path):
     _, b = built
     b2 = load_toy(ToyConfig.tiny(), str(tmp_path), progress=False)
@@ -188,6 +192,7 @@ def test_cache_key_is_stable():
     assert config_key(ToyConfig.tiny()) == "1b997f0abfb8ec5f"
 
 
+@pytest.mark.slow
 def test_config_change_gives_a_new_key_and_a_rebuild(built):
     cache, b = built
     tiny = ToyConfig.tiny()
@@ -200,6 +205,7 @@ def test_config_change_gives_a_new_key_and_a_rebuild(built):
     assert b2.cache_path != b.cache_path and os.path.exists(os.path.join(b2.cache_path, "gpt.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vq", "clip_reward"])
 def test_corrupt_cache_file_is_rebuilt_not_used(built, name, caplog):
     cache, b = built
@@ -215,6 +221,7 @@ def test_corrupt_cache_file_is_rebuilt_not_used(built, name, caplog):
         assert json.load(f)["sha256"] == toy_models._sha256(path)
 
 
+@pytest.mark.slow
 def test_garbage_metadata_is_rebuilt(built, caplog):
     cache, b = built
     with open(os.path.join(b.cache_path, "feat.json"), "w") as f:

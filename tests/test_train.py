@@ -45,6 +45,7 @@ DECODER_KEYS = ("decoder.", "post_quant_conv.")
 FROZEN_VQ_KEYS = ("encoder.", "quant_conv.", "quantize.embedding")
 
 
+@pytest.mark.slow
 def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2")
     ck = last_ckpt(tmp_path)
@@ -78,6 +79,7 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
         assert any(key in l for l in lines), f"{key} missing from metrics.jsonl"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,frozen,trained", [
     ("grpo", "vq", "gpt"),        # standard RL: the tokenizer (decoder included) never changes
     ("vapi", "vq", "gpt"),        # VA-pi: decoder frozen, policy trained
@@ -95,6 +97,7 @@ def test_method_switch_trains_only_its_part(toy_cache, tmp_path, method, frozen,
     assert sorted(moved) == sorted(expect), f"--method {method}: {trained} entries moved {set(moved) ^ set(expect)}"
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(toy_cache, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run(toy_cache, a, "--steps", "4", "--ckpt_every", "2")
@@ -107,6 +110,7 @@ def test_resume_is_bit_identical(toy_cache, tmp_path):
             assert torch.equal(ca[part][k], cb[part][k]), f"resume diverged at {part}.{k}"
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_falls_back_to_previous(toy_cache, tmp_path, capsys):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "1", "--keep_ckpts", "2")
     newest = ckpt.list_ckpts(str(tmp_path))[-1]
@@ -117,6 +121,7 @@ def test_truncated_checkpoint_falls_back_to_previous(toy_cache, tmp_path, capsys
     assert "unreadable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
     import toy_world
     from PIL import Image
@@ -137,6 +142,7 @@ def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
     assert last["data/skipped_bad_image"] == 1 and last["data/skipped_empty_caption"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["tiny", "janus_pro_1b"])
 def test_two_process_gloo_ranks_stay_identical(toy_cache, tiny_janus, tmp_path, backbone):
     # runtime.save_checkpoint() all-gathers a sha1 of every rank's policy, tokenizer and discriminator and raises on
@@ -240,6 +246,7 @@ def test_flags_that_would_do_nothing_are_refused():
         train.parse_config(argv)
 
 
+@pytest.mark.slow
 def test_disc_weight_reaches_all_three_terms(toy_cache, tmp_path, monkeypatch):
     # --disc_weight scales the D hinge, the Rank-GAN term and the adaptive GAN weight (docs/method.md §5.2, §6)
     import ranke
@@ -267,6 +274,7 @@ def test_disc_weight_reaches_all_three_terms(toy_cache, tmp_path, monkeypatch):
     assert w[1] == pytest.approx(w[0] * 0.3 / 0.5, rel=1e-6) and w[0] > 0
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_nonzero_naming_each_flag(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -310,6 +318,7 @@ def split_batch(b, parts, G):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["tiny", "janus_pro_1b"])
 def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypatch, backbone):
     # --grad_accum 2 with half the prompts per micro-batch == one micro-batch of all prompts: same rollouts in, the
@@ -354,12 +363,14 @@ def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypat
     assert sum(float(g.norm()) for g in gpt1) > 0 and sum(float(g.norm()) for g in dec1) > 0
 
 
+@pytest.mark.slow
 def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--grad_accum", "2", "--batch_prompts", "1")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,policy_moves,decoder_moves", [
     ("ranke", True, True), ("grpo", True, False), ("decoder", False, True), ("vapi", True, False)])
 def test_janus_backbone_two_steps_of_each_method(toy_cache, tiny_janus, tmp_path, method, policy_moves, decoder_moves):
@@ -380,6 +391,7 @@ def test_janus_backbone_two_steps_of_each_method(toy_cache, tiny_janus, tmp_path
     assert all(torch.equal(ck["ref_gpt"][k], v) for k, v in gen0.state_dict().items())   # the KL anchor stays put
 
 
+@pytest.mark.slow
 def test_first_run_equals_later_runs(tmp_path):
     # the run that builds the toy cache must give the same weights as the same command once the cache exists
     # (a fresh build used to leave the last training step's .grad on the models, which the first updates added)

@@ -9,6 +9,8 @@ import torch
 import train
 from test_train import DECODER_KEYS, initial_models, last_ckpt, run
 
+pytestmark = pytest.mark.slow          # train.py runs end to end
+
 
 def test_two_stage_moves_the_policy_then_only_the_decoder(toy_cache, tmp_path):
     gpt0, vq0 = initial_models(toy_cache)

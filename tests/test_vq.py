@@ -293,6 +293,7 @@ def lpips_files(tmp_path_factory):
     return str(d / "vgg16.pth"), str(d / "vgg.pth"), features, lin
 
 
+@pytest.mark.slow
 def test_lpips_properties(lpips_files):
     vgg_path, lin_path, features, lin = lpips_files
     lp = vq.LPIPS(vgg_path=vgg_path, lin_path=lin_path)
