@@ -12,8 +12,6 @@ import eval_fid as ef
 import sample
 from data import to_uint8
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ------------------------------------------------------------------------------------------- Frechet distance
 def test_frechet_distance_closed_form_diagonal():
@@ -378,17 +376,3 @@ def test_hps_pil_preprocess_crops_centre():
     a[:, 50:350] = 255  # the central 300 columns survive the crop
     x = ef.hps_pil_preprocess(Image.fromarray(a))
     assert x.shape == (3, 224, 224) and x[:, :, 2:-2].min() > 0.99
-
-
-# ------------------------------------------------------------------------------------------- toy: moved out
-def test_toy_subcommand_points_to_toy_eval():
-    """The toy evaluation lives in toy_eval.py (the toy wing); the old subcommand exits 2 with one line saying so."""
-    import subprocess
-    import sys
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "eval_fid.py"), "toy", "--ckpt", "x.pt"],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stdout == ""
-    assert len(res.stderr.strip().splitlines()) == 1 and "python toy_eval.py --ckpt" in res.stderr
-    with pytest.raises(SystemExit) as e:
-        ef.main(["toy"])
-    assert e.value.code == 2

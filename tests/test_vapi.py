@@ -1,4 +1,4 @@
-"""vapi.py: contextual noise, position-wise sampling, reconstruction reward, CE prior, preset.
+"""vapi.py: contextual noise, position-wise sampling, reconstruction reward, CE prior.
 
 Run: pytest -q tests/test_vapi.py
 """
@@ -125,9 +125,3 @@ def test_ce_prior_is_the_training_cross_entropy():
     assert s["token_acc"] == pytest.approx(float((logits.argmax(-1) == z).float().mean()))
     (g,) = torch.autograd.grad(loss, logits)
     assert torch.allclose(g, (torch.softmax(logits.detach(), -1) - F.one_hot(z, V)) / (B * N), atol=1e-6)
-
-
-def test_preset_holds_released_t2i_values():
-    p = vapi.VAPI_PRESET
-    assert (p["group_size"], p["token_noise_prob"], p["aux_ce_weight"], p["kl_coef"]) == (8, 0.5, 0.1, 0.0)
-    assert (p["clip_eps"], p["adv_clip"], p["lr"], p["steps"]) == (0.2, 5.0, 1e-6, 200)
