@@ -194,6 +194,7 @@ _PROBE = ("import importlib, os, sys; m = importlib.import_module(sys.argv[1]); 
           "assert not repo, f'loaded from the repository: {repo}'")
 
 
+@pytest.mark.slow
 def test_each_concept_file_imports_alone_with_its_allowed_deps(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")

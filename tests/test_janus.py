@@ -65,6 +65,7 @@ def test_kv_cache_sampler_matches_naive(model, seed, cfg_scale, top_k, top_p):
     assert len(fast.unique()) > 3                                   # far from a constant: the check has teeth
 
 
+@pytest.mark.slow
 def test_compiled_sampler_matches_naive(model):
     """sample(compile=True): the decode step under torch.compile, static shapes (the whole cache, masked)."""
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
