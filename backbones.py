@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 import ckpt
+import fast_sample  # the samplers the loop uses: the same tokens as policy.sample / janus.sample, faster
 import policy
 import rewards
 import synthetic
@@ -113,17 +114,19 @@ def build_policy(cfg, device, toy=None, weights=True):
         return synthetic.build_policy(cfg, device)
     if cfg.backbone == "tiny":
         toy = toy or load_toy_world(cfg)
-        return toy.text_encoder, toy.gpt, toy.vq, policy.sample, policy.token_logprobs
+        return toy.text_encoder, toy.gpt, toy.vq, fast_sample.sample_gpt, policy.token_logprobs
     if cfg.backbone == "llamagen_xl":
         gcfg, vcfg = policy.GPT_CONFIGS["GPT-XL-t2i"], vqlib.VQ_CONFIGS["vq16"]
         gpt = policy.load_gpt(cfg.gpt_ckpt, gcfg) if weights else policy.GPT(gcfg)
         vq = vqlib.load_vq(cfg.vq_ckpt, vcfg) if weights else vqlib.VQModel(vcfg)
-        return text_encoders.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, policy.sample, policy.token_logprobs
+        return (text_encoders.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, fast_sample.sample_gpt,
+                policy.token_logprobs)
     import janus           # imported only for this backbone
     jc = janus.JANUS_CONFIGS[cfg.janus_config]
     gpt, vq = janus.load_janus(cfg.janus_ckpt, jc) if weights else (janus.JanusGen(jc),
                                                                      vqlib.VQModel(janus.janus_vq_config(jc)))
-    return janus.JanusTextEncoder(cfg.janus_tokenizer, jc, device=device), gpt, vq, janus.sample, janus.token_logprobs
+    return (janus.JanusTextEncoder(cfg.janus_tokenizer, jc, device=device), gpt, vq, fast_sample.sample_janus,
+            janus.token_logprobs)
 
 
 def build_backbone(cfg, device, rank: int) -> Backbone:

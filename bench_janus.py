@@ -1,4 +1,5 @@
-"""Throughput of janus.sample (static KV cache) against transformers' JanusForConditionalGeneration.generate().
+"""Throughput of fast_sample.sample_janus (the sampler train.py uses) and of the readable janus.sample (both static KV
+cache) against transformers' JanusForConditionalGeneration.generate().
 
 Not a test: prints numbers. Same random weights (ours renamed into the HF model with janus.hf_to_original), same
 left-padded batch of B prompts of different lengths, CFG 5, greedy (HF do_sample=False; ours top-k 1, the same
@@ -6,7 +7,7 @@ argmax), checked to give identical tokens. One process, fp32: a warm-up call eac
 timed call each, ours and HF alternating (so a neighbour's load hits both alike); tokens/s of the median call.
   python bench_janus.py                      # --size tiny: janus.JANUS_CONFIGS["tiny"] (N=16; Python-overhead bound)
   python bench_janus.py --size medium        # dim 512, 8 layers, N=64, image vocabulary 1024 (weight-bandwidth bound)
-  python bench_janus.py --compile            # also janus.sample(compile=True); its compile time reported apart
+  python bench_janus.py --compile            # also sample_janus(compile=True); its compile time reported apart
 Options: --batch 8 --cfg 5.0 --repeats 7 --threads 1 (OMP_NUM_THREADS=1 python bench_janus.py is the reference)
 Symbols: B prompts, N image tokens, V image vocabulary.
 """
@@ -17,6 +18,7 @@ import time
 import torch
 
 import janus
+from fast_sample import sample_janus
 
 SIZES = {
     "tiny": janus.JANUS_CONFIGS["tiny"],
@@ -83,16 +85,17 @@ def main(args):
     ids, mask = (t.to(device) for t in prompts(cfg, args.batch))
     gc = GenerationConfig(do_sample=False, guidance_scale=args.cfg, bos_token_id=cfg.bos_id, pad_token_id=cfg.pad_id,
                           generation_kwargs={"boi_token_id": cfg.boi_id}, num_return_sequences=1)
-    ours, theirs = "janus.sample (static KV cache)", "HF generate() (static cache)"
-    compiled = "janus.sample(compile=True)"
-    runs = {ours: lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1),
+    ours, readable, theirs = "fast_sample.sample_janus", "janus.sample (readable)", "HF generate() (static cache)"
+    compiled = "sample_janus(compile=True)"
+    runs = {ours: lambda: sample_janus(model, ids, mask, cfg_scale=args.cfg, top_k=1),
+            readable: lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1),
             theirs: lambda: hf.generate(ids, attention_mask=mask.long(), generation_mode="image", generation_config=gc)}
     if args.compile:  # the first call compiles (inductor's on-disk cache can shorten it): timed apart
-        runs[compiled] = lambda: janus.sample(model, ids, mask, cfg_scale=args.cfg, top_k=1, compile=True)
+        runs[compiled] = lambda: sample_janus(model, ids, mask, cfg_scale=args.cfg, top_k=1, compile=True)
         t_compile = timed(runs[compiled], device)[1]
     out = {k: fn() for k, fn in runs.items()}                               # warm-up; tokens checked below
     times = {k: [] for k in runs}
-    for _ in range(args.repeats):                                           # alternating: ours, HF[, compiled]
+    for _ in range(args.repeats):                                  # alternating: ours, readable, HF[, compiled]
         for k, fn in runs.items():
             times[k].append(timed(fn, device)[1])
     med, n = {k: statistics.median(t) for k, t in times.items()}, args.batch * cfg.image_tokens
@@ -106,7 +109,7 @@ def main(args):
               f"({len(out[k].unique())} distinct tokens)")
     if args.compile:
         print(f"  compile: first call {t_compile:.1f} s")
-    assert all(torch.equal(t, out[theirs]) for t in out.values()), "janus.sample and HF generate() disagree"
+    assert all(torch.equal(t, out[theirs]) for t in out.values()), "our samplers and HF generate() disagree"
 
 
 if __name__ == "__main__":
@@ -115,7 +118,7 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=8, help="prompts B (model rows = 2B with CFG)")
     p.add_argument("--cfg", type=float, default=5.0, help="CFG scale")
     p.add_argument("--repeats", type=int, default=7, help="timed calls each (median), after a warm-up call")
-    p.add_argument("--compile", action="store_true", help="also time janus.sample(compile=True)")
+    p.add_argument("--compile", action="store_true", help="also time fast_sample.sample_janus(compile=True)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a loaded box)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

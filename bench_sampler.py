@@ -1,5 +1,6 @@
-"""Throughput of policy.sample (static KV cache) against policy.sample_naive (full recompute per step), or against
-upstream LlamaGen's generate() on the same weights.
+"""Throughput of fast_sample.sample_gpt (the sampler train.py uses) and of the readable policy.sample (both static KV
+cache) against policy.sample_naive (full recompute per step), or of sample_gpt against upstream LlamaGen's
+generate() on the same weights.
 
 Not a test: prints numbers. Random weights (speed does not depend on them).
   CPU:   python bench_sampler.py                       # "toy" GPT, B=8 prompts, CFG 4.0 (so 16 model rows)
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from fast_sample import sample_gpt
 from policy import GPT, GPT_CONFIGS, GPTConfig, sample, sample_naive
 
 
@@ -62,17 +64,21 @@ def bench_small(args, device):
     model = random_policy(cfg, device)
     cond, mask = random_cond(cfg, args.batch, device)
     kw = dict(cfg_scale=args.cfg, top_k=min(1000, cfg.vocab_size), top_p=1.0, temperature=1.0)
-    sample(model, cond[:2], mask[:2], generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up
-    fast, t_fast = timed(sample, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
-                         **kw)
-    slow, t_slow = timed(sample_naive, model, cond, mask, generator=torch.Generator(device).manual_seed(1),
-                         device=device, **kw)
+    for fn in (sample_gpt, sample):   # warm-up
+        fn(model, cond[:2], mask[:2], generator=torch.Generator(device).manual_seed(0), **kw)
+    out, t = {}, {}
+    for fn in (sample_gpt, sample, sample_naive):
+        out[fn], t[fn] = timed(fn, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
+                               **kw)
     n = args.batch * cfg.block_size
     print(f"[{device.type}] GPT '{args.config}' ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
           f"B={args.batch}, N={cfg.block_size}, CFG {args.cfg}, fp32, {torch.get_num_threads()} threads")
-    print(f"  sample (KV cache)   {n / t_fast:9.0f} tokens/s  ({t_fast:.2f} s)")
-    print(f"  sample_naive        {n / t_slow:9.0f} tokens/s  ({t_slow:.2f} s)")
-    print(f"  speedup {t_slow / t_fast:.1f}x; identical tokens: {torch.equal(fast, slow)}")
+    for fn, name in ((sample_gpt, "fast_sample.sample_gpt"), (sample, "policy.sample (readable)"),
+                     (sample_naive, "policy.sample_naive")):
+        print(f"  {name:26s} {n / t[fn]:9.0f} tokens/s  ({t[fn]:.2f} s)")
+    print(f"  speedup over naive: sample_gpt {t[sample_naive] / t[sample_gpt]:.1f}x, sample "
+          f"{t[sample_naive] / t[sample]:.1f}x; identical tokens: "
+          f"{all(torch.equal(o, out[sample_naive]) for o in out.values())}")
 
 
 def bench_xl(args, device):
@@ -80,8 +86,9 @@ def bench_xl(args, device):
     model = random_policy(cfg, device, torch.bfloat16)
     cond, mask = random_cond(cfg, args.xl_batch, device)
     kw = dict(cfg_scale=6.0, top_k=1000, top_p=1.0, temperature=1.0)
-    sample(model, cond[:4], mask[:4], generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up
-    _, t = timed(sample, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device, **kw)
+    sample_gpt(model, cond[:4], mask[:4], generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up
+    _, t = timed(sample_gpt, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
+                 **kw)
     print(f"[cuda] GPT-XL t2i bf16, {args.xl_batch} prompts x 256 tokens, CFG 6 ({2 * args.xl_batch} rows), "
           f"top-k 1000: {args.xl_batch / t:.1f} img/s, {args.xl_batch * cfg.block_size / t:.0f} tokens/s "
           f"({t:.2f} s); "
@@ -89,8 +96,9 @@ def bench_xl(args, device):
 
 
 def bench_upstream(args, device):
-    """policy.sample vs LlamaGen's generate() (generate.py:126-176) on the same weights, called as sample_t2i.py calls
-    it: cond_idx = left-padded caption features (pads zeroed), emb_masks, cfg_scale, sampling kwargs, sample_logits."""
+    """fast_sample.sample_gpt vs LlamaGen's generate() (generate.py:126-176) on the same weights, called as
+    sample_t2i.py calls it: cond_idx = left-padded caption features (pads zeroed), emb_masks, cfg_scale, sampling
+    kwargs, sample_logits."""
     root = Path(args.upstream).resolve()
     if root.is_relative_to(Path(__file__).resolve().parent):
         raise SystemExit("--upstream: keep the LlamaGen checkout outside this repository")
@@ -113,12 +121,13 @@ def bench_upstream(args, device):
         return generate(up, cond, N, mask.long(), cfg_scale=args.cfg, sample_logits=True, **kw)
 
     greedy = dict(temperature=1.0, top_k=1, top_p=1.0)   # a one-token support: multinomial is deterministic
-    same = torch.equal(sample(ours, cond, mask, cfg_scale=args.cfg, generator=gen(0), **greedy),
+    same = torch.equal(sample_gpt(ours, cond, mask, cfg_scale=args.cfg, generator=gen(0), **greedy),
                        run_up(0, **greedy).long())
     kw = dict(temperature=1.0, top_k=1000, top_p=1.0)
     t_ours, t_up = [], []
     for r in range(args.repeats):   # interleaved, so load on a shared machine hits both alike
-        t_ours.append(timed(sample, ours, cond, mask, cfg_scale=args.cfg, generator=gen(r), device=device, **kw)[1])
+        t_ours.append(timed(sample_gpt, ours, cond, mask, cfg_scale=args.cfg, generator=gen(r), device=device,
+                            **kw)[1])
         t_up.append(timed(run_up, r, device=device, **kw)[1])
     med = lambda ts: B * N / statistics.median(ts)
     ratios = [u / o for o, u in zip(t_ours, t_up)]
@@ -126,7 +135,7 @@ def bench_upstream(args, device):
           f"T {cfg.cls_token_num} x D {cfg.caption_dim}, N {N}; B={B} prompts, CFG {args.cfg}, top-k 1000, "
           f"temperature 1, fp32, {torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
     runs = lambda ts: ", ".join(f"{B * N / t:.0f}" for t in ts)
-    print(f"  policy.sample        {med(t_ours):7.0f} tokens/s (median; runs {runs(t_ours)})")
+    print(f"  sample_gpt           {med(t_ours):7.0f} tokens/s (median; runs {runs(t_ours)})")
     print(f"  LlamaGen generate()  {med(t_up):7.0f} tokens/s (median; runs {runs(t_up)})")
     print(f"  ratio {statistics.median(ratios):.2f}x (median of {args.repeats} paired ratios; "
           f"min {min(ratios):.2f}x, max {max(ratios):.2f}x); greedy (top-k 1) tokens identical: {same}")

@@ -10,11 +10,13 @@ Classifier-free guidance (CFG) contrasts each prompt with its "null prompt": the
 replaced by pad, pads attended. The tokens decode with vq.py's VQModel (Janus's gen_vision_model has its keys).
 Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-padded with a mask; position =
 cumsum(mask) - 1 (pads: 1); logits, CFG and log-softmax in fp32 (there: bf16 head logits).
-`forward` gives teacher-forced logits with policy.py's convention; `sample` (static KV cache) is tested token for
-token against `sample_naive`, and the trunk against transformers' JanusForConditionalGeneration (tests/test_janus.py).
+`forward` gives teacher-forced logits with policy.py's convention; `sample` (static KV cache; the step rule:
+sampling.py) is tested token for token against `sample_naive`, and the trunk against transformers'
+JanusForConditionalGeneration (tests/test_janus.py); fast_sample.py draws the same tokens faster (what train.py uses).
 
 Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench_janus.py
-Copy together with vq.py and ckpt.py (the tokenizer's VQModel; read_state_dict / load_strict).
+Copy together with vq.py, ckpt.py and sampling.py (the tokenizer's VQModel; read_state_dict / load_strict; the step
+rule).
 Symbols: B prompts, R rows (B, or 2B with CFG: [cond; null]), T prompt length (left-padded token ids), N image
 tokens (a g*g grid), S = T + N - 1 sequence length, V image vocabulary (VQ codebook), H heads, hd head dim.
 Follows: deepseek-ai/Janus@1daa72f janus/models/modeling_vlm.py (module names), generation_inference.py;
@@ -23,7 +25,6 @@ v5.24.0 models/llama/modeling_llama.py (numerics), models/janus/modeling_janus.p
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ckpt import load_strict, read_state_dict, resolve  # checkpoint plumbing (a leaf file, see ckpt.py)
+from sampling import check_finite, check_settings, draw, guide, step_logits  # one sampling step (a leaf file)
 from vq import CODEBOOK_USED_LEN, VQ_CONFIGS, VQConfig, VQModel  # gen_vision_model = LlamaGen VQ-16 (same keys)
 
 # A 32-px tokenizer for the tiny config: 4x4 grid x 2^3 = 32 px. 32 GroupNorm groups as in transformers' JanusVQVAE,
@@ -275,36 +277,11 @@ def null_prompt(ids, mask, cfg: JanusGenConfig):
 
 
 # ---- Sampling and log-probs (docs/method.md §17.3, §4.2, §4.5, §4.6; trainer.py:359-431, 479-516) -------------
-def top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Duplicate of policy.top_k_top_p (so janus.py copies with vq.py + ckpt.py alone): (...,V) -> filtered at -inf.
-    top-k keeps logits >= the k-th largest (ties kept; = the trainer's zeroing of probabilities and renormalising);
-    top-p then keeps the shortest sorted prefix whose mass exceeds top_p (the crossing token kept)."""
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        srt, idx = torch.sort(logits, dim=-1, descending=True)
-        remove = srt.softmax(-1).cumsum(-1) > top_p
-        remove = torch.cat([torch.zeros_like(remove[..., :1]), remove[..., :-1]], -1)
-        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
-    return logits
-
-
-def _step_logits(logits, B: int, cfg_scale: float, temperature: float, top_k: int, top_p: float):
-    """(R,...,V) fp32 logits, rows [cond; null] -> (B,...,V) the token is drawn from: u + s (c - u), / T, filter."""
-    if cfg_scale != 1.0:
-        logits = logits[B:] + cfg_scale * (logits[:B] - logits[B:])
-    if temperature != 1.0:  # x / 1 = x: skipped
-        logits = logits / max(temperature, 1e-5)
-    return top_k_top_p(logits, top_k, top_p)
-
-
 def _prepare(model: JanusGen, ids, mask, cfg_scale, temperature=1.0, top_k=0, top_p=1.0):
     """Checks + the CFG batch. DEVIATION(RankE@2798acc): rows [cond; null] halves (as transformers' Janus generate),
     not interleaved (trainer.py:468-469); rows never interact, so the tokens are the same."""
     _check_inputs(model.cfg, ids, mask)
-    if not (temperature >= 0 and top_k >= 0 and 0 < top_p <= 1):
-        raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    check_settings(temperature, top_k, top_p)
     dev = model.gen_embed.weight.device
     ids, mask = ids.to(dev), mask.to(dev)
     if cfg_scale == 1.0:
@@ -312,109 +289,35 @@ def _prepare(model: JanusGen, ids, mask, cfg_scale, temperature=1.0, top_k=0, to
     return torch.cat([ids, null_prompt(ids, mask, model.cfg)[0]]), torch.cat([mask, mask])     # (2B,T)
 
 
-def _decode_weights(model: JanusGen):
-    """The parameters `_decode_step` reads, looked up once per `sample` call (nn.Module attribute look-ups cost as
-    much as a small model's matmuls): per layer (W_q, W_k, W_v, W_o, W_gate, W_up, W_down, the two norms), then
-    gen_embed + gen_aligner, gen_head, the final norm. Not fused: cat'ed [W_q; W_k; W_v], [W_gate; W_up] copies
-    measured 2% faster on the tiny config, 4% slower on bench_janus.py's medium one (MKL), and cost memory."""
-    layers = []
-    for layer in model.language_model.model.layers:
-        a, m = layer.self_attn, layer.mlp
-        layers.append(tuple(x.weight for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
-                                               m.down_proj, layer.input_layernorm, layer.post_attention_layernorm)))
-    (a0, _, a2), (p, v) = model.gen_aligner.layers, (model.gen_head.output_mlp_projector, model.gen_head.vision_head)
-    return (layers, (model.gen_embed.weight, a0.weight, a0.bias, a2.weight, a2.bias),
-            (p.weight, p.bias, v.weight, v.bias), model.language_model.model.norm.weight)
-
-
-def _decode_step(model: JanusGen, weights, tok, cos, sin, mask, caches, p, n_keys: int, filt):
-    """One sampling step: z_{n-1} (B,) fed at sequence index p ((1,) int64) -> the filtered logits (B,V) that z_n is
-    drawn from (_step_logits, filt = (cfg_scale, temperature, top_k, top_p)). Writes k, v at p of each cache
-    (2,R,H,L,hd) and attends to keys 0..n_keys-1 (p + 1; all L with compile: static shapes, mask (R,1,1,n_keys)).
-    DUPLICATES embed_image, DecoderLayer (SelfAttention, MLP) for S = 1 and logits, leaner (Python overhead bounds
-    small models): F calls on `_decode_weights`, RoPE on [q, k, v] at once with cos, sin (R,3,1,hd) (v: cos 1,
-    sin 0; rotate_half's sign folded into sin). tests/test_janus.py holds it to the modules (sample == sample_naive
-    token for token; HF parity)."""
-    (layers, (emb, w1, b1, w2, b2), head, final_norm), cfg, B = weights, model.cfg, tok.shape[0]
-    e = F.linear(F.gelu(F.linear(F.embedding(tok, emb), w1, b1)), w2, b2)                     # (B,dim) embed_image
-    h = torch.cat([e] * (caches[0].shape[1] // B))                                   # (R,dim): cond, null rows
-    R, H, hd = h.shape[0], cfg.n_head, cfg.head_dim
-    for (wq, wk, wv, wo, wg, wu, wd, n1, n2), kv in zip(layers, caches):
-        x = rms_norm(h, n1, cfg.norm_eps)
-        y = torch.stack([F.linear(x, wq), F.linear(x, wk), F.linear(x, wv)], 1).view(R, 3, H, hd)   # (R,3,H,hd)
-        yf = y.float()
-        y = (yf * cos + yf.roll(hd // 2, -1) * sin).type_as(y)          # = apply_rope: roll gives [x2, x1]
-        kv.index_copy_(3, p, y[:, 1:, :, None].transpose(0, 1))                               # k, v -> index p
-        k, v = kv[:, :, :, :n_keys].unbind(0)                                                   # (R,H,n_keys,hd)
-        a = F.scaled_dot_product_attention(y[:, :1].transpose(1, 2), k, v, attn_mask=mask)      # (R,H,1,hd)
-        h = h + F.linear(a.reshape(R, -1), wo)
-        x = rms_norm(h, n2, cfg.norm_eps)
-        h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
-    h = rms_norm(h, final_norm, cfg.norm_eps)
-    if torch.is_autocast_enabled(h.device.type):      # the head in fp32 outside autocast
-        logits = model.logits(h)
-    else:                                             # = model.logits(h), no module calls
-        logits = F.linear(F.gelu(F.linear(h, head[0], head[1])), head[2], head[3]).float()
-    return _step_logits(logits, B, *filt)
-
-
-@functools.cache
-def _compiled_decode_step():  # sample(compile=True): one graph per (B, T, N, dtype, filt); the first call compiles
-    return torch.compile(_decode_step, dynamic=False, fullgraph=True)
-
-
-def _draw(probs, generator):
-    """= torch.multinomial(probs, 1, generator=generator), drawn as torch draws it (aten Distributions.cpp, one
-    sample: argmax(probs / q), q ~ Exp(1) from the generator), without its checks of probs (host syncs on a GPU;
-    `sample` checks the logits once at the end instead). sample_naive keeps torch.multinomial: the tests hold the
-    two equal."""
-    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1, keepdim=True)
-
-
 @torch.no_grad()
 def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0,
-           generator: torch.Generator | None = None, return_logprobs: bool = False, compile: bool = False):
-    """(B,N) int64 image tokens, raster order: prefill the prompt into a static KV cache, then one token per step
-    (`_decode_step`): fp32 CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default
-    one; DEVIATION(RankE@2798acc): released drew from the global RNG). Same tokens as `sample_naive` for the same generator state. return_logprobs: also
-    (B,N) log-probs of the drawn tokens under the distribution they were drawn from (= token_logprobs at T 1
-    without top-k / top-p). compile: torch.compile the step (static shapes: attends to the whole cache; a new
-    prompt length T or batch recompiles, seconds to a minute). Released (trainer.py:479-516): a DynamicCache and one
-    wasted forward on z_{N-1}; same tokens."""
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,N) int64 image tokens, raster order, through the model's own modules: the prompt fills a static KV cache,
+    then each step feeds gen_aligner(gen_embed(z_{n-1})) at the next position. Per step (sampling.py, logits in
+    fp32): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one;
+    DEVIATION(RankE@2798acc): released drew from the global RNG). Same tokens as `sample_naive` for the same
+    generator state; fast_sample.sample_janus draws the same tokens faster (what train.py uses). Released
+    (trainer.py:479-516): a DynamicCache and one wasted forward on z_{N-1}; same tokens."""
     cfg, B, N = model.cfg, ids.shape[0], model.cfg.image_tokens
-    x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T)
-    (R, T), dev, hd = x.shape, x.device, cfg.head_dim
-    L = T + N - 1                                                     # z_{N-1} is never fed back
-    pos, am = layout(m, N - 1)
-    cos, sin = rope_cos_sin(cfg, pos)
-    h = model.language_model.model.embed_tokens(x)                                              # (R,T,dim)
-    kv = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else h.dtype   # = k/v's dtype
-    caches = [torch.zeros(2, R, cfg.n_head, L, hd, dtype=kv, device=dev) for _ in range(cfg.n_layer)]  # (K, V)
-    h = model.trunk(h, (cos[:, :T], sin[:, :T]), am[:, :, :T, :T], [c.unbind(0) for c in caches])[:, -1]  # prefill
-    # per step n = 1..N-1, z_{n-1} at sequence index p = T+n-1: RoPE for [q, k, v] (R,3,1,hd), index (1,), keys
-    # 0..n_keys-1 (p + 1; all L with compile) and their mask (R,1,1,n_keys)
-    c, s = (t[:, T:, None, None].transpose(0, 1) for t in (cos, sin))                          # (N-1,R,1,1,hd)
-    s = torch.cat([-s[..., :hd // 2], s[..., hd // 2:]], -1)                    # rotate_half(x) = roll(x) * sign
-    c, s = torch.cat([c, c, torch.ones_like(c)], 2).unbind(0), torch.cat([s, s, torch.zeros_like(s)], 2).unbind(0)
-    idx, keys = torch.arange(T, L, device=dev)[:, None].unbind(0), [L if compile else p + 1 for p in range(T, L)]
-    masks = [am[:, :, p, None, :k] for p, k in zip(range(T, L), keys)]
-    step = _compiled_decode_step() if compile else _decode_step
-    weights, filt = _decode_weights(model), (cfg_scale, temperature, top_k, top_p)
-    logits = _step_logits(model.logits(h), B, *filt)                                            # (B,V)
-    toks, logp, lse = [], [], []
+    x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T): [cond; null]
+    (R, T), dev = x.shape, x.device
+    S = T + N - 1                                                     # z_{N-1} is never fed back
+    pos, am = layout(m, N - 1)                                                                  # (R,S), (R,1,S,S)
+    cos, sin = rope_cos_sin(cfg, pos)                                                           # (R,S,hd) each
+    h = model.language_model.model.embed_tokens(x)                                   # (R,T,dim): step 0's input
+    kv = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else h.dtype   # k/v's dtype
+    caches = [tuple(torch.zeros(R, cfg.n_head, S, cfg.head_dim, dtype=kv, device=dev) for _ in range(2))
+              for _ in range(cfg.n_layer)]                                            # per layer: static K, V
+    tokens, start, emb_dtype = torch.empty(B, N, dtype=torch.long, device=dev), 0, h.dtype
     for n in range(N):
-        if n > 0:
-            logits = step(model, weights, toks[-1][:, 0], c[n - 1], s[n - 1], masks[n - 1], caches, idx[n - 1],
-                          keys[n - 1], filt)
-        toks.append(_draw(logits.softmax(-1), generator))                                       # (B,1)
-        lse.append(logits.logsumexp(-1, keepdim=True))                                          # (B,1), NaN check
-        if return_logprobs:
-            logp.append(logits.gather(-1, toks[-1]) - lse[-1])
-    if not bool(torch.isfinite(torch.cat(lse)).all()):   # _draw skips multinomial's checks: one sync at the end
-        raise FloatingPointError("janus.sample: non-finite logits (NaN/inf weights or activations; under fp16? use "
-                                 "bf16 or fp32): the drawn tokens would be meaningless")
-    tokens = torch.cat(toks, 1)                                                                 # (B,N)
-    return (tokens, torch.cat(logp, 1)) if return_logprobs else tokens
+        if n > 0:  # feed z_{n-1} at position T+n-1, the same token to its cond and null rows (dtype as in forward)
+            h = model.embed_image(tokens[:, n - 1:n].repeat(R // B, 1)).to(emb_dtype)          # (R,1,dim)
+        end = start + h.shape[1]                  # positions start..end-1 written to the caches, 0..end-1 attended
+        h = model.trunk(h, (cos[:, start:end], sin[:, start:end]), am[:, :, start:end, :end], caches, start)
+        logits = step_logits(model.logits(h[:, -1]), B, cfg_scale, temperature, top_k, top_p)   # (B,V) fp32: z_n
+        check_finite(logits, "janus.sample")
+        tokens[:, n], start = draw(logits.softmax(-1), generator), end
+    return tokens
 
 
 @torch.no_grad()
@@ -426,7 +329,7 @@ def sample_naive(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, 
     tokens = torch.zeros(B, N, dtype=torch.long, device=x.device)
     for n in range(N):  # tokens[:, n] is the unused last input of the forward
         logits = model(tokens[:, :n + 1].repeat(x.shape[0] // B, 1), x, m)[:, -1]             # (R,V)
-        probs = _step_logits(logits, B, cfg_scale, temperature, top_k, top_p).softmax(-1)
+        probs = step_logits(logits, B, cfg_scale, temperature, top_k, top_p).softmax(-1)
         tokens[:, n] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return tokens
 
@@ -437,7 +340,7 @@ def token_logprobs(model: JanusGen, ids, mask, tokens, *, cfg_scale=1.0) -> torc
     `--logp_cfg guided`), cond and null halves in one batch."""
     B, (x, m) = ids.shape[0], _prepare(model, ids, mask, cfg_scale)
     tokens = tokens.to(x.device)
-    logits = _step_logits(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale, 1.0, 0, 1.0)   # (B,N,V)
+    logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)                # (B,N,V)
     return logits.gather(-1, tokens[..., None])[..., 0] - logits.logsumexp(-1)
 
 
@@ -600,10 +503,7 @@ if __name__ == "__main__":
                               generator=torch.Generator().manual_seed(1))
         print(f"{fn.__name__:13s} {ids.shape[0] * cfg.image_tokens / (time.perf_counter() - t0):8.0f} tokens/s")
     same = torch.equal(out["sample"], out["sample_naive"])
-    toks, lp_s = sample(model, ids, mask, cfg_scale=3.0, generator=torch.Generator().manual_seed(2),
-                        return_logprobs=True)
-    err = (token_logprobs(model, ids, mask, toks, cfg_scale=3.0) - lp_s).abs().max().item()
+    lp = token_logprobs(model, ids, mask, out["sample"], cfg_scale=4.0)
     print(f"tiny JanusGen ({sum(p.numel() for p in model.parameters()):,} params): sample == sample_naive: {same}; "
-          f"token_logprobs vs the sampler's log-probs: max |diff| {err:.1e}; mean log pi {lp_s.mean():.3f} "
-          f"(uniform {-math.log(cfg.image_vocab):.3f})")
-    assert same and err < 1e-4
+          f"mean guided log pi of the samples {lp.mean():.3f} (uniform {-math.log(cfg.image_vocab):.3f})")
+    assert same

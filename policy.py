@@ -3,13 +3,13 @@
 Concept (arXiv 2605.21195; docs/method.md §4.2 per-token log-probs, §4.6 rollouts, D10/D11 in §14; §13.6-13.11,
 §13.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
 tokens of a VQ grid in raster order, and predicts z_t at every step: log pi(z | c) = sum_t log pi(z_t | z_<t, c).
-Sampling: classifier-free guidance (CFG) against a learnt null caption, top-k / top-p, a static KV cache;
-`sample_naive` is the slow oracle it is tested against. Text convention everywhere (docs/method.md D11): caption
-features left-aligned (pads first, zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key
-columns masked, diagonal forced on.
+Sampling: classifier-free guidance (CFG) against a learnt null caption, top-k / top-p (the step rule: sampling.py), a
+static KV cache; `sample_naive` is the slow oracle it is tested against; fast_sample.py draws the same tokens faster
+(what train.py uses). Text convention everywhere (docs/method.md D11): caption features left-aligned (pads first,
+zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns masked, diagonal forced on.
 
 Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench_sampler.py
-Copy together with ckpt.py: `load_gpt` uses its read_state_dict / load_strict checkpoint plumbing.
+Copy together with ckpt.py (`load_gpt` uses its read_state_dict / load_strict) and sampling.py (the step rule).
 Symbols: B prompts (rows), N image tokens (block_size, a g*g grid), T caption slots (cls_token_num), D caption width
 (caption_dim), V vocabulary (VQ codebook), H heads, hd head dim, S sequence length, R rows (B, or 2B with CFG).
 Follows: FoundationVision/LlamaGen@ce98ec4 autoregressive/models/gpt.py, autoregressive/models/generate.py,
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ckpt import load_strict, read_state_dict  # checkpoint plumbing (a leaf file, see ckpt.py)
+from sampling import check_finite, check_settings, draw, guide, step_logits  # one sampling step (a leaf file)
 
 
 @dataclass
@@ -234,35 +235,12 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
 
 
 # ---- Sampling (generate.py; docs/method.md §13.11) and log-probs (docs/method.md §4.2) ---------------------------
-def top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """(...,V) -> (...,V) with filtered entries at -inf; HF v3.2 rule as in generate.py:16-54, but the input is not
-    edited in place. top-k keeps logits >= the k-th largest (ties kept); top-p then keeps the shortest prefix of the
-    sorted tokens whose probability mass exceeds top_p (the token crossing top_p is kept)."""
-    if 0 < top_k < logits.shape[-1]:  # k >= V keeps every token; the k-th largest via an unsorted topk (cheaper)
-        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # (B,1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        srt, idx = torch.sort(logits, dim=-1, descending=True)
-        remove = srt.softmax(-1).cumsum(-1) > top_p                                        # (B,V), sorted order
-        remove = torch.cat([torch.zeros_like(remove[..., :1]), remove[..., :-1]], -1)      # shift: keep the crosser
-        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))       # back to vocab order
-    return logits
-
-
-def _step_logits(logits, B: int, cfg_scale: float, temperature: float, top_k: int, top_p: float):
-    """(R,...,V) raw logits, rows [cond; null] -> (B,...,V) logits the token is drawn from (generate.py:57-102)."""
-    if cfg_scale != 1.0:
-        logits = logits[B:] + cfg_scale * (logits[:B] - logits[B:])   # CFG on raw logits: u + s * (c - u)
-    return top_k_top_p(logits if temperature == 1.0 else logits / max(temperature, 1e-5), top_k, top_p)  # x/1 = x
-
-
 def _prepare(model: GPT, cond, cond_mask, cfg_scale, temperature=1.0, top_k=0, top_p=1.0, sampling=True):
     """Checks + CFG batch [cond; null] (generate.py:135-158): null = uncond_embedding, same mask as its prompt."""
     _check_inputs(model.cfg, cond, cond_mask)
     if sampling and model.training:
         raise RuntimeError("sampling needs model.eval(): in train mode the dropouts would perturb the rollouts")
-    if not (temperature >= 0 and top_k >= 0 and 0 < top_p <= 1):
-        raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    check_settings(temperature, top_k, top_p)
     cond, cond_mask = cond.to(model.output.weight.device), cond_mask.to(model.output.weight.device)
     if cfg_scale == 1.0:
         return cond, cond_mask
@@ -270,87 +248,30 @@ def _prepare(model: GPT, cond, cond_mask, cfg_scale, temperature=1.0, top_k=0, t
     return torch.cat([cond, null]), torch.cat([cond_mask, cond_mask])                       # (2B,T,D), (2B,T)
 
 
-def _decode_weights(model: GPT):
-    """Weights `_decode_step` reads, looked up once per call (module look-ups cost as much as a small model's matmuls):
-    per layer [wqkv, wo, w1, w3, w2, attention_norm, ffn_norm], tok_embeddings, norm, output. On CPU the matrices are
-    copied transposed-contiguous (same (out,in) view and results; MKL runs x @ W ~1.4x faster than x @ W.t() here)."""
-    mat = (lambda w: w.t().contiguous().t()) if model.output.weight.device.type == "cpu" else (lambda w: w)
-    layers = [[mat(b.attention.wqkv.weight), mat(b.attention.wo.weight), mat(b.feed_forward.w1.weight),
-               mat(b.feed_forward.w3.weight), mat(b.feed_forward.w2.weight), b.attention_norm.weight,
-               b.ffn_norm.weight] for b in model.layers]
-    return layers, model.tok_embeddings.weight, model.norm.weight, mat(model.output.weight)
-
-
-def _decode_step(model: GPT, weights, tok, rot, mask, kv_caches, p: int, k0: int):
-    """= embedding + trunk + head for one token, the modules' operations in their order without module calls: z_{n-1}
-    (B,) fed at sequence index p -> raw logits (R,V) fp32 predicting z_n. Writes k, v at p of each cache (2,R,H,L,hd),
-    attends to its keys k0..p under mask (R,1,1,p+1-k0). RoPE on [q, k, v] (R,3,H,hd) at once, rot = (cos, sin)
-    (3,1,hd): v's rows cos 1, sin 0; the sign of the pair swap folded into sin."""
-    (layers, emb, w_norm, w_out), cfg, (cos, sin) = weights, model.cfg, rot
-    R, H, hd, eps = kv_caches[0].shape[1], cfg.n_head, cfg.head_dim, cfg.norm_eps       # rms = RMSNorm.forward:
-    rms = lambda x, w: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
-    h = F.embedding(tok, emb).repeat(R // tok.shape[0], 1)                  # (R,dim): cond rows, then null rows
-    for (wqkv, wo, w1, w3, w2, n1, n2), kv in zip(layers, kv_caches):
-        y = F.linear(rms(h, n1), wqkv).view(R, 3, H, hd)                    # (R,3,H,hd): q | k | v
-        yf = y.float()                                                       # roll: pairs (2i, 2i+1) -> (2i+1, 2i)
-        y = (yf * cos + yf.unflatten(-1, (-1, 2)).roll(1, -1).flatten(-2) * sin).type_as(y)   # = apply_rope
-        kv[:, :, :, p] = y[:, 1:].transpose(0, 1)                            # (2,R,H,hd): k, v -> cache index p
-        a = F.scaled_dot_product_attention(y[:, :1].transpose(1, 2), kv[0, :, :, k0:p + 1], kv[1, :, :, k0:p + 1],
-                                           attn_mask=mask)                   # (R,H,1,hd)
-        h = h + F.linear(a.reshape(R, -1), wo)
-        x = rms(h, n2)
-        h = h + F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
-    return F.linear(rms(h, w_norm), w_out).float()
-
-
-def _draw(probs, generator):
-    """(B,V) -> (max of probs / q, token), each (B,); = torch.multinomial(probs, 1, generator=generator) as torch draws
-    one sample (aten/native/Distributions.cpp: argmax(probs / q), q ~ Exp(1)) minus its checks (GPU host syncs; `sample`
-    checks the maxima once). On CPU torch's exponential_ gives q = -log1p(-u), one float64 u ~ U[0,1) per element
-    (aten/native/cpu/DistributionTemplates.h): float64 uniform_ consumes the generator alike, ~3x cheaper. Tested."""
-    if probs.device.type == "cpu":
-        q = torch.empty(probs.shape, dtype=torch.float64).uniform_(generator=generator).neg_().log1p_().neg_().float()
-    else:
-        q = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / q).max(-1)
-
-
 @torch.no_grad()
 def sample(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,N) int64 image tokens, raster order (docs/method.md §4.6, §13.11): prefill the T text slots into a static
-    KV cache, then one token per step (`_decode_step`): CFG, temperature, top-k, top-p, a multinomial draw (`_draw`)
-    on `generator` (None: torch's default one). Same tokens as `sample_naive` for the same generator state.
-    Adapted from LlamaGen autoregressive/models/generate.py (generate.py:126-176; 77-102)."""
+    """(B,N) int64 image tokens, raster order (docs/method.md §4.6, §13.11), through the model's own modules: the T
+    text slots fill a static KV cache, then each step feeds the previous token at the next position. Per step
+    (sampling.py): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one).
+    Same tokens as `sample_naive` for the same generator state. fast_sample.sample_gpt draws the same tokens faster
+    (what train.py uses). Adapted from LlamaGen autoregressive/models/generate.py (generate.py:126-176; 77-102)."""
     cfg, B, T, N = model.cfg, cond.shape[0], model.cfg.cls_token_num, model.cfg.block_size
-    x, m = _prepare(model, cond, cond_mask, cfg_scale, temperature, top_k, top_p)     # (R,T,D), (R,T)
-    R, L, dev = x.shape[0], T + N - 1, x.device                                       # z_{N-1} is never fed back
-    h, rope = model.embed_text(x), rope_table(cfg, dev)               # (R,T,dim): its dtype = k/v's, also in autocast
-    kv_caches = [h.new_zeros(2, R, cfg.n_head, L, cfg.head_dim) for _ in model.layers]     # static (K, V) caches
-    h = model.trunk(h, rope[:T], attention_mask(m, T), [kv.unbind(0) for kv in kv_caches])  # prefill: (R,T,dim)
-    logits = model.output(h[:, -1]).float()                                           # (R,V): predicts z_0
-    c, s = rope.repeat_interleave(2, -2).unbind(-1)                                   # (T+N,hd): c_i, s_i at 2i, 2i+1
-    s = s * torch.tensor([-1.0, 1.0], device=dev).repeat(cfg.head_dim // 2)          # out_2i = x_2i c - x_2i+1 s
-    rot = list(zip(torch.stack([c, c, torch.ones_like(c)], 1)[:, :, None], torch.stack([s, s, 0 * s], 1)[:, :, None]))
-    # query p attends keys k0..p (causality = that slice); mask (R,1,1,L-k0) masks the text pads (bool) ...
-    mask, k0 = torch.cat([m, m.new_ones(R, N - 1)], 1)[:, None, None], 0
-    if h.dtype == torch.float32:  # ... or, fp32 only, a text summary: text keys are 0 (RoPE rows 0), so a query scores
-        # 0 on each of its nv text keys: ONE key (slot T-1, k = 0) with their mean v and additive score log nv does the
-        # same. DEVIATION: exact algebra, other rounding; halves attention reads (bf16 would round log nv coarsely).
-        nv = m.sum(1)                                                                 # (R,) valid text slots
-        for kv in kv_caches:
-            kv[1, :, :, T - 1] = (kv[1, :, :, :T] * m[:, None, :, None]).sum(2) / nv[:, None, None]   # (R,H,hd)
-        mask, k0 = F.pad(nv.log()[:, None, None, None], (0, N - 1)), T - 1           # (R,1,1,N): log nv, 0, ...
-    weights, tokens, peaks = _decode_weights(model), torch.empty(B, N, dtype=torch.long, device=dev), []
+    x, m = _prepare(model, cond, cond_mask, cfg_scale, temperature, top_k, top_p)     # (R,T,D), (R,T): [cond; null]
+    R, S = x.shape[0], T + N - 1                                                      # z_{N-1} is never fed back
+    rope, mask = rope_table(cfg, x.device)[:S], attention_mask(m, S)                 # (S,hd/2,2), (R,1,S,S)
+    h = model.embed_text(x)                                       # (R,T,dim), step 0's input; its dtype = k/v's
+    caches = [(h.new_zeros(R, cfg.n_head, S, cfg.head_dim), h.new_zeros(R, cfg.n_head, S, cfg.head_dim))
+              for _ in model.layers]                                                  # per layer: static K, V
+    tokens, start = torch.empty(B, N, dtype=torch.long, device=x.device), 0
     for n in range(N):
-        if n > 0:  # feed z_{n-1} (duplicated for the null half) at position p = T+n-1
-            p = T + n - 1
-            logits = _decode_step(model, weights, tokens[:, n - 1], rot[p], mask[..., :p + 1 - k0], kv_caches, p, k0)
-        peak, tokens[:, n] = _draw(_step_logits(logits, B, cfg_scale, temperature, top_k, top_p).softmax(-1), generator)
-        peaks.append(peak)
-    if not bool(torch.isfinite(torch.stack(peaks)).all()):   # _draw skips multinomial's checks: one sync at the end
-        raise FloatingPointError("policy.sample: non-finite logits (NaN/inf weights or activations; under fp16? use "
-                                 "bf16 or fp32): the drawn tokens would be meaningless")
+        if n > 0:  # feed z_{n-1} at position T+n-1, the same token to its cond and null rows
+            h = model.tok_embeddings(tokens[:, n - 1:n].repeat(R // B, 1))             # (R,1,dim)
+        end = start + h.shape[1]                  # positions start..end-1 written to the caches, 0..end-1 attended
+        h = model.trunk(h, rope[start:end], mask[:, :, start:end, :end], caches, start)
+        logits = step_logits(model.output(h[:, -1]).float(), B, cfg_scale, temperature, top_k, top_p)  # (B,V) z_n
+        check_finite(logits, "policy.sample")
+        tokens[:, n], start = draw(logits.softmax(-1), generator), end
     return tokens
 
 
@@ -363,7 +284,7 @@ def sample_naive(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0,
     tokens = torch.zeros(B, N, dtype=torch.long, device=x.device)
     for n in range(N):  # tokens[:, n] is the unused last input of the forward
         logits = model(tokens[:, :n + 1].repeat(x.shape[0] // B, 1), x, m)[:, -1]     # (R,V): predicts z_n
-        probs = _step_logits(logits, B, cfg_scale, temperature, top_k, top_p).softmax(-1)
+        probs = step_logits(logits, B, cfg_scale, temperature, top_k, top_p).softmax(-1)
         tokens[:, n] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return tokens
 
@@ -377,7 +298,7 @@ def token_logprobs(model: GPT, cond, cond_mask, tokens, *, cfg_scale=1.0) -> tor
     # released right-padded, bidirectional-text log-prob pass.
     B, (x, m) = cond.shape[0], _prepare(model, cond, cond_mask, cfg_scale, sampling=False)
     tokens = tokens.to(x.device)                                                      # (B,N)
-    logits = _step_logits(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale, 1.0, 0, 1.0)  # (B,N,V)
+    logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)      # (B,N,V) u + s (c - u)
     return logits.gather(-1, tokens[..., None])[..., 0] - logits.logsumexp(-1)        # log-softmax at z_t
 
 

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
+import fast_sample
 import policy
 import rewards
 import text_encoders
@@ -242,7 +243,8 @@ def build_policy(cfg, device):
         jc = janus_config(s)
         enc = janus.JanusTextEncoder("synthetic", jc, device=device)
         enc.tokenizer = HashJanusTokenizer(jc)
-        return enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, janus.sample, janus.token_logprobs
+        return (enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, fast_sample.sample_janus,
+                janus.token_logprobs)
     gc = gpt_config(s)
     enc = text_encoders.T5TextEncoder("synthetic", max_len=gc.cls_token_num, device=device)
     enc.tokenizer, enc.model = HashT5Tokenizer(), t5_encoder(s, seed + SEED_OFFSETS["t5"]).to(device)
@@ -250,7 +252,7 @@ def build_policy(cfg, device):
     if not gpt.output.weight.is_meta:   # LlamaGen's from-scratch init zeroes the head: uniform logits and, at the
         with torch.no_grad():           # first step, no gradient below it. A trained policy's head is not zero.
             gpt.output.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed + SEED_OFFSETS["head"]))
-    return enc, gpt, vq, policy.sample, policy.token_logprobs
+    return enc, gpt, vq, fast_sample.sample_gpt, policy.token_logprobs
 
 
 def build_world(cfg, device, data_seed: int):

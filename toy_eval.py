@@ -18,9 +18,9 @@ Run:    python toy_eval.py --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|b
         A missing / folder / empty / corrupt --ckpt is a one-line error naming --ckpt (exit code 2), no traceback.
         `python toy_eval.py --help` lists the flags. (Formerly `python eval_fid.py toy ...`.)
 Tests:  pytest tests/test_toy_eval.py
-Depends on: torch, numpy; concept files ckpt.py (checkpoint reading), eval_fid.py (Frechet distance), shift.py (LCS),
-policy.py (sampler); toy wing toy_world.py (the world and its base models). Part of the toy wing (toy_*.py): no
-concept file imports it.
+Depends on: torch, numpy; concept files ckpt.py (checkpoint reading), eval_fid.py (Frechet distance), shift.py (LCS);
+fast_sample.py (the sampler train.py uses); toy wing toy_world.py (the world and its base models). Part of the toy
+wing (toy_*.py): no concept file imports it.
 Symbols: M captions (= n per split), N image tokens (64), K codebook size (256), S image side (32), F feature width.
 """
 import argparse
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import ckpt
-import policy
+import fast_sample
 import shift
 import toy_world
 from eval_fid import feature_stats, frechet_distance, kernel_inception_distance
@@ -190,8 +190,8 @@ def evaluate_toy_checkpoint_decoders(ckpt_path, decoders, *, toy_cache=".cache/t
 
     def sample_tokens(caps):
         cond, mask = b.text_encoder(caps)
-        return policy.sample(b.gpt, cond, mask, cfg_scale=scale, temperature=conf.get("temperature", 1.0),
-                             top_k=conf.get("top_k", 0), top_p=conf.get("top_p", 1.0), generator=sample_gen)
+        return fast_sample.sample_gpt(b.gpt, cond, mask, cfg_scale=scale, temperature=conf.get("temperature", 1.0),
+                                      top_k=conf.get("top_k", 0), top_p=conf.get("top_p", 1.0), generator=sample_gen)
 
     g_tr = torch.Generator().manual_seed(seed + 1)             # train split: the full row
     real, captions = b.world.sample(n, g_tr, "train")

@@ -12,7 +12,7 @@ train_vq), LlamaGen train_t2i.py (next-token CE, caption dropout 0.1), CLIP (sym
 
 Run: python toy_models.py (the pieces on random weights, seconds); `python toy_world.py` builds and reports.
 Tests: pytest tests/test_toy_world.py.
-Depends on: torch, tqdm, open_clip; siblings policy.py (sample), eval_fid.py (Frechet distance). Copy with
+Depends on: torch, tqdm, open_clip; siblings fast_sample.py (sample_gpt), eval_fid.py (Frechet distance). Copy with
 toy_world.py. Part of the toy wing (toy_*.py): no concept file imports it; it never imports toy_world.py back.
 Symbols: B batch, N = 64 image tokens, K = 256 codes, E CLIP embedding width, F = 256 feature width.
 """
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import open_clip
 from eval_fid import feature_stats, frechet_distance
-from policy import sample
+from fast_sample import sample_gpt
 
 log = logging.getLogger("toy")
 
@@ -307,7 +307,7 @@ def evaluate(b, n, cfg_scale, g):
     for split in ("train", "heldout"):
         x, caps = w.sample(n, g, split)
         cond, mask = b.text_encoder(caps)
-        gen = b.vq.decode_indices(sample(b.gpt, cond, mask, cfg_scale=cfg_scale, generator=g)).clamp(-1, 1)
+        gen = b.vq.decode_indices(sample_gpt(b.gpt, cond, mask, cfg_scale=cfg_scale, generator=g)).clamp(-1, 1)
         rows[f"base GPT, cfg {cfg_scale} ({split} captions)"] = gen[:8]
         shuffled = [caps[i] for i in torch.randperm(n, generator=g)]
         altered = [w.alter(c, g)[0] for c in caps]                                     # one attribute changed

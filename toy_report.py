@@ -12,8 +12,8 @@ The table is printed and saved; both PNGs go next to it in the run folder.
 
 Run:    python toy_report.py --run runs/tiny          (train.py calls it at the end of a toy run; --report_n 0: off)
 Tests:  pytest tests/test_toy_report.py
-Depends on: torch, numpy, matplotlib; concept files ckpt.py, policy.py; toy wing toy_world.py, toy_eval.py. Part of
-the toy wing (toy_*.py): no concept file imports it; train.py imports it inside main() only.
+Depends on: torch, numpy, matplotlib; ckpt.py, fast_sample.py (the sampler train.py uses); toy wing toy_world.py,
+toy_eval.py. Part of the toy wing (toy_*.py): no concept file imports it; train.py imports it inside main() only.
 Symbols: n captions per split, R grid rows (captions), G samples per caption, S = 32 image side.
 """
 import argparse
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import ckpt
-import policy
+import fast_sample
 import toy_eval
 import toy_world
 
@@ -56,9 +56,10 @@ def before_after(run_cfg, final_ckpt, *, rows=8, G=4, seed=0):
         if state is not None:
             b.gpt.load_state_dict(state["gpt"])
             b.vq.load_state_dict(state["vq"])
-        z = policy.sample(b.gpt.eval(), cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
-                          cfg_scale=run_cfg["cfg_scale"], temperature=run_cfg["temperature"], top_k=run_cfg["top_k"],
-                          top_p=run_cfg["top_p"], generator=torch.Generator().manual_seed(seed))   # (R*G, N)
+        z = fast_sample.sample_gpt(b.gpt.eval(), cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                                   cfg_scale=run_cfg["cfg_scale"], temperature=run_cfg["temperature"],
+                                   top_k=run_cfg["top_k"], top_p=run_cfg["top_p"],
+                                   generator=torch.Generator().manual_seed(seed))                     # (R*G, N)
         out.append(b.vq.eval().decode_indices(z).clamp(-1, 1))
     return torch.stack(out), caps
 

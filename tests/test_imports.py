@@ -1,10 +1,10 @@
 """The repository's import architecture, checked from the source (ast) and by copying files alone.
 
-Layout: concept files (one paper concept each, plus the ckpt.py plumbing leaf) import numpy / torch / ... and at most
-the few repository files in ALLOWED below; the toy wing (toy_*.py: the laptop-scale world, its models, its evaluation,
-its reproduction script) imports concept files and is never imported by them; train.py imports the toy wing only
-inside a function (when --backbone tiny asks for it). No import cycle anywhere, counting imports inside functions and
-under `if __name__ == "__main__":`.
+Layout: concept files (one paper concept each, plus the leaves ckpt.py, checkpoint plumbing, and sampling.py, the
+sampling step both policies share) import numpy / torch / ... and at most the few repository files in ALLOWED below;
+the toy wing (toy_*.py: the laptop-scale world, its models, its evaluation, its reproduction script) imports concept
+files and is never imported by them; train.py imports the toy wing only inside a function (when --backbone tiny asks
+for it). No import cycle anywhere, counting imports inside functions and under `if __name__ == "__main__":`.
 
 Run: pytest -q tests/test_imports.py   (the ast part takes milliseconds; the copy-alone part starts one Python per
 concept file, a few at a time, ~20 s on 2 cores)
@@ -21,7 +21,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))          # every top-level *.py
 CONCEPTS = ("vq", "policy", "rewards", "ranke", "shift", "vapi", "data", "eval_fid", "ckpt", "janus",
-            "text_encoders")
+            "text_encoders", "sampling")
+LEAVES = ("ckpt", "sampling")   # import no repository module, so any file may import them
 TOY_PREFIX = "toy_"
 # Every repository import a concept file may make, with the reason. main_only: allowed only in the file's
 # `if __name__ == "__main__":` self-check (the file itself copies without it).
@@ -30,6 +31,8 @@ ALLOWED = {
     ("policy", "ckpt"): (False, "load_gpt reads LlamaGen GPT weights with ckpt.read_state_dict / load_strict"),
     ("janus", "ckpt"): (False, "load_janus reads Janus-Pro weights with ckpt.read_state_dict / resolve / load_strict"),
     ("janus", "vq"): (False, "Janus's gen_vision_model is vq.VQModel (LlamaGen VQ-16 keys); load_janus builds it"),
+    ("policy", "sampling"): (False, "the samplers and token_logprobs use the shared step rule (CFG, top-k/p, draw)"),
+    ("janus", "sampling"): (False, "the samplers and token_logprobs use the shared step rule (CFG, top-k/p, draw)"),
     ("eval_fid", "rewards"): (False, "the CLIP score and HPS v2.1 models are rewards.py's open_clip loaders"),
     ("vapi", "ranke"): (True, "the self-check trains with ranke.group_advantages / ranke.policy_loss"),
 }
@@ -157,7 +160,8 @@ def test_concept_files_import_only_the_allow_list():
                 misplaced.append((m, dep, where))
     assert not bad, f"concept files import repository modules outside ALLOWED (add a reason there or remove): {_fmt(bad)}"
     assert not misplaced, f"imports allowed only in the __main__ self-check appear elsewhere: {_fmt(misplaced)}"
-    assert GRAPH["ckpt"] == {}, "ckpt.py is the leaf every file may import: it must import no repository module"
+    for leaf in LEAVES:
+        assert GRAPH[leaf] == {}, f"{leaf}.py is a leaf every file may import: it must import no repository module"
     stale = [k for k in ALLOWED if k[1] not in GRAPH[k[0]]]
     assert not stale, f"ALLOWED lists imports that no longer exist (remove them): {stale}"
 

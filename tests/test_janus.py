@@ -1,8 +1,9 @@
-"""janus.py: the Janus-Pro-1B generation path as a policy (sampler, log-probs, padding, null prompt, loading, text).
+"""janus.py: the Janus-Pro-1B generation path as a policy (sampler, log-probs, padding, null prompt, loading, text);
+fast_sample.sample_janus (what train.py samples with) against the readable janus.sample, token for token.
 
 The oracle for the Llama trunk, the gen modules, the null prompt and generation is transformers'
 JanusForConditionalGeneration (skipped when the installed transformers lacks it), fed the same tiny random weights.
-CPU, offline, ~20 s on one thread (+ ~30 s when torch.compile first builds sample(compile=True)'s step).
+CPU, offline, ~20 s on one thread (+ ~30 s when torch.compile first builds sample_janus(compile=True)'s step).
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_janus.py
 """
 import dataclasses
@@ -14,6 +15,7 @@ import torch
 
 import janus
 import vq
+from fast_sample import sample_janus
 from janus_fixtures import CFG, SPECIALS, random_tiny, to_hf_key, write_tiny_janus
 
 BOS, PAD, BOI = CFG.bos_id, CFG.pad_id, CFG.boi_id
@@ -58,33 +60,46 @@ def files(tmp_path_factory):
 def test_kv_cache_sampler_matches_naive(model, seed, cfg_scale, top_k, top_p):
     ids, mask = prompts([1, 4, 7])
     kw = dict(cfg_scale=cfg_scale, temperature=0.9, top_k=top_k, top_p=top_p)
-    fast = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+    tok = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
     slow = janus.sample_naive(model, ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
-    assert fast.shape == (3, CFG.image_tokens) and fast.dtype == torch.long
-    assert torch.equal(fast, slow)
-    assert len(fast.unique()) > 3                                   # far from a constant: the check has teeth
+    assert tok.shape == (3, CFG.image_tokens) and tok.dtype == torch.long
+    assert torch.equal(tok, slow)
+    assert len(tok.unique()) > 3                                    # far from a constant: the check has teeth
+
+
+@pytest.mark.parametrize("seed,cfg_scale,temperature,top_k,top_p", [
+    (0, 5.0, 1.0, 0, 1.0), (1, 1.0, 0.9, 0, 1.0), (2, 3.0, 1.0, 10, 1.0), (3, 5.0, 0.9, 20, 0.9), (4, 2.0, 1.2, 0, 0.8),
+    (5, 5.0, 1.0, 1000, 1.0)])
+def test_fast_sampler_draws_the_readable_samplers_tokens(model, seed, cfg_scale, temperature, top_k, top_p):
+    """fast_sample.sample_janus == janus.sample token for token, and the generator ends in the same state: CFG and
+    none, temperature, top-k (also >= V), top-p, both, on prompts of different lengths."""
+    ids, mask = prompts([1, 4, 7, 2])
+    kw = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    tok = janus.sample(model, ids, mask, generator=g1, **kw)
+    assert torch.equal(sample_janus(model, ids, mask, generator=g2, **kw), tok)
+    assert torch.equal(g1.get_state(), g2.get_state()) and len(tok.unique()) > 3
 
 
 @pytest.mark.slow
-def test_compiled_sampler_matches_naive(model):
-    """sample(compile=True): the decode step under torch.compile, static shapes (the whole cache, masked)."""
+def test_compiled_fast_sampler_matches_readable(model):
+    """sample_janus(compile=True): the decode step under torch.compile, static shapes (the whole cache, masked)."""
     if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         pytest.skip("torch.compile (inductor) needs a C++ compiler")
     ids, mask = prompts([1, 4, 7])
-    kw = dict(cfg_scale=5.0, temperature=0.9, top_k=20, top_p=0.9, return_logprobs=True)
-    fast, lp = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(3), compile=True, **kw)
-    eager, lp_eager = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
-    kw.pop("return_logprobs")
-    slow = janus.sample_naive(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
-    assert torch.equal(fast, slow) and torch.equal(eager, slow) and len(fast.unique()) > 3
-    torch.testing.assert_close(lp, lp_eager, atol=1e-4, rtol=0)
+    kw = dict(cfg_scale=5.0, temperature=0.9, top_k=20, top_p=0.9)
+    compiled = sample_janus(model, ids, mask, generator=torch.Generator().manual_seed(3), compile=True, **kw)
+    tok = janus.sample(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(compiled, tok) and len(tok.unique()) > 3
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_token_logprobs_equal_the_samplers(model, cfg_scale):
+def test_token_logprobs_equal_the_samplers(model, cfg_scale, monkeypatch):
     ids, mask = prompts([2, 5])
-    tokens, lp = janus.sample(model, ids, mask, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0),
-                              return_logprobs=True)
+    steps, real = [], janus.step_logits                             # the log-distribution each token is drawn from
+    monkeypatch.setattr(janus, "step_logits", lambda *a: steps.append(real(*a).log_softmax(-1)) or steps[-1])
+    tokens = janus.sample(model, ids, mask, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+    lp = torch.stack(steps, 1).gather(-1, tokens[..., None])[..., 0]                           # (B,N)
     got = janus.token_logprobs(model, ids, mask, tokens, cfg_scale=cfg_scale)
     assert got.shape == (2, CFG.image_tokens) and got.requires_grad            # differentiable
     torch.testing.assert_close(got, lp, atol=2e-5, rtol=0)
@@ -141,6 +156,7 @@ def test_sample_under_bf16_autocast(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         t = janus.sample(model, ids, mask, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(0))
         lp = janus.token_logprobs(model, ids, mask, t)
+        assert sample_janus(model, ids, mask, cfg_scale=5.0, top_k=20).shape == t.shape    # other bf16 rounding
     assert t.shape == (2, CFG.image_tokens) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
 
 
@@ -183,6 +199,7 @@ def test_parity_with_transformers():
     want = hf.generate(ids, attention_mask=mask.long(), generation_mode="image",
                        generation_config=GenerationConfig(do_sample=False, **gc))
     assert torch.equal(janus.sample(model, ids, mask, cfg_scale=s, top_k=1), want)
+    assert torch.equal(sample_janus(model, ids, mask, cfg_scale=s, top_k=1), want)
     # sampled tokens: HF draws from the global RNG, ours from a generator in the same state
     torch.manual_seed(7)
     want = hf.generate(ids, attention_mask=mask.long(), generation_mode="image",
@@ -313,11 +330,12 @@ def test_text_encoder_offline_without_files_says_what_to_download(tmp_path):
     assert "deepseek-ai/Janus-Pro-1B" in str(e.value)
 
 
-def test_sampler_refuses_nan_logits(model):
+@pytest.mark.parametrize("fn", [janus.sample, sample_janus])
+def test_sampler_refuses_nan_logits(model, fn):
     broken = janus.JanusGen(model.cfg)
     broken.load_state_dict(model.state_dict())
     with torch.no_grad():
         broken.gen_head.vision_head.bias.fill_(float("nan"))
     ids, mask = prompts([2])
     with pytest.raises(FloatingPointError, match="non-finite logits"):
-        janus.sample(broken, ids, mask, cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
+        fn(broken, ids, mask, cfg_scale=5.0, generator=torch.Generator().manual_seed(0))

@@ -120,8 +120,8 @@ def record_prompts(monkeypatch):
 def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy_ckpt, tmp_path, monkeypatch):
     coco, geneval, hps = prompts(tmp_path)
     seen = []
-    sample_fn = backbones.policy.sample
-    monkeypatch.setattr(backbones.policy, "sample", lambda *a, **k: seen.append(k) or sample_fn(*a, **k))
+    sample_fn = backbones.fast_sample.sample_gpt                 # what backbones hands sample.py for the toy GPT
+    monkeypatch.setattr(backbones.fast_sample, "sample_gpt", lambda *a, **k: seen.append(k) or sample_fn(*a, **k))
     prompted = record_prompts(monkeypatch)
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "coco", "--prompts", str(coco), "--out_dir",
                         str(tmp_path / "c"), "--n", "6", "--device", "cpu"]) == 6
@@ -185,7 +185,7 @@ def test_refused_folder_is_named_before_sampling(toy_ckpt, tmp_path):
 def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_cache, tmp_path, monkeypatch):
     # a tiny Janus trained one step in the toy world; sample.py must use Janus's released evaluation sampler
     # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset, and its uint8 conversion
-    import janus
+    import fast_sample
     from janus_fixtures import write_tiny_janus
     ckpt_path, tok_dir = write_tiny_janus(tmp_path / "janus")
     cfg = train.parse_config(["--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", ckpt_path,
@@ -194,8 +194,8 @@ def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_ca
                               "--group_size", "2", "--steps", "1", "--sample_every", "0", "--device", "cpu"])
     train.main(cfg)
     assert cfg.top_k == 1000 and cfg.cfg_scale == 5.0                                   # the training preset
-    seen, fn = [], janus.sample
-    monkeypatch.setattr(janus, "sample", lambda *a, **k: seen.append(k) or fn(*a, **k))
+    seen, fn = [], fast_sample.sample_janus                      # what backbones hands sample.py for Janus
+    monkeypatch.setattr(fast_sample, "sample_janus", lambda *a, **k: seen.append(k) or fn(*a, **k))
     decoded, load = [], sample.load_sampler
 
     def load_recording(*a, **k):                                 # keeps every decoder output in [-1, 1]
