@@ -8,7 +8,7 @@ beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_path
                  |  janus_pro_1b (Janus-Pro-1B generation path + its VQ-16 + its own tokenizer, janus.py)
   world side     --data given: (image, caption) pairs (data.py), CLIP / HPSv2 reward (rewards.py), LPIPS (vq.py)
                  no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
-                               (toy_world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
+                               (toy/world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
   --synthetic    both sides at real size (or a reduced scale) with seeded random weights, a synthetic caption/image
                  stream and hashing tokenizers; nothing is read or downloaded (synthetic.py)
 
@@ -100,7 +100,7 @@ EVAL_SETTINGS = {"llamagen_xl": dict(cfg_scale=6.0, temperature=1.0, top_k=1000,
 
 
 def load_toy_world(cfg, rank=0):
-    import toy_world   # the toy wing is imported only when the toy is asked for
+    from toy import world as toy_world   # the toy wing is imported only when the toy is asked for
     tcfg = toy_world.ToyConfig.tiny() if cfg.toy_preset == "tiny" else toy_world.ToyConfig()
     return toy_world.load_toy(tcfg, cache_dir=cfg.toy_cache, progress=rank == 0)
 

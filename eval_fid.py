@@ -1,6 +1,6 @@
 """Evaluation of RankE (arXiv 2605.21195; docs/method.md §11): COCO-30K FID + CLIP score, HPSv2.1 benchmark, and
 what the official evaluators read from sample.py's folders. The toy world's metrics (toy FID, toy CLIP, attribute
-check, LCS) are in toy_eval.py, which builds on the Frechet distance here; this file imports no toy file.
+check, LCS) are in toy/eval.py, which builds on the Frechet distance here; this file imports no toy file.
 
 - frechet_distance / feature_stats: FID = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64, scipy sqrtm.
 - InceptionFeatures: clean-fid's "clean" mode, reimplemented without the clean-fid package: the StyleGAN2-ADA
@@ -23,7 +23,7 @@ Run the self-check (closed-form Gaussians):  python eval_fid.py
 COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --inception inception-2015-12-05.pt
         (scores -> out/coco_scores.json; --ref_dir holds val2014/, as for LlamaGen's evaluation.py)
 HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
-Toy:    python toy_eval.py --ckpt CKPT [--decoder online|ema|base]   (`python eval_fid.py toy ...` says so, exit 2)
+Toy:    python -m toy.eval --ckpt CKPT [--decoder online|ema|base]   (`python eval_fid.py toy ...` says so, exit 2)
 Tests:  pytest tests/test_eval_fid.py
 Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models).
 Symbols: M images, B batch, F feature width (2048 Inception), S eval resolution.
@@ -441,7 +441,7 @@ def _self_check():
           f"{frechet_distance(*feature_stats(x), *feature_stats(x)):.2e}")
 
 
-TOY_MOVED = ("eval_fid.py: the toy evaluation is now `python toy_eval.py --ckpt CKPT [--decoder online|ema|base] "
+TOY_MOVED = ("eval_fid.py: the toy evaluation is now `python -m toy.eval --ckpt CKPT [--decoder online|ema|base] "
              "[--toy_cache DIR --toy_preset default|tiny --n N --seed S]` (same flags, without `toy`)")
 
 

@@ -15,7 +15,7 @@ What makes them faster (no change of maths; the per-step rule is sampling.py's, 
 - policy, fp32: the text keys are summarised as one key (see sample_gpt);
 - one finiteness check of the logits at the end instead of one per step (each a host sync on a GPU).
 
-Run the self-check (CPU, seconds): python fast_sample.py   Speed: bench_sampler.py, bench_janus.py
+Run the self-check (CPU, seconds): python fast_sample.py   Speed: bench/sampler.py, bench/janus.py
 Copy together with policy.py and janus.py (both imported) and their sampling.py, ckpt.py, vq.py.
 Symbols: B prompts, R rows (B, or 2B with CFG: [cond; null]), T caption slots / prompt length, N image tokens, V
 vocabulary, H heads, hd head dim, L cache length T + N - 1, p sequence index of the token fed at a step.
@@ -107,7 +107,7 @@ def _janus_weights(model: janus.JanusGen):
     """The parameters `_janus_step` reads, looked up once per call (nn.Module attribute look-ups cost as much as a
     small model's matmuls): per layer (W_q, W_k, W_v, W_o, W_gate, W_up, W_down, the two norms), then gen_embed +
     gen_aligner, gen_head, the final norm. Not fused: cat'ed [W_q; W_k; W_v], [W_gate; W_up] copies measured 2%
-    faster on the tiny config, 4% slower on bench_janus.py's medium one (MKL), and cost memory."""
+    faster on the tiny config, 4% slower on bench/janus.py's medium one (MKL), and cost memory."""
     layers = []
     for layer in model.language_model.model.layers:
         a, m = layer.self_attn, layer.mlp

@@ -14,7 +14,7 @@ cumsum(mask) - 1 (pads: 1); logits, CFG and log-softmax in fp32 (there: bf16 hea
 sampling.py) is tested token for token against `sample_naive`, and the trunk against transformers'
 JanusForConditionalGeneration (tests/test_janus.py); fast_sample.py draws the same tokens faster (what train.py uses).
 
-Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench_janus.py
+Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench/janus.py
 Copy together with vq.py, ckpt.py and sampling.py (the tokenizer's VQModel; read_state_dict / load_strict; the step
 rule).
 Symbols: B prompts, R rows (B, or 2B with CFG: [cond; null]), T prompt length (left-padded token ids), N image

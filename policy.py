@@ -8,7 +8,7 @@ static KV cache; `sample_naive` is the slow oracle it is tested against; fast_sa
 (what train.py uses). Text convention everywhere (docs/method.md D11): caption features left-aligned (pads first,
 zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns masked, diagonal forced on.
 
-Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench_sampler.py
+Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench/sampler.py
 Copy together with ckpt.py (`load_gpt` uses its read_state_dict / load_strict) and sampling.py (the step rule).
 Symbols: B prompts (rows), N image tokens (block_size, a g*g grid), T caption slots (cls_token_num), D caption width
 (caption_dim), V vocabulary (VQ codebook), H heads, hd head dim, S sequence length, R rows (B, or 2B with CFG).

@@ -22,7 +22,7 @@ Scales (one value of --synthetic):
 Seeds: model m is drawn from Generator(cfg.seed + SEED_OFFSETS[m]); the stream from Generator(data seed).
 
 Self-check (CPU, seconds): python synthetic.py   (full sizes on the meta device against FULL_COUNTS; one tiny
-text-encode, reward and LPIPS call). Tests: pytest -q tests/test_synthetic.py.  Speed per stage: bench_stages.py.
+text-encode, reward and LPIPS call). Tests: pytest -q tests/test_synthetic.py.  Speed per stage: bench/stages.py.
 Symbols: B captions / images, S image side, T caption slots (T5: 120) or prompt tokens (Janus), D T5 width (2048),
 V vocabulary, L layers per transformer stack, N image tokens.
 """

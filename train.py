@@ -59,13 +59,13 @@ class Config:
     total_steps: int = 300         # nominal length: sets the tau anneal (docs/method.md §8: (15000 // 32) x epochs)
     resume: bool = False           # continue from the newest readable checkpoint in out_dir
     init_policy: str = ""          # start the policy (its KL reference and EMA too) from this train.py checkpoint's
-    #                                policy: the toy comparison's two-stage control (toy_reproduce.py); "" = base
+    #                                policy: the toy comparison's two-stage control (toy/reproduce.py); "" = base
     ckpt_every: int = 100          # checkpoint interval (steps); written atomically
     keep_ckpts: int = 3            # how many checkpoints to keep
     sample_every: int = 100        # PNG grid of current samples every N steps (0 = never)
     logger: str = "none"           # none | tensorboard | wandb (only if installed)
     report_n: int = 256            # toy world: base vs final table + before/after and curves PNGs at the end, scored
-    #                                on report_n captions per split (toy_report.py); 0 = off
+    #                                on report_n captions per split (toy/report.py); 0 = off
     # data
     data: str = ""                 # folder / .jsonl / .tar[,...]; "" = the toy world's own generator
     toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
@@ -135,7 +135,7 @@ class Config:
 
 
 PRESETS = {
-    # the toy world on a 2-core CPU: ~4 min for 300 steps, then the answer table (toy_report.py). 4 prompts x G 8
+    # the toy world on a 2-core CPU: ~4 min for 300 steps, then the answer table (toy/report.py). 4 prompts x G 8
     # per step halves the step time of 8 x 8 at the same number of updates.
     # DEVIATION: the discriminator starts at step 30 (released 100), so the GAN terms act for 90 % of the 300-step
     # toy run, as for ~98 % of the released 6,000 steps (docs/method.md §14, own deviations).
@@ -548,7 +548,7 @@ def main(cfg: Config):
             save_checkpoint(cfg, m, step + 1, gen, bb.stream, world, rank)
     log.close()
     if master and cfg.report_n and cfg.backbone == "tiny" and not cfg.data:
-        import toy_report   # the toy wing, only for a toy run: the answer (table + PNGs) in out_dir
+        from toy import report as toy_report   # the toy wing, only for a toy run: the answer (table + PNGs) in out_dir
         toy_report.report(cfg.out_dir, os.path.join(cfg.out_dir, f"ckpt_{cfg.steps:07d}.pt"), n=cfg.report_n)
     teardown(world)
 

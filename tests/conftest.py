@@ -28,7 +28,7 @@ def pytest_configure(config):
 def toy_cache(tmp_path_factory):
     """Build the tiny toy world once for the whole session (seconds); used by test_train, test_toy_eval and
     test_toy_reproduce."""
-    import toy_world
+    from toy import world as toy_world
     d = str(tmp_path_factory.mktemp("toy_cache"))
     toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=d, progress=False)
     return d

@@ -2,9 +2,10 @@
 
 Layout: concept files (one paper concept each, plus the leaves ckpt.py, checkpoint plumbing, and sampling.py, the
 sampling step both policies share) import numpy / torch / ... and at most the few repository files in ALLOWED below;
-the toy wing (toy_*.py: the laptop-scale world, its models, its evaluation, its reproduction script) imports concept
-files and is never imported by them; train.py imports the toy wing only inside a function (when --backbone tiny asks
-for it). No import cycle anywhere, counting imports inside functions and under `if __name__ == "__main__":`.
+the toy package (toy/: the laptop-scale world, its models, its evaluation, its reproduction script) imports concept
+files and is never imported by them; train.py and its seam backbones.py import it only inside a function (when the toy
+world is asked for). The benches (bench/) are imported by nothing. No import cycle anywhere, counting imports inside
+functions and under `if __name__ == "__main__":`. Modules are named as Python imports them: `toy.world`, `bench.janus`.
 
 Run: pytest -q tests/test_imports.py   (the ast part takes milliseconds; the copy-alone part starts one Python per
 concept file, a few at a time, ~20 s on 2 cores)
@@ -19,11 +20,27 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))          # every top-level *.py
+PACKAGES = ("toy", "bench")                                                     # the two sub-packages
+
+
+def _modules():
+    """Every top-level *.py, and every PACKAGE/*.py as PACKAGE.name (its __init__.py as PACKAGE)."""
+    out = {f[:-3]: f for f in os.listdir(ROOT) if f.endswith(".py")}
+    for p in PACKAGES:
+        for f in os.listdir(os.path.join(ROOT, p)):
+            if f.endswith(".py"):
+                out[p if f == "__init__.py" else f"{p}.{f[:-3]}"] = os.path.join(p, f)
+    return out
+
+
+FILES = _modules()                                                               # module -> path under ROOT
+MODULES = sorted(FILES)
 CONCEPTS = ("vq", "policy", "rewards", "ranke", "shift", "vapi", "data", "eval_fid", "ckpt", "janus",
             "text_encoders", "sampling")
+ROOT_FILES_MAX = 19              # `ls *.py` at the root: method files, entry points, the seam, the loop's plumbing
 LEAVES = ("ckpt", "sampling")   # import no repository module, so any file may import them
-TOY_PREFIX = "toy_"
+TOY, BENCH = "toy", "bench"
+in_package = lambda m, p: m == p or m.startswith(p + ".")
 # Every repository import a concept file may make, with the reason. main_only: allowed only in the file's
 # `if __name__ == "__main__":` self-check (the file itself copies without it).
 ALLOWED = {
@@ -57,16 +74,20 @@ class _Imports(ast.NodeVisitor):
         self.found, self._func, self._main = [], 0, 0
 
     def _add(self, name):
+        """The longest repository module that `name` (a.b.c) names, else its top-level package or module."""
         if name:
-            self.found.append((name.split(".")[0], "function" if self._func else "main" if self._main else "module"))
+            parts = name.split(".")
+            hit = next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in FILES), parts[0])
+            self.found.append((hit, "function" if self._func else "main" if self._main else "module"))
 
     def visit_Import(self, node):
         for a in node.names:
             self._add(a.name)
 
     def visit_ImportFrom(self, node):
-        if node.level == 0:
-            self._add(node.module)
+        if node.level == 0 and node.module:
+            for a in node.names:      # `from toy import world` imports the module toy.world
+                self._add(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in FILES else node.module)
 
     def visit_Call(self, node):          # importlib.import_module("x") / __import__("x") with a constant name
         f = node.func
@@ -96,11 +117,11 @@ class _Imports(ast.NodeVisitor):
 
 
 def _graph():
-    """{module: {repo module it imports: set of places}} over every top-level *.py (self-imports ignored)."""
+    """{module: {repo module it imports: set of places}} over every module in FILES (self-imports ignored)."""
     g = {}
     for m in MODULES:
-        with open(os.path.join(ROOT, m + ".py"), encoding="utf-8") as f:
-            tree = ast.parse(f.read(), filename=m + ".py")
+        with open(os.path.join(ROOT, FILES[m]), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=FILES[m])
         v = _Imports()
         v.visit(tree)
         g[m] = {}
@@ -141,7 +162,12 @@ def _fmt(edges):
 def test_the_graph_sees_the_files():
     for m in CONCEPTS + ("train",):
         assert m in MODULES, f"{m}.py is missing from the repository root"
-    assert any(m.startswith(TOY_PREFIX) for m in MODULES)
+    for m in ("toy.world", "toy.models", "toy.eval", "toy.report", "toy.reproduce", "bench.sampler"):
+        assert m in MODULES, f"{FILES.get(m, m)} is missing"
+    assert not [f for f in os.listdir(ROOT) if f.startswith(("toy_", "bench_")) and f.endswith(".py")], \
+        "the toy world lives in toy/, the benches in bench/"
+    assert len([m for m in MODULES if "." not in m and m not in PACKAGES]) <= ROOT_FILES_MAX, \
+        "the root holds the method, its entry points, the seam and the loop's plumbing only"
 
 
 def test_no_import_cycle():
@@ -166,16 +192,34 @@ def test_concept_files_import_only_the_allow_list():
     assert not stale, f"ALLOWED lists imports that no longer exist (remove them): {stale}"
 
 
-def test_toy_wing_is_imported_only_by_itself_and_lazily_by_train():
+def test_concept_files_never_import_toy_or_bench():
+    bad = [(m, dep, where) for m in CONCEPTS for dep, where in GRAPH[m].items()
+           if in_package(dep, TOY) or in_package(dep, BENCH)]
+    assert not bad, "a concept file imports toy/ or bench/: " + _fmt(bad)
+
+
+def test_toy_is_imported_only_by_itself_and_lazily_by_train_and_its_seam():
     bad = []
     for m, deps in GRAPH.items():
-        if m.startswith(TOY_PREFIX):
+        if in_package(m, TOY) or in_package(m, BENCH):
             continue
         for dep, where in deps.items():
-            if dep.startswith(TOY_PREFIX) and (m not in ("train", "backbones") or where != {"function"}):
+            if in_package(dep, TOY) and (m not in ("train", "backbones") or where != {"function"}):
                 bad.append((m, dep, where))
-    assert not bad, ("only toy_*.py may import the toy wing, and train.py / backbones.py only inside a function: "
-                     + _fmt(bad))
+    assert not bad, ("only toy/ (and the benches) may import the toy package, and train.py / backbones.py only "
+                     "inside a function: " + _fmt(bad))
+
+
+def test_bench_is_imported_by_nothing():
+    bad = [(m, dep, where) for m, deps in GRAPH.items() if not in_package(m, BENCH)
+           for dep, where in deps.items() if in_package(dep, BENCH)]
+    assert not bad, "bench/ holds timing scripts; nothing imports them: " + _fmt(bad)
+
+
+def test_toy_imports_concept_files_not_the_other_way():
+    """The toy package builds on the method: each toy module imports concept files (directly or through toy/)."""
+    uses = {dep for m, deps in GRAPH.items() if in_package(m, TOY) for dep in deps}
+    assert set(CONCEPTS) & uses, "toy/ is expected to build on the concept files"
 
 
 # ------------------------------------------------------------------------------------------- copy alone

@@ -1,4 +1,4 @@
-"""Tests for the shipped toy base models (toy_assets/): they belong to the default configuration, match their
+"""Tests for the shipped toy base models (toy/assets/): they belong to the default configuration, match their
 checksums, stay within the size budget, load without building anything, reproduce the quality figures recorded when
 they were built, and a damaged file is a clear error, never a silent rebuild.
 
@@ -17,8 +17,8 @@ import shutil
 import pytest
 import torch
 
-import toy_models
-import toy_world
+from toy import models as toy_models
+from toy import world as toy_world
 
 NAMES = ("feat", "vq", "gpt", "clip_reward", "clip_eval")
 
@@ -26,12 +26,12 @@ NAMES = ("feat", "vq", "gpt", "clip_reward", "clip_eval")
 @pytest.fixture(scope="module")
 def manifest():
     man = toy_world.shipped_manifest()
-    assert man is not None, "toy_assets/manifest.json is missing: run `python toy_world.py --rebuild`"
+    assert man is not None, "toy/assets/manifest.json is missing: run `python -m toy.world --rebuild`"
     return man
 
 
 def test_shipped_models_belong_to_the_default_config(manifest):
-    # fails when a recipe or a default changes without `python toy_world.py --rebuild`
+    # fails when a recipe or a default changes without `python -m toy.world --rebuild`
     assert manifest["config_key"] == toy_world.config_key(toy_world.ToyConfig())
     assert manifest["toy_version"] == toy_world.TOY_VERSION
 
@@ -56,13 +56,13 @@ def test_default_config_loads_shipped_without_building(tmp_path, manifest):
 
 
 def test_damaged_shipped_file_is_an_error(tmp_path, monkeypatch):
-    copy = tmp_path / "toy_assets"
+    copy = tmp_path / "toy/assets"
     shutil.copytree(toy_world.SHIPPED, copy)
     raw = bytearray((copy / "gpt.pt").read_bytes())
     raw[len(raw) // 2] ^= 0xFF                                                         # one flipped byte
     (copy / "gpt.pt").write_bytes(bytes(raw))
     monkeypatch.setattr(toy_world, "SHIPPED", str(copy))
-    with pytest.raises(FileNotFoundError, match="git checkout toy_assets"):
+    with pytest.raises(FileNotFoundError, match="git checkout toy/assets"):
         toy_world.load_toy(toy_world.ToyConfig(), cache_dir=str(tmp_path / "cache"), progress=False)
     assert (copy / "gpt.pt").read_bytes() == bytes(raw)                               # left as it was, not rebuilt
 

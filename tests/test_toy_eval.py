@@ -1,4 +1,4 @@
-"""Tests for toy_eval.py (the toy world's evaluation): metrics on fake worlds, a checkpoint row with its three
+"""Tests for toy/eval.py (the toy world's evaluation): metrics on fake worlds, a checkpoint row with its three
 decoders, and the --ckpt errors (missing file, folder, empty, corrupt, foreign dict) without a traceback.
 
 Run: pytest -q tests/test_toy_eval.py   (CPU; uses the session's tiny toy cache)
@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import ckpt
-import toy_eval as te
-
+from toy import eval as te
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,7 +48,7 @@ def test_evaluate_toy_with_fake_world():
 @pytest.fixture(scope="module")
 def fake_run(toy_cache, tmp_path_factory):
     """A train.py-shaped checkpoint of the tiny toy world: base GPT, a perturbed online VQ decoder, base as EMA."""
-    import toy_world
+    from toy import world as toy_world
     b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
     vq = {k: v.clone() for k, v in b.vq.state_dict().items()}
     w = vq["decoder.conv_out.weight"]
@@ -91,7 +90,7 @@ def test_cli_json_several_decoders(fake_run, tmp_path):
 
 # ------------------------------------------------------------------------------------------- --ckpt errors
 def _run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "toy_eval.py"), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "toy.eval", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -102,7 +101,7 @@ def test_missing_ckpt_is_a_clear_error_not_a_traceback(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("toy_eval.py: error: --ckpt") and missing in last and "no such file" in last
+    assert last.startswith("python -m toy.eval: error: --ckpt") and missing in last and "no such file" in last
     assert "ckpt_" in last and "omit --ckpt" in last                              # says what to pass instead
 
 

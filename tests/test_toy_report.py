@@ -1,4 +1,4 @@
-"""Tests for toy_report.py, the answer at the end of a toy `python train.py`: the table holds the base models' and the
+"""Tests for toy/report.py, the answer at the end of a toy `python train.py`: the table holds the base models' and the
 final checkpoint's toy_eval rows on the same captions, the before/after grid's left half is the base models' samples
 and its right half the checkpoint's, and the files land in the run folder.
 
@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import policy
-import toy_eval
-import toy_report
-import toy_world
+from toy import eval as toy_eval
+from toy import report as toy_report
+from toy import world as toy_world
 import train
 
 

@@ -1,4 +1,4 @@
-"""toy_reproduce.py end to end on the tiny toy world: runs, evaluations, table, curves, base-decoder rows."""
+"""toy/reproduce.py end to end on the tiny toy world: runs, evaluations, table, curves, base-decoder rows."""
 import json
 import os
 import subprocess
@@ -8,12 +8,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.slow          # toy_reproduce.py in a subprocess, end to end
+pytestmark = pytest.mark.slow          # toy/reproduce.py in a subprocess, end to end
 
 
 def test_toy_reproduce_tiny(toy_cache, tmp_path):
     out = tmp_path / "repro"
-    cmd = [sys.executable, os.path.join(ROOT, "toy_reproduce.py"), "--toy_preset", "tiny", "--toy_cache", toy_cache,
+    cmd = [sys.executable, "-m", "toy.reproduce", "--toy_preset", "tiny", "--toy_cache", toy_cache,
            "--seeds", "0", "1", "--few_seeds", "0", "--lr_gpt", "1e-4", "--steps", "2", "--evals", "1", "--n", "8", "--methods", "RankE", "Standard RL (GRPO)", "Two-stage (RL, then decoder)",
            "--out", str(out),
            "--extra", "--batch_prompts 2 --group_size 4 --device cpu"]

@@ -1,4 +1,4 @@
-"""Tests of the toy world (toy_world.py, toy_models.py): generator, held-out split, exact checker, cache, bundle.
+"""Tests of the toy world (toy/world.py, toy/models.py): generator, held-out split, exact checker, cache, bundle.
 
 Run: pytest -q tests/test_toy_world.py   (CPU; builds the tiny preset a few times into tmp folders)
 """
@@ -10,9 +10,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import toy_models
-from toy_world import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
-from toy_models import ToyFeatureNet, ToyTokenizer
+from toy import models as toy_models
+from toy.world import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
+from toy.models import ToyFeatureNet, ToyTokenizer
 
 WORLD = ToyWorld()
 ATTRS_ONE = ("colour", "shape", "size", "position")
@@ -186,7 +186,7 @@ def test_build_is_reproducible(built, tmp_path):
 
 
 def test_cache_key_is_stable():
-    """The key hashes the config values only (no module or class name), so renaming toy.py -> toy_world.py kept every
+    """The key hashes the config values only (no module or class name), so renaming toy.py -> toy/world.py kept every
     existing .cache/toy/<key> folder valid. A deliberate recipe change bumps TOY_VERSION and updates these values."""
     assert config_key(ToyConfig()) == "0df3e76cbbbf4176"
     assert config_key(ToyConfig.tiny()) == "1b997f0abfb8ec5f"

@@ -36,7 +36,7 @@ def last_ckpt(out_dir):
 
 
 def initial_models(toy_cache):
-    import toy_world
+    from toy import world as toy_world
     b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
     return b.gpt.state_dict(), b.vq.state_dict()
 
@@ -63,9 +63,9 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
             assert torch.equal(ck["vq"][k], v), f"frozen tokenizer part {k} changed"
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2
-    # the toy evaluation reads the run's checkpoint and config back (toy_eval.py --ckpt)
+    # the toy evaluation reads the run's checkpoint and config back (toy/eval.py --ckpt)
     import math
-    import toy_eval
+    from toy import eval as toy_eval
     row = toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8)
     assert row["step"] == 2 and all(math.isfinite(row[k]) for k in toy_eval.TOY_COLUMNS)
     assert 0.0 <= row["check_train"] <= 1.0 and row["fid"] >= 0.0
@@ -123,7 +123,7 @@ def test_truncated_checkpoint_falls_back_to_previous(toy_cache, tmp_path, capsys
 
 @pytest.mark.slow
 def test_bad_data_is_skipped_and_counted(toy_cache, tmp_path):
-    import toy_world
+    from toy import world as toy_world
     from PIL import Image
     world = toy_world.ToyWorld(toy_world.ToyConfig.tiny())
     imgs, caps = world.sample(4, torch.Generator().manual_seed(0))

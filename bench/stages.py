@@ -6,9 +6,9 @@ download. Per stage: median wall time over --repeats (after --warmup), samples/s
 stage (reset before it, read after a synchronize); then the sampler alone at --sample_batch prompts (tokens/s,
 images/s), and on CUDA the largest stage peak against dry_run.py's estimate for the same batch.
 
-    python bench_stages.py --device cpu --scale tiny --batch_prompts 2 --group_size 2 --sample_batch 4 \
+    python -m bench.stages --device cpu --scale tiny --batch_prompts 2 --group_size 2 --sample_batch 4 \
         --repeats 1 --warmup 0                                        # CPU, a couple of minutes
-    python bench_stages.py --device cuda --scale full --batch_prompts 4 --group_size 8 --cfg 6 --sample_batch 64 \
+    python -m bench.stages --device cuda --scale full --batch_prompts 4 --group_size 8 --cfg 6 --sample_batch 64 \
         --repeats 3 --warmup 1                                        # GPU: the released LlamaGen batch, 256 px
 Flags after the ones below go to train.parse_config (e.g. --logp_chunk 8, --grad_ckpt false, --reward hpsv2).
 

@@ -1,19 +1,19 @@
-"""The toy world's base models: how each is built, trained, cached and reported (companion of toy_world.py).
+"""The toy world's base models: how each is built, trained, cached and reported (companion of toy/world.py).
 
-toy_world.py owns the world (scenes, captions, checker) and `load_toy`; this file holds what load_toy builds with it:
+toy/world.py owns the world (scenes, captions, checker) and `load_toy`; this file holds what load_toy builds with it:
   ToyFeatureNet       attribute CNN: toy-FID features (Inception stand-in) + `perceptual` (LPIPS stand-in)
   ToyTokenizer        word-level tokenizer of the toy CLIPs (EOT = largest id: open_clip pools at argmax)
   make_clip           the two open_clip CLIP architectures (reward: patch 4; independent evaluator: patch 8)
   train_feat / train_vq / train_gpt / train_clip   the training recipes (one tqdm bar each, explicit generators)
   _cached             the artifact cache: sha256-checked weights, written atomically, rebuilt when invalid
-  evaluate            the base-model quality table printed by `python toy_world.py`
+  evaluate            the base-model quality table printed by `python -m toy.world`
 Recipes follow: LlamaGen tokenizer/train_vq.py (L1/L2 + perceptual + codebook/commitment; GAN omitted, see
 train_vq), LlamaGen train_t2i.py (next-token CE, caption dropout 0.1), CLIP (symmetric InfoNCE) + hard negatives.
 
-Run: python toy_models.py (the pieces on random weights, seconds); `python toy_world.py` builds and reports.
+Run: python -m toy.models (the pieces on random weights, seconds); `python -m toy.world` builds and reports.
 Tests: pytest tests/test_toy_world.py.
 Depends on: torch, tqdm, open_clip; siblings fast_sample.py (sample_gpt), eval_fid.py (Frechet distance). Copy with
-toy_world.py. Part of the toy wing (toy_*.py): no concept file imports it; it never imports toy_world.py back.
+toy/world.py. Part of the toy wing (toy/): no concept file imports it; it never imports toy/world.py back.
 Symbols: B batch, N = 64 image tokens, K = 256 codes, E CLIP embedding width, F = 256 feature width.
 """
 import contextlib
@@ -152,15 +152,15 @@ def _cached(folder, name, model, train, deps, build):
             problem = f"unreadable ({type(e).__name__}: {e})"
         log.warning("toy cache: %s: %s; rebuilding it", path, problem)
     if not build:
-        raise FileNotFoundError(f"toy models: no valid {path}; restore the shipped files (`git checkout toy_assets`) "
-                                "or remake them with `python toy_world.py --rebuild`")
+        raise FileNotFoundError(f"toy models: no valid {path}; restore the shipped files (`git checkout toy/assets`) "
+                                "or remake them with `python -m toy.world --rebuild`")
     t0 = time.time()
     model.train()
     with torch.enable_grad():           # a caller under no_grad (toy_eval's evaluation of an unbuilt config) still trains
         train(model)
     model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
     #                                     loop's first optimizer steps would otherwise add the last training grads)
-    # Stored in fp16 (halves the shipped toy_assets/ to ~15 MB) and the model rounded to the stored values in place,
+    # Stored in fp16 (halves the shipped toy/assets/ to ~15 MB) and the model rounded to the stored values in place,
     # so the model a build returns equals the one a later load returns, and the next artifact (the GPT trains on
     # this VQ's tokens) is built on exactly what will be loaded.
     with torch.no_grad():
@@ -290,7 +290,7 @@ def train_clip(clip, tokenizer, world, cfg, g, progress, name):
 
 
 # =================================================================================================================
-# Quality report (python toy_world.py)
+# Quality report (python -m toy.world)
 # =================================================================================================================
 @torch.no_grad()
 def evaluate(b, n, cfg_scale, g):
@@ -331,8 +331,8 @@ def evaluate(b, n, cfg_scale, g):
     return r, rows
 
 
-if __name__ == "__main__":   # seconds: the pieces on random weights (python toy_world.py --preset tiny builds a bundle)
-    # No ToyWorld here (toy_world.py imports this file; importing it back would be a cycle): a hand-made vocabulary,
+if __name__ == "__main__":   # seconds: the pieces on random weights (python -m toy.world --preset tiny builds a bundle)
+    # No ToyWorld here (toy/world.py imports this file; importing it back would be a cycle): a hand-made vocabulary,
     # random images in [-1, 1] and a hand-written scene dict stand in for the world's.
     g = torch.Generator().manual_seed(0)
     vocab = sorted(set("a small large red blue circle square on the left to right of".split()))

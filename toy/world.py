@@ -4,7 +4,7 @@ RankE (arXiv 2605.21195) post-trains a discrete AR text-to-image model (LlamaGen
 and evaluates it with FID, CLIP score and GenEval (docs/method.md §11-§13). Here all of it runs on a 2-core CPU with
 nothing downloaded, through the same classes as the real backbone, so the toy exercises the real code paths:
 
-    real setting                          toy world (this file + toy_models.py)
+    real setting                          toy world (this file + toy/models.py)
     COCO / BLIP3o images + captions       ToyWorld.sample: 32x32 scenes of 1-2 coloured shapes, templated captions
     VQ-16 tokenizer (vq.py)               VQModel(VQ_CONFIGS["toy"]): 8x8 tokens, trained here (VQGAN minus GAN)
     LPIPS-VGG                             ToyFeatureNet.perceptual: LPIPS-style distance on the attribute CNN
@@ -17,7 +17,7 @@ Compositional split: the HELDOUT (colour, shape) pairs never occur in the genera
 every split="heldout" scene has one. The evaluators (CLIPs, feature CNN) see all pairs, as a real CLIP has seen
 far more than the generator.
 
-Run:    python toy_world.py [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
+Run:    python -m toy.world [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
         first call builds and caches the base models (820 s measured on an idle 2-core CPU, 2 threads;
         --preset tiny: seconds), later calls load them in 0.3 s; then prints the quality table and writes a sample
         grid PNG. The trained weights depend on the torch thread count (float reduction order), which the cache key
@@ -26,9 +26,9 @@ Tests:  pytest tests/test_toy_world.py
 Use:    b = load_toy(ToyConfig()); x, caps = b.world.sample(8, torch.Generator().manual_seed(0)); b.world.check(x, caps)
 Cache:  cache_dir/<config_key(cfg)>/{feat,vq,gpt,clip_reward,clip_eval}.pt + .json (sha256, upstream sha256s);
         a missing, truncated, corrupt or stale file is rebuilt with a logged warning, never used.
-Depends on: torch; siblings vq.py, policy.py, rewards.py, data.py (save_grid), toy_models.py (the models and their
-training recipes). Part of the toy wing (toy_*.py): it imports concept files, no concept file imports it.
-Evaluation of trained checkpoints on this world: toy_eval.py.
+Depends on: torch; siblings vq.py, policy.py, rewards.py, data.py (save_grid), toy/models.py (the models and their
+training recipes). Part of the toy wing (toy/): it imports concept files, no concept file imports it.
+Evaluation of trained checkpoints on this world: toy/eval.py.
 Symbols: n scenes, S = 32 image side, C = 6 colours, N = 64 image tokens, K = 256 codes, T = 16 caption slots,
 D = 64 caption width, F = 256 feature width; coordinates (x, y) in pixels, y down; images in [-1, 1] unless "01".
 """
@@ -46,7 +46,7 @@ from policy import GPT, GPT_CONFIGS
 from text_encoders import WordTextEncoder
 from data import save_grid
 from rewards import ClipReward
-from toy_models import (CLIP_ARCHS, ToyFeatureNet, ToyTokenizer, _cached, _seeded, evaluate, make_clip,
+from toy.models import (CLIP_ARCHS, ToyFeatureNet, ToyTokenizer, _cached, _seeded, evaluate, make_clip,
                         train_clip, train_feat, train_gpt, train_vq)
 from vq import VQ_CONFIGS, VQModel
 
@@ -314,15 +314,15 @@ class ToyWorld:
 # Config, cache and the bundle
 # =================================================================================================================
 TOY_VERSION = 2          # bump when a recipe changes: it is part of the cache key (2: weights stored in fp16)
-# The default configuration's base models ship with the repository (built by `python toy_world.py --rebuild`), so
+# The default configuration's base models ship with the repository (built by `python -m toy.world --rebuild`), so
 # every machine starts from the same weights: a build depends on the CPU's float reduction order (thread count,
 # vector width), so two machines never build identical models. manifest.json names the configuration they belong
 # to (config_key), each file's sha256 sits in its .json, and the quality table recorded at build time.
-SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_assets")
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 
 def shipped_manifest():
-    """toy_assets/manifest.json as a dict, or None when the folder holds no manifest."""
+    """toy/assets/manifest.json as a dict, or None when the folder holds no manifest."""
     path = os.path.join(SHIPPED, "manifest.json")
     if not os.path.exists(path):
         return None
@@ -378,7 +378,7 @@ class ToyBundle:
 
 
 def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=True, folder=None):
-    """The world's base models: the shipped ones (toy_assets/) for the default configuration, strictly loaded and
+    """The world's base models: the shipped ones (toy/assets/) for the default configuration, strictly loaded and
     checksum-verified, never rebuilt silently; any other configuration is built once (minutes) into
     cache_dir/<config_key> and loaded from there (seconds) afterwards. folder: build into / load from this folder
     instead (`--rebuild`)."""
@@ -423,8 +423,8 @@ def load_toy(cfg=ToyConfig(), cache_dir=".cache/toy", *, build=True, progress=Tr
 
 
 def rebuild_shipped(progress=True):
-    """`python toy_world.py --rebuild`: build the default configuration from scratch into a temporary folder, record
-    its quality table and build facts in manifest.json, then swap it in for toy_assets/ (the old folder survives
+    """`python -m toy.world --rebuild`: build the default configuration from scratch into a temporary folder, record
+    its quality table and build facts in manifest.json, then swap it in for toy/assets/ (the old folder survives
     until the new one is complete). An interrupted rebuild continues: the temporary folder is named by the config
     key and keeps every finished, checksum-valid artifact. -> the quality table."""
     import shutil
@@ -464,7 +464,7 @@ if __name__ == "__main__":
     ap.add_argument("--cache_dir", default=".cache/toy", help="artifact cache of non-shipped configurations")
     ap.add_argument("--out", default=None, help="sample grid PNG (default: <cache folder>/samples.png)")
     ap.add_argument("--seed", type=int, default=0, help="ToyConfig.seed (0 = the shipped models)")
-    ap.add_argument("--rebuild", action="store_true", help="remake the shipped default models in toy_assets/ "
+    ap.add_argument("--rebuild", action="store_true", help="remake the shipped default models in toy/assets/ "
                     "(~15 min on 2 cores; other machines build other, equally good weights: see the README)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

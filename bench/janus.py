@@ -5,10 +5,10 @@ Not a test: prints numbers. Same random weights (ours renamed into the HF model 
 left-padded batch of B prompts of different lengths, CFG 5, greedy (HF do_sample=False; ours top-k 1, the same
 argmax), checked to give identical tokens. One process, fp32: a warm-up call each, then --repeats rounds of one
 timed call each, ours and HF alternating (so a neighbour's load hits both alike); tokens/s of the median call.
-  python bench_janus.py                      # --size tiny: janus.JANUS_CONFIGS["tiny"] (N=16; Python-overhead bound)
-  python bench_janus.py --size medium        # dim 512, 8 layers, N=64, image vocabulary 1024 (weight-bandwidth bound)
-  python bench_janus.py --compile            # also sample_janus(compile=True); its compile time reported apart
-Options: --batch 8 --cfg 5.0 --repeats 7 --threads 1 (OMP_NUM_THREADS=1 python bench_janus.py is the reference)
+  python -m bench.janus                      # --size tiny: janus.JANUS_CONFIGS["tiny"] (N=16; Python-overhead bound)
+  python -m bench.janus --size medium        # dim 512, 8 layers, N=64, image vocabulary 1024 (weight-bandwidth bound)
+  python -m bench.janus --compile            # also sample_janus(compile=True); its compile time reported apart
+Options: --batch 8 --cfg 5.0 --repeats 7 --threads 1 (OMP_NUM_THREADS=1 python -m bench.janus is the reference)
 Symbols: B prompts, N image tokens, V image vocabulary.
 """
 import argparse

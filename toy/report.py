@@ -3,17 +3,17 @@
 The paper's question (docs/method.md §1, §10-§11): does post-training raise the reward while image quality and the
 token distribution the decoder was trained on hold? A toy run answers it for its own checkpoint with
     answer.md / answer.json   base vs final: training reward, eval CLIP (an independent CLIP), attribute-checker
-                              accuracy on train and held-out captions, toy FID, LCS KL (toy_eval.py's row; the same
+                              accuracy on train and held-out captions, toy FID, LCS KL (toy/eval.py's row; the same
                               captions and the same sampling seed for both, the run's own sampling settings)
     before_after.png          the same captions and the same sampling seed, base models on the left, the run's final
                               policy + decoder on the right, captions written beside the rows, 32-px images x4
     curves.png                training curves from metrics.jsonl: reward, policy KL to the reference, decoder losses
 The table is printed and saved; both PNGs go next to it in the run folder.
 
-Run:    python toy_report.py --run runs/tiny          (train.py calls it at the end of a toy run; --report_n 0: off)
+Run:    python -m toy.report --run runs/tiny          (train.py calls it at the end of a toy run; --report_n 0: off)
 Tests:  pytest tests/test_toy_report.py
-Depends on: torch, numpy, matplotlib; ckpt.py, fast_sample.py (the sampler train.py uses); toy wing toy_world.py,
-toy_eval.py. Part of the toy wing (toy_*.py): no concept file imports it; train.py imports it inside main() only.
+Depends on: torch, numpy, matplotlib; ckpt.py, fast_sample.py (the sampler train.py uses); toy wing toy/world.py,
+toy/eval.py. Part of the toy wing (toy/): no concept file imports it; train.py imports it inside main() only.
 Symbols: n captions per split, R grid rows (captions), G samples per caption, S = 32 image side.
 """
 import argparse
@@ -25,8 +25,8 @@ import torch
 
 import ckpt
 import fast_sample
-import toy_eval
-import toy_world
+from toy import eval as toy_eval
+from toy import world as toy_world
 
 ROWS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")
 HIGHER_IS_BETTER = dict(reward=True, clip=True, check_train=True, check_heldout=True, fid=False, lcs_kl=False)

@@ -3,12 +3,12 @@ policy learning rates over seeds at step --steps; stage B follows the chosen rec
 paper's premise (policy-only RL raises the reward but image quality falls: docs/method.md §1, §10) and applies the
 pre-registered rule that fixes the comparison's length L.
 
-    python toy_calibrate.py                   # as pre-registered; writes runs/calib/{results.md, .json, curves.png}
-    python toy_calibrate.py --lrs 1e-4 --seeds 0 1 --steps 20 --curve_seeds 0 --curve_steps 40 --every 10 --n 64 \
+    python -m toy.calibrate                   # as pre-registered; writes runs/calib/{results.md, .json, curves.png}
+    python -m toy.calibrate --lrs 1e-4 --seeds 0 1 --steps 20 --curve_seeds 0 --curve_steps 40 --every 10 --n 64 \
         --toy_preset tiny --out runs/calib_smoke          # a seconds-fast smoke run (tests)
 
 Every run is `python train.py --method grpo --lr_gpt LR --seed S ...` (checkpoints every --every steps) and every
-evaluation `python toy_eval.py --ckpt ... --n N --seed 1234 --json ...` (subprocesses, --jobs at a time, one queue:
+evaluation `python -m toy.eval --ckpt ... --n N --seed 1234 --json ...` (subprocesses, --jobs at a time, one queue:
 toy_reproduce.run_queue). Runs and evaluations on disk are reused, so a cut-off calibration continues where it
 stopped; stage B resumes stage A's runs of the chosen recipe (train.py --resume is bit-exact) instead of
 restarting them.
@@ -18,7 +18,7 @@ steps) <= --kl_max. Choice: the passing recipe with the largest learning rate.
 Premise (stage B): shown at step t if KID(t) - KID(base) > 2 SE (both standard errors in quadrature) in every curve
 seed at t and at the next evaluated step; L = the first such t, else --curve_steps.
 
-Tests: pytest tests/test_toy_reproduce.py (the smoke run above). Part of the toy wing (toy_*.py): no concept file
+Tests: pytest tests/test_toy_reproduce.py (the smoke run above). Part of the toy wing (toy/): no concept file
 imports it. Symbols: seeds S, evaluated steps t, SE standard error.
 """
 import argparse
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from toy_reproduce import EVAL_SEED, ROOT, eval_path, mean_sd, paired_ci, run_queue
+from toy.reproduce import EVAL_SEED, ROOT, eval_path, mean_sd, paired_ci, run_queue
 
 METRICS = {"reward": "reward", "clip": "eval CLIP", "check_train": "checker train", "check_heldout": "checker held-out",
            "fid": "toy FID", "kid": "toy KID", "lcs_kl": "LCS KL", "reencode_agree": "re-encode agree.",
@@ -71,7 +71,7 @@ def main(argv=None):
     t_start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
     base_json = eval_path(os.path.join(args.out, "base"), args.n)
-    evaluate = [sys.executable, os.path.join(ROOT, "toy_eval.py"), "--n", str(args.n), "--seed", str(EVAL_SEED)]
+    evaluate = [sys.executable, "-m", "toy.eval", "--n", str(args.n), "--seed", str(EVAL_SEED)]
 
     def evals(d, steps):
         """Evaluation jobs of the given checkpoints of run d that are not scored yet."""

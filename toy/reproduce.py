@@ -3,11 +3,11 @@ toy world, as pre-registered in docs/preregistration.md: Base, Standard RL (GRPO
 uniform (not reward-ranked) GAN, VA-pi, and the two-stage control (Standard RL, then as many decoder-only steps on the
 final policy's rollouts with RankE's decoder losses), several seeds each, from the same base models.
 
-    python toy_reproduce.py --lr_gpt 1e-5 --steps 300   # 8 seeds (5 for uniform GAN, VA-pi), n 1,024 per split;
+    python -m toy.reproduce --lr_gpt 1e-5 --steps 300   # 8 seeds (5 for uniform GAN, VA-pi), n 1,024 per split;
                                                         # writes runs/repro/{results.md, results.json, curves.png}
-    python toy_reproduce.py --seeds 0 --few_seeds 0 --steps 40 --n 256   # a quick look
+    python -m toy.reproduce --seeds 0 --few_seeds 0 --steps 40 --n 256   # a quick look
 
-Every run is `python train.py --seed S ...` and every evaluation `python toy_eval.py --ckpt ... --json ...`
+Every run is `python train.py --seed S ...` and every evaluation `python -m toy.eval --ckpt ... --json ...`
 (subprocesses, so each is exactly what a user would run), --jobs of them at a time from one queue: a finished run's
 evaluations start while the other runs train; a finished Standard RL run starts the two-stage arm's second stage
 (`train.py --method decoder --init_policy <its final checkpoint>`). Runs and evaluations already on disk (the rows are
@@ -20,8 +20,8 @@ step, the training reward and the policy KL. For the arms that train the decoder
 the frozen BASE decoder (one sampling pass, two decoders): the difference between the two rows is what the trained
 decoder contributes.
 
-Tests: pytest tests/test_toy_reproduce.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy_*.py): it imports
-toy_eval.py and runs train.py as a subprocess; no concept file imports it.
+Tests: pytest tests/test_toy_reproduce.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy/): it imports
+toy/eval.py and runs train.py as a subprocess; no concept file imports it.
 Symbols: mean +- std = mean and sample standard deviation (ddof 1) over seeds.
 """
 import argparse
@@ -33,9 +33,9 @@ import time
 
 import numpy as np
 
-import toy_eval
+from toy import eval as toy_eval
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
 METHODS = {                                   # name -> train.py flags
     "Standard RL (GRPO)": ["--method", "grpo"],
     "RankE": ["--method", "ranke"],
@@ -65,7 +65,7 @@ def run_dir(out, method, seed):
 
 
 def eval_path(ckpt, n, seed=EVAL_SEED):
-    """Where a checkpoint's evaluation rows ({decoder: row}, toy_eval.py --json) are kept: beside it."""
+    """Where a checkpoint's evaluation rows ({decoder: row}, toy/eval.py --json) are kept: beside it."""
     return f"{ckpt}.eval-n{n}-s{seed}.json"
 
 
@@ -93,7 +93,7 @@ def main():
     t_start, every = time.time(), max(1, args.steps // args.evals)
     os.makedirs(args.out, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
-    evaluate = [sys.executable, os.path.join(ROOT, "toy_eval.py"), "--n", str(args.n), "--seed", str(EVAL_SEED)]
+    evaluate = [sys.executable, "-m", "toy.eval", "--n", str(args.n), "--seed", str(EVAL_SEED)]
     base_json = eval_path(os.path.join(args.out, "base"), args.n)
 
     def eval_jobs(d, method):

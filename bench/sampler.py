@@ -3,9 +3,9 @@ cache) against policy.sample_naive (full recompute per step), or of sample_gpt a
 generate() on the same weights.
 
 Not a test: prints numbers. Random weights (speed does not depend on them).
-  CPU:   python bench_sampler.py                       # "toy" GPT, B=8 prompts, CFG 4.0 (so 16 model rows)
-  CUDA:  python bench_sampler.py                       # also GPT-XL t2i: 64 prompts, 256 px (N=256), CFG 6, bf16
-  Upstream: python bench_sampler.py --upstream DIR --threads 2      # CPU, one process
+  CPU:   python -m bench.sampler                       # "toy" GPT, B=8 prompts, CFG 4.0 (so 16 model rows)
+  CUDA:  python -m bench.sampler                       # also GPT-XL t2i: 64 prompts, 256 px (N=256), CFG 6, bf16
+  Upstream: python -m bench.sampler --upstream DIR --threads 2      # CPU, one process
          DIR = a LlamaGen checkout OUTSIDE this repository (never add its files here): `git clone
          https://github.com/FoundationVision/LlamaGen DIR && git -C DIR checkout ce98ec4` (ce98ec41803a74a90ce68c40ab
          aba9eaeffeb4ec), or a scratch folder holding just the three files imported, unpatched:
@@ -100,7 +100,7 @@ def bench_upstream(args, device):
     sample_t2i.py calls it: cond_idx = left-padded caption features (pads zeroed), emb_masks, cfg_scale, sampling
     kwargs, sample_logits."""
     root = Path(args.upstream).resolve()
-    if root.is_relative_to(Path(__file__).resolve().parent):
+    if root.is_relative_to(Path(__file__).resolve().parent.parent):   # the repository
         raise SystemExit("--upstream: keep the LlamaGen checkout outside this repository")
     sys.path.insert(0, str(root))  # its autoregressive/ and utils/ packages
     from autoregressive.models.generate import generate

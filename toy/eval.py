@@ -2,7 +2,7 @@
 train.py checkpoint or for the toy base models (docs/method.md §11 for the real protocol this stands in for).
 
 Concept: the paper scores a post-trained policy by FID, CLIP score and GenEval, and measures the Latent Covariate
-Shift of its tokens (docs/method.md §10-§11). The toy world has a stand-in for each (toy_world.py's table):
+Shift of its tokens (docs/method.md §10-§11). The toy world has a stand-in for each (toy/world.py's table):
     FID (Inception features)      -> eval_fid.frechet_distance on the toy attribute-CNN features (bundle.feature_fn)
     CLIP score (ViT-B/32)         -> the independent toy eval CLIP (bundle.eval_clip_fn), 100 x cosine
     GenEval                       -> ToyWorld.check, the exact attribute checker, on train and held-out captions
@@ -11,16 +11,16 @@ Every method is sampled with the run's rollout settings (CFG, temperature, top-k
 same random stream (fixed seed), so with one checkpoint the tokens do not depend on the decoder: online-vs-base
 decoder rows isolate what the co-evolved decoder does to the same tokens.
 
-Run:    python toy_eval.py --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|base ...] [--n 256] [--seed 0]
+Run:    python -m toy.eval --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|base ...] [--n 256] [--seed 0]
                 [--json rows.json]
-        python toy_eval.py --toy_preset tiny --toy_cache .cache/toy   (no --ckpt: the base models)
+        python -m toy.eval --toy_preset tiny --toy_cache .cache/toy   (no --ckpt: the base models)
         prints one line "reward ... | clip ... | check_train ... | check_heldout ... | fid ... | lcs_kl ...".
         A missing / folder / empty / corrupt --ckpt is a one-line error naming --ckpt (exit code 2), no traceback.
-        `python toy_eval.py --help` lists the flags. (Formerly `python eval_fid.py toy ...`.)
+        `python -m toy.eval --help` lists the flags. (Formerly `python eval_fid.py toy ...`.)
 Tests:  pytest tests/test_toy_eval.py
 Depends on: torch, numpy; concept files ckpt.py (checkpoint reading), eval_fid.py (Frechet distance), shift.py (LCS);
-fast_sample.py (the sampler train.py uses); toy wing toy_world.py (the world and its base models). Part of the toy
-wing (toy_*.py): no concept file imports it.
+fast_sample.py (the sampler train.py uses); toy wing toy/world.py (the world and its base models). Part of the toy
+wing (toy/): no concept file imports it.
 Symbols: M captions (= n per split), N image tokens (64), K codebook size (256), S image side (32), F feature width.
 """
 import argparse
@@ -35,7 +35,7 @@ import torch
 import ckpt
 import fast_sample
 import shift
-import toy_world
+from toy import world as toy_world
 from eval_fid import feature_stats, frechet_distance, kernel_inception_distance
 
 TOY_COLUMNS = ("reward", "clip", "check_train", "check_heldout", "fid", "kid", "lcs_kl",
@@ -125,7 +125,7 @@ def read_train_ckpt(path, flag="--ckpt"):
     conf = ck["config"]
     if not isinstance(conf, dict) or "toy_preset" not in conf or "toy_cache" not in conf:
         raise ckpt.CkptError(f"{flag} {path!r}: its config has no toy_preset / toy_cache, so it is not a toy-world "
-                             f"run (train.py --backbone tiny); toy_eval.py scores toy runs only")
+                             f"run (train.py --backbone tiny); toy/eval.py scores toy runs only")
     return ck
 
 
@@ -216,7 +216,7 @@ def evaluate_toy_checkpoint_decoders(ckpt_path, decoders, *, toy_cache=".cache/t
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Toy-world metrics of a train.py checkpoint (or of the toy base models) "
+    ap = argparse.ArgumentParser(prog="python -m toy.eval", description="Toy-world metrics of a train.py checkpoint (or of the toy base models) "
                                              "as one table row: " + " | ".join(TOY_COLUMNS))
     ap.add_argument("--ckpt", default=None, help="train.py checkpoint OUT_DIR/ckpt_NNNNNNN.pt (default: the toy base "
                                                  "models; a checkpoint's own toy_cache / toy_preset are used)")
