@@ -221,7 +221,7 @@ class JanusGen(nn.Module):
     def logits(self, h):  # (...,dim) -> (...,V) fp32: gen_head outside autocast
         # DEVIATION(RankE@2798acc): there the bf16 head's logits (ulp 1/16-1/8 at |logit| 8-32) enter CFG x5 as bf16.
         w = self.gen_head.vision_head.weight
-        if h.is_meta or not torch.is_autocast_enabled(h.device.type):  # meta: dry_run.py; no autocast to leave
+        if h.is_meta or not torch.is_autocast_enabled(h.device.type):  # meta: synthetic.dry_run; no autocast to leave
             return self.gen_head(h.to(w.dtype)).float()
         with torch.autocast(h.device.type, enabled=False):
             return self.gen_head(h.to(w.dtype)).float()

@@ -4,7 +4,7 @@ The stages are train.py's own step functions (docs/method.md §3), run on a back
 model at its real size, or a smaller --scale; synthetic.py), so the numbers are those of the real loop without any
 download. Per stage: median wall time over --repeats (after --warmup), samples/s, and on CUDA the peak memory of the
 stage (reset before it, read after a synchronize); then the sampler alone at --sample_batch prompts (tokens/s,
-images/s), and on CUDA the largest stage peak against dry_run.py's estimate for the same batch.
+images/s), and on CUDA the largest stage peak against synthetic.dry_run's estimate for the same batch.
 
     python -m bench.stages --device cpu --scale tiny --batch_prompts 2 --group_size 2 --sample_batch 4 \
         --repeats 1 --warmup 0                                        # CPU, a couple of minutes
@@ -113,7 +113,7 @@ def main(argv=None):
               f"{t:.3f} s, {a.sample_batch * n_tok / t:.0f} tokens/s, {a.sample_batch / t:.2f} images/s"
               + (f", peak {peak:.2f} GiB" if cuda else ""))
     if cuda:
-        from dry_run import dry_run
+        from synthetic import dry_run
         est = sum(dry_run(cfg).values()) / GiB
         note = "" if cfg.synthetic == "full" else " (the estimate is for the FULL-size models: use --scale full)"
         print(f"peak memory: measured {max(r[3] for r in rows):.2f} GiB (largest stage) vs dry_run estimate "

@@ -93,11 +93,10 @@ def test_janus_two_steps(tmp_path):
 
 
 def test_full_size_models_on_meta_match_the_released_counts(capsys):
-    import dry_run
     for backbone in ("llamagen_xl", "janus_pro_1b"):
         counts = synthetic.full_counts(backbone)
         assert counts == {k: synthetic.FULL_COUNTS[k] for k in counts}
-        dry_run.dry_run(train.parse_config(["--backbone", backbone, "--dry_run"]))   # its counts, independently
+        synthetic.dry_run(train.parse_config(["--backbone", backbone, "--dry_run"]))   # its counts, independently
         printed = capsys.readouterr().out
         assert f"policy {counts['gpt' if backbone == 'llamagen_xl' else 'janus']:,} params" in printed
         assert f"VQ {counts['vq']:,}" in printed

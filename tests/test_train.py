@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ckpt
+import synthetic
 import train
 from data import write_tar
 
@@ -169,8 +170,7 @@ def test_two_process_gloo_ranks_stay_identical(toy_cache, tiny_janus, tmp_path, 
 def test_dry_run_llamagen_xl_counts(capsys):
     cfg = train.parse_config(["--backbone", "llamagen_xl", "--dry_run"])
     assert cfg.preset == "llamagen_xl_clip" and cfg.lr_gpt == 1e-6 and cfg.cfg_scale == 6.0
-    import dry_run
-    est = dry_run.dry_run(cfg)
+    est = synthetic.dry_run(cfg)
     out = capsys.readouterr().out
     assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (docs/method.md §6)
     assert sum(est.values()) > 20 * 1024 ** 3
