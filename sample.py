@@ -9,7 +9,7 @@ GenEval and HPSv2 images. This file turns a checkpoint into those image folders;
     python sample.py --ckpt CKPT --bench hps --prompts hpsv2_benchmark_prompts --out_dir out/hps   # 1/prompt/style
     python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --inception inception-2015-12-05.pt
 
-The folders are the ones the official evaluators read (README, "Evaluation"): out/coco (images/{idx:06d}.png and
+The folders are the ones the official evaluators read (README, "Real backbones"): out/coco (images/{idx:06d}.png and
 captions.txt, LlamaGen's evaluations/t2i/evaluation.py --fake_dir), out/geneval ({i:05d}/metadata.jsonl and
 samples/{k:04d}.png, GenEval's evaluate_images.py), out/hps ({style}/{idx:05d}.jpg, hpsv2.evaluate). Until a run has
 finished, its folder holds SAMPLING_NOT_FINISHED and no metadata, which makes every evaluator here refuse it.

@@ -62,7 +62,7 @@ def test_no_citation_of_documents_outside_the_repo():
                 continue
             here = os.path.dirname(os.path.join(ROOT, rel))
             if not (any(os.path.isfile(p) for p in (os.path.join(ROOT, name), os.path.join(here, name)))
-                    or os.path.basename(name) in tracked_md):          # e.g. results.md under docs/toy_repro/
+                    or os.path.basename(name) in tracked_md):          # e.g. results.md under docs/toy_repro5/
                 bad.append(f"{rel}: cites {name!r}, which is not in the repository")
         for m in re.finditer(r"\bCONTRACT\b|(?i:\bissue #?\d+\b|\.\./shared\b|\bshared/spec\b)", text):
             bad.append(f"{rel}: cites {m.group(0)!r} (outside the repository)")

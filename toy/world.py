@@ -21,7 +21,8 @@ Run:    python -m toy.world [--preset tiny] [--cache_dir .cache/toy] [--out grid
         first call builds and caches the base models (820 s measured on an idle 2-core CPU, 2 threads;
         --preset tiny: seconds), later calls load them in 0.3 s; then prints the quality table and writes a sample
         grid PNG. The trained weights depend on the torch thread count (float reduction order), which the cache key
-        does not include: builds with 1 and 2 threads give different, equally trained models (README, toy world).
+        does not include: builds with 1 and 2 threads give different, equally trained models (docs/experiments.md,
+        "The toy world").
 Tests:  pytest tests/test_toy_world.py
 Use:    b = load_toy(ToyConfig()); x, caps = b.world.sample(8, torch.Generator().manual_seed(0)); b.world.check(x, caps)
 Cache:  cache_dir/<config_key(cfg)>/{feat,vq,gpt,clip_reward,clip_eval}.pt + .json (sha256, upstream sha256s);
@@ -465,7 +466,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None, help="sample grid PNG (default: <cache folder>/samples.png)")
     ap.add_argument("--seed", type=int, default=0, help="ToyConfig.seed (0 = the shipped models)")
     ap.add_argument("--rebuild", action="store_true", help="remake the shipped default models in toy/assets/ "
-                    "(~15 min on 2 cores; other machines build other, equally good weights: see the README)")
+                    "(~15 min on 2 cores; other machines build other, equally good weights: docs/experiments.md)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.rebuild:
