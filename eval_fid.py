@@ -23,7 +23,7 @@ Run the self-check (closed-form Gaussians):  python eval_fid.py
 COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --inception inception-2015-12-05.pt
         (scores -> out/coco_scores.json; --ref_dir holds val2014/, as for LlamaGen's evaluation.py)
 HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
-Toy:    python -m toy.eval --ckpt CKPT [--decoder online|ema|base]   (`python eval_fid.py toy ...` says so, exit 2)
+Toy:    python -m toy.eval --ckpt CKPT [--decoder online|ema|base]
 Tests:  pytest tests/test_eval_fid.py
 Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models).
 Symbols: M images, B batch, F feature width (2048 Inception), S eval resolution.
@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import warnings
 
 import numpy as np
@@ -441,15 +440,7 @@ def _self_check():
           f"{frechet_distance(*feature_stats(x), *feature_stats(x)):.2e}")
 
 
-TOY_MOVED = ("eval_fid.py: the toy evaluation is now `python -m toy.eval --ckpt CKPT [--decoder online|ema|base] "
-             "[--toy_cache DIR --toy_preset default|tiny --n N --seed S]` (same flags, without `toy`)")
-
-
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["toy"]:   # the former `eval_fid.py toy` subcommand: point to its new home, exit code 2
-        print(TOY_MOVED, file=sys.stderr)
-        raise SystemExit(2)
     ap = argparse.ArgumentParser(description="RankE evaluation (docs/method.md §11); no subcommand = self-check")
     sub = ap.add_subparsers(dest="cmd")
     c = sub.add_parser("coco", help="FID + CLIP score of fake_dir/images/*.png with fake_dir/captions.txt "

@@ -1,6 +1,6 @@
-"""Plumbing for train.py: processes and devices (torchrun), BatchNorm-buffer averaging, run checkpoints with a
-cross-rank weight check, resume, and logging. Nothing in this file is part of the method; train.py holds the
-algorithm (docs/method.md §3).
+"""Plumbing for train.py: the run / system flags (RunConfig) and the dataclass-to-flags parser, processes and devices
+(torchrun), BatchNorm-buffer averaging, run checkpoints with a cross-rank weight check, resume, and logging. Nothing
+in this file is part of the method; train.py holds the algorithm and its flags (docs/method.md §3).
 
 Self-check:  python runtime.py   (writes a checkpoint of a small module to a temp dir, resumes it, compares bits)
 
@@ -12,19 +12,61 @@ import inspect
 import json
 import os
 import resource
-from dataclasses import asdict, fields
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 
 import ckpt
 
+# ----------------------------------------------------------------------------------------------------------------
+# Run / system flags: where things are read and written, devices, logging, checkpoints. None of them changes what a
+# run computes; train.Config = train.AlgoConfig + RunConfig, one flat object (one flag per field).
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/tiny"     # checkpoints, metrics.jsonl, sample grids
+    resume: bool = False           # continue from the newest readable checkpoint in out_dir
+    init_policy: str = ""          # start the policy (its KL reference and EMA too) from this train.py checkpoint's
+    #                                policy: the toy comparison's two-stage control (toy/reproduce.py); "" = base
+    ckpt_every: int = 100          # checkpoint interval (steps); written atomically
+    keep_ckpts: int = 3            # how many checkpoints to keep
+    sample_every: int = 100        # PNG grid of current samples every N steps (0 = never)
+    logger: Literal["none", "tensorboard", "wandb"] = "none"   # tensorboard / wandb only if installed
+    report_n: int = 256            # toy world: base vs final table + before/after and curves PNGs at the end, scored
+    #                                on report_n captions per split (toy/report.py); 0 = off
+    # data
+    data: str = ""                 # folder / .jsonl / .tar[,...]; "" = the toy world's own generator
+    toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
+    # LlamaGen paths (local files, or hf://owner/repo/file)
+    gpt_ckpt: str = "hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt"
+    vq_ckpt: str = "hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt"
+    t5_path: str = "google/flan-t5-xl"
+    clip_path: str = ""            # ViT-L-14 OpenAI weights ("" = open_clip download)
+    hps_path: str = "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"
+    lpips_vgg: str = ""            # torchvision vgg16 weights file ("" = torchvision download)
+    lpips_lin: str = ""            # LlamaGen's lpips vgg.pth ("" = download)
+    # Janus-Pro-1B paths (docs/method.md §17)
+    janus_ckpt: str = "hf://deepseek-ai/Janus-Pro-1B/pytorch_model.bin"   # original or HF-converted layout
+    janus_tokenizer: str = "deepseek-ai/Janus-Pro-1B"  # folder with the tokenizer files (or the hub id)
+    # systems
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # auto = cuda when available
+    bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
+    grad_ckpt: bool = False        # activation checkpointing in the policy's training forward (D10)
+    dry_run: bool = False          # build without weights, print parameter counts and a memory estimate
+    synthetic: str = ""            # RANDOM weights, nothing read (synthetic.py): full (bare flag) | L = layers | tiny
+    #                                L: real widths, every transformer stack L layers deep; tiny: CPU-test scale
+
+
 BARE_FLAGS = {"synthetic": "full"}   # str flags that may be given without a value, and the value they then take
 
 
-def parse_dataclass_flags(cls, presets, choices, argv, default_preset, preset_keys=("backbone",)):
-    """One flag per field of the dataclass `cls`; its help text is the comment after the field. --preset NAME (or
-    default_preset(**the preset_keys flags given, None where absent)) picks the defaults from presets[NAME]; explicit
-    flags override them. Returns (config, the set of field names given on the command line)."""
+def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("backbone",)):
+    """One flag per field of the dataclass `cls` (and of its dataclass bases); its help text is the comment after the
+    field, its allowed values those of a Literal[...] type. --preset NAME (or default_preset(**the preset_keys flags
+    given, None where absent)) picks the defaults from presets[NAME]; explicit flags override them. Returns (config,
+    the set of field names given on the command line)."""
     pre = argparse.ArgumentParser(add_help=False)
     for key in ("preset", *preset_keys):
         pre.add_argument(f"--{key}", default=None)
@@ -33,7 +75,8 @@ def parse_dataclass_flags(cls, presets, choices, argv, default_preset, preset_ke
     if preset not in presets:
         raise SystemExit(f"--preset {preset!r}: choose one of {sorted(presets)}")
     defaults = {**asdict(cls()), **presets[preset], "preset": preset}
-    src = inspect.getsource(cls).splitlines()
+    src = [l for c in cls.__mro__ if "__dataclass_fields__" in vars(c) for l in inspect.getsource(c).splitlines()]
+    types = typing.get_type_hints(cls)
 
     def parser(default):                     # default(name) -> the flag's default value
         p = argparse.ArgumentParser(description="RankE post-training (train.py)",
@@ -41,14 +84,16 @@ def parse_dataclass_flags(cls, presets, choices, argv, default_preset, preset_ke
         for f in fields(cls):
             line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
             help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
-            if f.type in (bool, "bool"):
+            typ, choices = types[f.name], (tuple(presets) if f.name == "preset" else None)
+            if typing.get_origin(typ) is Literal:          # the allowed values, written once on the field
+                choices = typing.get_args(typ)
+                typ = type(choices[0])
+            if typ is bool:
                 p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?", const=True,
                                default=default(f.name), help=help_)
             else:
-                typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
                 bare = dict(nargs="?", const=BARE_FLAGS[f.name]) if f.name in BARE_FLAGS else {}
-                p.add_argument(f"--{f.name}", type=typ, default=default(f.name), choices=choices.get(f.name),
-                               help=help_, **bare)
+                p.add_argument(f"--{f.name}", type=typ, default=default(f.name), choices=choices, help=help_, **bare)
         return p
     cfg = cls(**vars(parser(defaults.get).parse_args(argv)))
     given = set(vars(parser(lambda name: argparse.SUPPRESS).parse_args(argv)))   # only the flags on the line
@@ -212,7 +257,7 @@ if __name__ == "__main__":
 
         def load_state_dict(self, d):
             self.i = d["i"]
-    cfg = SimpleNamespace(out_dir=tempfile.mkdtemp(), keep_ckpts=2)   # the two Config fields used here
+    cfg = RunConfig(out_dir=tempfile.mkdtemp(), keep_ckpts=2)
     m, gen, stream = SimpleNamespace(**nets, **opts), torch.Generator().manual_seed(1), Stream()
     stream.i = 7
     save_checkpoint(cfg, m, 3, gen, stream, world=1, rank=0)

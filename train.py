@@ -32,6 +32,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -42,34 +43,26 @@ import vapi
 import vq as vqlib
 from backbones import WORLD_SCOPES, Backbone, build_backbone, check_paths, image_side
 from data import save_grid
-from runtime import (Logger, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb, resume,
-                     save_checkpoint, setup_distributed, teardown)
+from runtime import (Logger, RunConfig, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb,
+                     resume, save_checkpoint, setup_distributed, teardown)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Configuration: one flat dataclass; every field is a flag. Presets hold the released hyperparameters.
+# Configuration: the algorithm's flags here, the run / system flags (paths, devices, logging, checkpoints) in
+# runtime.RunConfig; Config is both, one flat dataclass, every field a flag (help = its comment, allowed values = its
+# Literal). Presets hold the released hyperparameters.
 @dataclass
-class Config:
-    preset: str = "tiny"           # named preset applied before the flags (see PRESETS)
-    backbone: str = "tiny"         # tiny (toy world, CPU) | llamagen_xl (GPT-XL t2i + VQ-16) | janus_pro_1b
-    method: str = "ranke"          # ranke | grpo | decoder | vapi
-    out_dir: str = "runs/tiny"     # checkpoints, metrics.jsonl, sample grids
+class AlgoConfig:
+    preset: str = "tiny"           # named preset applied before the flags (a key of PRESETS)
+    backbone: Literal["tiny", "llamagen_xl", "janus_pro_1b"] = "tiny"   # tiny = the toy world, on CPU
+    #                                llamagen_xl = GPT-XL t2i + VQ-16 (LlamaGen); janus_pro_1b = Janus-Pro-1B
+    method: Literal["ranke", "grpo", "decoder", "vapi"] = "ranke"   # the loop's steps per method: module docstring
     seed: int = 42                 # model init is identical on all ranks; data and rollouts get seed + rank
     steps: int = 300               # optimizer iterations to run
     total_steps: int = 300         # nominal length: sets the tau anneal (docs/method.md §8: (15000 // 32) x epochs)
-    resume: bool = False           # continue from the newest readable checkpoint in out_dir
-    init_policy: str = ""          # start the policy (its KL reference and EMA too) from this train.py checkpoint's
-    #                                policy: the toy comparison's two-stage control (toy/reproduce.py); "" = base
-    ckpt_every: int = 100          # checkpoint interval (steps); written atomically
-    keep_ckpts: int = 3            # how many checkpoints to keep
-    sample_every: int = 100        # PNG grid of current samples every N steps (0 = never)
-    logger: str = "none"           # none | tensorboard | wandb (only if installed)
-    report_n: int = 256            # toy world: base vs final table + before/after and curves PNGs at the end, scored
-    #                                on report_n captions per split (toy/report.py); 0 = off
-    # data
-    data: str = ""                 # folder / .jsonl / .tar[,...]; "" = the toy world's own generator
-    toy_cache: str = ".cache/toy"  # where the toy world's base models are cached
-    toy_preset: str = "default"    # default | tiny (seconds-fast, low quality: tests)
+    toy_preset: Literal["default", "tiny"] = "default"   # tiny: seconds-fast, low-quality toy world (tests)
+    janus_config: Literal["janus_pro_1b", "tiny"] = "janus_pro_1b"   # tiny: a 32-px test configuration
+    reward: Literal["clip", "hpsv2"] = "clip"   # the reward model of llamagen_xl / janus_pro_1b runs
     image_size: int = 32           # S: set from the backbone (tiny 32, llamagen_xl 256, janus_pro_1b 384), no other
     batch_prompts: int = 8         # B per rank and micro-batch (released LlamaGen: 4, Janus: 2)
     # DEVIATION (D9): a real accumulation; the released Janus trainer's zero_grad kept only every 2nd micro-batch
@@ -86,10 +79,10 @@ class Config:
     grad_clip: float = 1.0
     beta_kl: float = 0.05          # KL weight beta
     clip_eps: float = 0.2
-    kl_estimator: str = "k2"       # k2 = 1/2 (logp - logp_ref)^2 (released) | k3 (D7)
-    kl_ref: str = "frozen"         # frozen initial policy (released, D1) | ema (the page's wording)
+    kl_estimator: Literal["k2", "k3"] = "k2"   # k2 = 1/2 (logp - logp_ref)^2 (released); k3 (D7)
+    kl_ref: Literal["frozen", "ema"] = "frozen"   # frozen initial policy (released, D1); ema (the page's wording)
     ppo_epochs: int = 1            # 1 = released (ratio == 1, clip never binds, D7)
-    logp_cfg: str = "cond"         # cond = conditional-only log-probs (released) | guided = CFG-combined logits
+    logp_cfg: Literal["cond", "guided"] = "cond"   # cond = conditional-only log-probs (released); guided = CFG logits
     logp_chunk: int = 0            # rows per teacher-forced forward in the policy step (0 = all at once)
     ema_gpt_decay: float = 0.999
     ema_gpt_every: int = 10
@@ -97,7 +90,7 @@ class Config:
     lr_decoder: float = 1e-4       # LlamaGen preset: 1e-5 (D15)
     lr_disc: float = 2e-5
     rank_k: int = 1                # top-K per prompt; 1 = best-of-G (released, D2); G = the page's soft weights
-    rank_mode: str = "reward"      # reward = Rank-GAN | uniform = K random samples, w = 1 (the paper's ablation)
+    rank_mode: Literal["reward", "uniform"] = "reward"   # reward = Rank-GAN; uniform = K random samples, w = 1
     tau_start: float = 4.0
     tau_end: float = 1.0
     tau_frac: float = 0.2
@@ -108,30 +101,15 @@ class Config:
     disc_start: int = 100
     disc_weight: float = 0.5       # scales the D hinge, the Rank-GAN term and the adaptive GAN weight (released 0.5)
     ema_vq_decay: float = 0.99
-    # VA-pi (docs/method.md §12.3; see vapi.VAPI_PRESET)
+    # VA-pi (docs/method.md §12.3; the released T2I run is PRESETS["llamagen_xl_vapi"])
     vapi_xi: float = 0.5           # context-noise probability
     vapi_ce: float = 0.1           # beta of the next-token CE prior
     vapi_kl: float = 0.0           # optional k3 KL to the base policy
-    # LlamaGen paths (local files, or hf://owner/repo/file)
-    gpt_ckpt: str = "hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt"
-    vq_ckpt: str = "hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt"
-    t5_path: str = "google/flan-t5-xl"
-    reward: str = "clip"           # clip | hpsv2 (llamagen_xl)
-    clip_path: str = ""            # ViT-L-14 OpenAI weights ("" = open_clip download)
-    hps_path: str = "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"
-    lpips_vgg: str = ""            # torchvision vgg16 weights file ("" = torchvision download)
-    lpips_lin: str = ""            # LlamaGen's lpips vgg.pth ("" = download)
-    # Janus-Pro-1B (docs/method.md §17)
-    janus_ckpt: str = "hf://deepseek-ai/Janus-Pro-1B/pytorch_model.bin"   # original or HF-converted layout
-    janus_tokenizer: str = "deepseek-ai/Janus-Pro-1B"  # folder with the tokenizer files (or the hub id)
-    janus_config: str = "janus_pro_1b"  # janus_pro_1b | tiny (a 32-px test configuration)
-    # systems
-    device: str = "auto"           # auto | cpu | cuda
-    bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
-    grad_ckpt: bool = False        # activation checkpointing in the policy's training forward (D10)
-    dry_run: bool = False          # build without weights, print parameter counts and a memory estimate
-    synthetic: str = ""            # RANDOM weights, nothing read (synthetic.py): full (bare flag) | L = layers | tiny
-    #                                L: real widths, every transformer stack L layers deep; tiny: CPU-test scale
+
+
+@dataclass
+class Config(RunConfig, AlgoConfig):
+    """The flat config train.py, sample.py and the checkpoints use: AlgoConfig's fields, then RunConfig's."""
 
 
 PRESETS = {
@@ -145,11 +123,7 @@ PRESETS = {
                              ckpt_every=500, sample_every=500, batch_prompts=4, group_size=8, cfg_scale=6.0,
                              top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
                              lambda_reward=0.01, lambda_consist=10.0, reward="clip", grad_ckpt=True),
-    "llamagen_xl_hps": dict(backbone="llamagen_xl", out_dir="runs/llamagen_xl_hps", steps=2000, total_steps=2340,
-                            ckpt_every=500, sample_every=500, batch_prompts=4, group_size=8, cfg_scale=6.0,
-                            top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=0.05,
-                            lambda_reward=0.1, lambda_consist=10.0, reward="hpsv2", grad_ckpt=True),
-    # VA-pi's released LlamaGen T2I run (docs/method.md §12.3; vapi.VAPI_PRESET). One optimizer step per B images.
+    # VA-pi's released LlamaGen T2I run (docs/method.md §12.3, column "T2I"). One optimizer step per B images.
     # DEVIATION: the policy forward runs in eval mode (no dropout): it both draws the samples and is trained, so the
     # released train-mode forward would make logp_old != logp at step 0 (docs/method.md §12.7 defect 5).
     "llamagen_xl_vapi": dict(backbone="llamagen_xl", method="vapi", out_dir="runs/llamagen_xl_vapi", steps=200,
@@ -157,6 +131,9 @@ PRESETS = {
                              group_size=8, lr_gpt=1e-6, weight_decay=1e-4, vapi_xi=0.5, vapi_ce=0.1, vapi_kl=0.0,
                              grad_ckpt=True),
 }
+# docs/method.md §8, column "LlamaGen HPS": the CLIP run with HPS v2.1, lambda_d 0.1 and its own length
+PRESETS["llamagen_xl_hps"] = {**PRESETS["llamagen_xl_clip"], "out_dir": "runs/llamagen_xl_hps", "steps": 2000,
+                              "total_steps": 2340, "lambda_reward": 0.1, "reward": "hpsv2"}
 # docs/method.md §8, columns "Janus CLIP" / "Janus HPS", in optimizer updates: 2 prompts x grad_accum 2 x 8 GPUs =
 # 32 prompts per update, as the scripts intended (the released accumulation kept only every second micro-batch and
 # counted micro-steps, D9: its disc_start 100, total 4680, checkpoint 500 and 6k evaluated steps become 50, 2340,
@@ -168,17 +145,13 @@ PRESETS = {
 # was scored by that once-pulled EMA; here both micro-batches see one EMA and the two pulls go to the updated decoder.
 # DEVIATION (docs/method.md §17.4): fp32 master weights, AdamW states and EMAs under bf16 autocast; the released
 # Janus runs trained bf16 weights with bf16 states and EMAs, so most weights and the 0.999 EMA could not move.
-for _name, _beta, _reward in (("janus_pro_1b_clip", 0.05, "clip"), ("janus_pro_1b_hps", 0.01, "hpsv2")):
-    PRESETS[_name] = dict(backbone="janus_pro_1b", out_dir=f"runs/{_name}", steps=3000, total_steps=2340,
-                          ckpt_every=250, sample_every=250, batch_prompts=2, grad_accum=2, group_size=8,
-                          cfg_scale=5.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5, lr_disc=2e-5, beta_kl=_beta,
-                          lambda_reward=0.05, lambda_consist=5.0, disc_start=50, reward=_reward, grad_ckpt=True,
-                          ema_vq_decay=0.99 ** 2, grad_clip=2.0)
-CHOICES = dict(backbone=("tiny", "llamagen_xl", "janus_pro_1b"), janus_config=("janus_pro_1b", "tiny"),
-               method=("ranke", "grpo", "decoder", "vapi"), kl_estimator=("k2", "k3"), kl_ref=("frozen", "ema"),
-               logp_cfg=("cond", "guided"),
-               rank_mode=("reward", "uniform"), logger=("none", "tensorboard", "wandb"), reward=("clip", "hpsv2"),
-               device=("auto", "cpu", "cuda"), preset=tuple(PRESETS), toy_preset=("default", "tiny"))
+PRESETS["janus_pro_1b_clip"] = dict(backbone="janus_pro_1b", out_dir="runs/janus_pro_1b_clip", steps=3000,
+                                    total_steps=2340, ckpt_every=250, sample_every=250, batch_prompts=2, grad_accum=2,
+                                    group_size=8, cfg_scale=5.0, top_k=1000, lr_gpt=1e-6, lr_decoder=1e-5,
+                                    lr_disc=2e-5, beta_kl=0.05, lambda_reward=0.05, lambda_consist=5.0, disc_start=50,
+                                    reward="clip", grad_ckpt=True, ema_vq_decay=0.99 ** 2, grad_clip=2.0)
+PRESETS["janus_pro_1b_hps"] = {**PRESETS["janus_pro_1b_clip"], "out_dir": "runs/janus_pro_1b_hps", "beta_kl": 0.01,
+                               "reward": "hpsv2"}
 
 
 # Allowed values: (requirement, test, flags). parse_config reports every violation at once.
@@ -230,7 +203,7 @@ def parse_config(argv=None) -> Config:
     """Flags from the Config fields (help = each field's comment). The preset (--preset, else the one of --backbone,
     --reward and --method) sets the defaults, flags override them. Out-of-range values, a preset of another run and
     flags that would do nothing in this run exit at once, every bad flag named."""
-    cfg, given = parse_dataclass_flags(Config, PRESETS, CHOICES, argv, default_preset,
+    cfg, given = parse_dataclass_flags(Config, PRESETS, argv, default_preset,
                                        preset_keys=("backbone", "reward", "method"))
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
     if cfg.report_n < 0 or cfg.report_n == 1:
