@@ -21,8 +21,8 @@ them in this order. Per rank and iteration, with B (image, caption) pairs per mi
   --method ranke (default): 1-5 | grpo (standard RL): 1-3, the decoder never changes | decoder: 1-2, 4-5 (with
   --init_policy CKPT: the two-stage control, decoder steps on the rollouts of a finished standard-RL policy)
   --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
-What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (processes, checkpoints,
-resume, logging) in runtime.py; the memory estimator (--dry_run) in synthetic.py.
+What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (the run / system flags,
+processes, checkpoints, resume, logging) in runtime.py; the memory estimator (--dry_run) in synthetic.py.
 
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
 T caption slots, D caption feature width, V codebook size.

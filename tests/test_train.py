@@ -179,8 +179,9 @@ def test_dry_run_llamagen_xl_counts(capsys):
 def test_config_flags_and_presets():
     cfg = train.parse_config(["--method", "decoder", "--rank_k", "8", "--bf16", "false"])
     assert cfg.method == "decoder" and cfg.rank_k == 8 and cfg.bf16 is False
-    with pytest.raises(SystemExit):
-        train.parse_config(["--method", "nonsense"])
+    for flag in ("--method", "--logger", "--device"):      # allowed values: the Literal of the field
+        with pytest.raises(SystemExit):
+            train.parse_config([flag, "nonsense"])
     with pytest.raises(SystemExit):
         train.parse_config(["--rank_k", "9"])
 
