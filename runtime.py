@@ -22,8 +22,8 @@ import torch.distributed as dist
 import ckpt
 
 # ----------------------------------------------------------------------------------------------------------------
-# Run / system flags: where things are read and written, devices, logging, checkpoints. None of them changes what a
-# run computes; train.Config = train.AlgoConfig + RunConfig, one flat object (one flag per field).
+# Run / system flags: what is read (data, weights) and written (checkpoints, logs, grids), devices and precision.
+# The method's hyperparameters are train.AlgoConfig; train.Config is both, one flat object (one flag per field).
 @dataclass
 class RunConfig:
     out_dir: str = "runs/tiny"     # checkpoints, metrics.jsonl, sample grids
