@@ -37,29 +37,15 @@ import torch.nn.functional as F
 # ranke.group_advantages / ranke.policy_loss; train.py passes this file's outputs to them, and the self-check below
 # imports ranke itself (the only place here that needs it).
 
-__all__ = ["VAPI_PRESET", "noisy_context", "positionwise_sample", "positionwise_logprobs", "recon_reward", "ce_prior"]
+__all__ = ["noisy_context", "positionwise_sample", "positionwise_logprobs", "recon_reward", "ce_prior"]
 
-# Released LlamaGen T2I (GPT-XL, 256 px) run: docs/method.md §12.3, column "T2I", VA-Pi train_t2i_grpo_8gpu.sh:66-99.
-# C2I differs in xi (noise off) and steps (100); Janus-Pro-1B in xi (1.0), lr (1e-7), batch (8/2/GA 32), LPIPS-Alex.
-VAPI_PRESET = dict(
-    group_size=8,                    # G, --num-generations
-    token_noise_prob=0.5,            # xi, --use-token-noise --token-noise-prob
-    aux_ce_weight=0.1,               # beta, --aux-ce-weight: weight of the noisy-context next-token CE prior
-    kl_coef=0.0,                     # optional k3 KL to the frozen base: off (--use-kl-loss not passed; 0.01 if on)
-    kl_estimator="k3",               # exp(ref - logp) - (ref - logp) - 1 on the sampled tokens
-    clip_eps=0.2,                    # --clip-range
-    adv_clip=5.0,                    # --adv-clip-max
-    # DEVIATION: advantages via ranke.group_advantages, (r - mean) / std with groups of std <= 1e-4 set to 0;
-    # VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise).
-    reward_rec_weight=1.0,           # --reward-rec-weight, MSE (--reward-rec-type l2) in [-1, 1]
-    reward_perceptual_weight=1.0,    # --reward-perceptual-weight, LPIPS-VGG in eval mode
-    temperature=1.0, top_k=0, top_p=1.0,   # position-wise sampling: plain softmax
-    lr=1e-6, adam_betas=(0.9, 0.999), weight_decay=1e-4,   # AdamW; decay on params whose name lacks "norm"
-    grad_clip=1.0,
-    sample_batch_size=16, train_batch_size=8, grad_accum=16,   # per GPU (8 GPUs): one optimiser step per iteration
-    steps=200,                       # --epochs (iterations = optimiser steps)
-    model_mode="train",              # --sample-model-mode: dropout + caption dropout active in the training forward
-)
+# Released hyperparameters: docs/method.md §12.3; its T2I column (LlamaGen GPT-XL, 256 px, VA-Pi
+# train_t2i_grpo_8gpu.sh:66-99) is train.py's PRESETS["llamagen_xl_vapi"]. Fixed rather than flags: the k3 KL
+# estimator, plain softmax position-wise sampling (T 1, no top-k / top-p), AdamW betas (0.9, 0.999); the advantage
+# clip at 5 (--adv-clip-max) is left out: it never binds, |A| <= sqrt(G - 1) for z-scored groups of G = 8.
+# DEVIATION: advantages via ranke.group_advantages, (r - mean) / std with groups of std <= 1e-4 set to 0;
+# VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise).
+# DEVIATION: train.py decays every policy parameter; VA-pi's trainers skip those whose name has "norm" (§12.2).
 
 
 def _require(ok, msg):
@@ -158,7 +144,7 @@ if __name__ == "__main__":
     opt = torch.optim.Adam([E, P], lr=0.2)
     print("step  reward_mean  argmax_acc  (reward -> 0, acc -> 1)")
     for step in range(41):
-        z_in, s_n = noisy_context(z_gt, VAPI_PRESET["token_noise_prob"], V, gen)
+        z_in, s_n = noisy_context(z_gt, 0.5, V, gen)     # xi 0.5, released T2I
         prev = torch.cat([torch.zeros(B, 1, dtype=torch.long), z_in[:, :-1] + 1], dim=1)   # (B,N) shifted context
         logits = E[prev] + P                                              # (B,N,V), one teacher-forced forward
         samples, logp_old = positionwise_sample(logits.detach(), G, gen)
@@ -168,7 +154,7 @@ if __name__ == "__main__":
         pg, s_p = ranke.policy_loss(logp, logp_old, logp.detach(), adv, beta=0.0)
         ce, s_c = ce_prior(logits, z_gt)
         opt.zero_grad()
-        (pg + VAPI_PRESET["aux_ce_weight"] * ce).backward()
+        (pg + 0.1 * ce).backward()     # CE prior weight beta 0.1, released
         opt.step()
         if step % 10 == 0:
             print(f"{step:4d}  {s_r['reward_mean']:+.4f}      {s_c['token_acc']:.3f}   (ratio_mean {s_p['ratio_mean']:.3f}, "
