@@ -3,8 +3,9 @@ toy world, as pre-registered in docs/preregistration.md: Base, Standard RL (GRPO
 uniform (not reward-ranked) GAN, VA-pi, and the two-stage control (Standard RL, then as many decoder-only steps on the
 final policy's rollouts with RankE's decoder losses), several seeds each, from the same base models.
 
-    python -m toy.reproduce --lr_gpt 1e-5 --steps 300   # 8 seeds (5 for uniform GAN, VA-pi), n 1,024 per split;
-                                                        # writes runs/repro/{results.md, results.json, curves.png}
+    python -m toy.reproduce                       # the pre-registered comparison: lr 1e-5, L = 600 steps (docs/
+                                                  # calibration), 8 seeds (5 for uniform GAN, VA-pi), n 1,024 per split;
+                                                  # writes runs/repro/{results.md, results.json, curves.png}
     python -m toy.reproduce --seeds 0 --few_seeds 0 --steps 40 --n 256   # a quick look
 
 Every run is `python train.py --seed S ...` and every evaluation `python -m toy.eval --ckpt ... --json ...`
@@ -74,9 +75,11 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)), help="seeds of every arm")
     ap.add_argument("--few_seeds", type=int, nargs="+", default=list(range(5)),
                     help=f"seeds of the arms {list(FEW_SEEDS)} (a subset of --seeds)")
-    ap.add_argument("--lr_gpt", default=None, help="the policy learning rate X of every arm; the decoder and the "
-                    "discriminator get 10 X and 20 X, the released ratios (docs/method.md D15). Default: train.py's")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr_gpt", default="1e-5", help="the policy learning rate X of every arm (the calibrated one, "
+                    "docs/calibration); the decoder and the "
+                    "discriminator get 10 X and 20 X, the released ratios (docs/method.md D15)")
+    ap.add_argument("--steps", type=int, default=600, help="L, fixed by the pre-registered rule on the calibration "
+                                                            "curve (docs/calibration)")
     ap.add_argument("--evals", type=int, default=1, help="evaluated checkpoints per run (evenly spaced; the last is "
                                                          "the final step); the training curves come from every step")
     ap.add_argument("--n", type=int, default=1024, help="captions per split in each evaluation")
