@@ -11,6 +11,7 @@ from PIL import Image
 import eval_fid as ef
 import sample
 from data import to_uint8
+from test_sample import make_generate   # the fake uint8 generator, one copy for both test files
 
 
 # ------------------------------------------------------------------------------------------- Frechet distance
@@ -65,14 +66,6 @@ def test_to_uint8_and_center_crop_resize():
     out = ef.center_crop_resize(Image.fromarray(a), 20)
     assert out.size == (20, 20) and (np.asarray(out) == 200).all()
     assert ef.center_crop_resize(Image.fromarray(a), 8).size == (8, 8)
-
-
-def make_generate(calls):
-    def generate(captions):
-        calls.append(list(captions))
-        vals = torch.tensor([len(c) * 10 % 256 for c in captions], dtype=torch.uint8)
-        return vals.view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()  # (B,3,8,8) uint8
-    return generate
 
 
 def test_read_coco_folder_refuses_partial_and_foreign_folders(tmp_path):
