@@ -27,6 +27,7 @@ Symbols: mean +- std = mean and sample standard deviation (ddof 1) over seeds.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,9 +142,12 @@ def main():
             if not os.path.exists(rl):
                 return None
             init = ["--init_policy", rl]
+        # a run cut off resumes from its newest checkpoint: with one evaluation per run a checkpoint every 50 steps
+        # (the newest two kept), else one per evaluated step (all kept until scored)
+        save, keep = (math.gcd(args.steps, 50), 2) if args.evals == 1 else (every, args.evals + 1)
         return [("train", [sys.executable, os.path.join(ROOT, "train.py"), *METHODS[method], *init, *COMMON,
                            *lr_flags(method), "--seed", str(seed), "--steps", str(args.steps), "--ckpt_every",
-                           str(every), "--keep_ckpts", str(args.evals + 1), "--out_dir", d, "--toy_cache",
+                           str(save), "--keep_ckpts", str(keep), "--out_dir", d, "--toy_cache",
                            args.toy_cache, "--toy_preset", args.toy_preset, "--resume", *args.extra.split()],
                  os.path.join(d, "train.log"), (d, method, seed))]
 
