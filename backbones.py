@@ -10,7 +10,7 @@ beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_path
                  no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
                                (toy/world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
   --synthetic    both sides at real size (or a reduced scale) with seeded random weights, a synthetic caption/image
-                 stream and hashing tokenizers; nothing is read or downloaded (synthetic.py)
+                 stream and hashing tokenizers; nothing is read or downloaded (perf/synthetic.py)
 
 Self-check: none of its own (it only wires other files together); tests/test_train.py runs every backbone.
 Symbols: B prompts per rank, T prompt length (caption slots / token ids), D caption feature width, N image tokens,
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 
 import ckpt
-import fast_sample  # the samplers the loop uses: the same tokens as policy.sample / janus.sample, faster
 import policy
 import rewards
-import synthetic
 import text_encoders
 import vq as vqlib
 from data import PairDataset, PairStream, WorldStream
+from perf import fast_sample  # the samplers the loop uses: the same tokens as policy.sample / janus.sample, faster
+from perf import synthetic    # --synthetic: the same models at real size with seeded random weights
 
 
 @dataclass
@@ -108,7 +108,7 @@ def load_toy_world(cfg, rank=0):
 def build_policy(cfg, device, toy=None, weights=True):
     """Policy side: (text_encoder, gpt, vq, sample, logprobs). weights=False builds the architectures without
     reading the base checkpoints (sample.py then loads a train.py checkpoint into them)."""
-    if getattr(cfg, "synthetic", ""):       # random weights, hashing tokenizer (synthetic.py)
+    if getattr(cfg, "synthetic", ""):       # random weights, hashing tokenizer (perf/synthetic.py)
         if not weights:                     # sample.py and friends: a checkpoint of a synthetic run is being loaded
             print(synthetic.banner(cfg).replace("SYNTHETIC RUN", "CHECKPOINT OF A SYNTHETIC RUN"), flush=True)
         return synthetic.build_policy(cfg, device)

@@ -12,7 +12,7 @@ Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-
 cumsum(mask) - 1 (pads: 1); logits, CFG and log-softmax in fp32 (there: bf16 head logits).
 `forward` gives teacher-forced logits with policy.py's convention; `sample` (static KV cache; the step rule:
 sampling.py) is tested token for token against `sample_naive`, and the trunk against transformers'
-JanusForConditionalGeneration (tests/test_janus.py); fast_sample.py draws the same tokens faster (what train.py uses).
+JanusForConditionalGeneration (tests/test_janus.py); perf/fast_sample.py draws the same tokens faster (what train.py uses).
 
 Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench/janus.py
 Copy together with vq.py, ckpt.py and sampling.py (the tokenizer's VQModel; read_state_dict / load_strict; the step

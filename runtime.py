@@ -55,7 +55,7 @@ class RunConfig:
     bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
     grad_ckpt: bool = False        # activation checkpointing in the policy's training forward (D10)
     dry_run: bool = False          # build without weights, print parameter counts and a memory estimate
-    synthetic: str = ""            # RANDOM weights, nothing read (synthetic.py): full (bare flag) | L = layers | tiny
+    synthetic: str = ""            # RANDOM weights, nothing read (perf/synthetic.py): full (bare flag) | L = layers | tiny
     #                                L: real widths, every transformer stack L layers deep; tiny: CPU-test scale
 
 
@@ -177,7 +177,7 @@ def resume(cfg, m, gen, stream, world, rank) -> int:
         return 0
     ck, path = ckpt.load_latest_ckpt(cfg.out_dir)
     was, now = ck["config"].get("synthetic", ""), getattr(cfg, "synthetic", "")
-    if was != now:   # synthetic.py: random weights must never pass for trained ones, nor one scale for another
+    if was != now:   # perf/synthetic.py: random weights must never pass for trained ones, nor one scale for another
         raise SystemExit(f"{path} was written with --synthetic {was!r} ('' = real weights), this run has --synthetic "
                          f"{now!r}: runs of different --synthetic values never share checkpoints; pick another "
                          f"--out_dir or the checkpoint's --synthetic value")
@@ -197,7 +197,7 @@ class Logger:
 
     def __init__(self, cfg, master):
         self.f = self.tb = self.wb = None
-        # every metrics line of a synthetic run (random weights, synthetic.py) says so
+        # every metrics line of a synthetic run (random weights, perf/synthetic.py) says so
         self.tag = {"synthetic": cfg.synthetic} if getattr(cfg, "synthetic", "") else {}
         os.makedirs(cfg.out_dir, exist_ok=True)
         if not master:

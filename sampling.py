@@ -1,6 +1,6 @@
 """One sampling step of an autoregressive image-token policy: classifier-free guidance (CFG), temperature, top-k /
 top-p filtering and the categorical draw from a torch.Generator. Shared by both backbones' samplers (policy.py,
-janus.py) and by their fast decode paths (fast_sample.py). A leaf: imports torch only, so any file may import it.
+janus.py) and by their fast decode paths (perf/fast_sample.py). A leaf: imports torch only, so any file may import it.
 
 Concept (arXiv 2605.21195 samples its rollouts with CFG; docs/method.md §4.6, §17.3): with c and u the logits of the
 conditional and the null-prompt row at one step, s the CFG scale and T the temperature,

@@ -22,7 +22,7 @@ them in this order. Per rank and iteration, with B (image, caption) pairs per mi
   --init_policy CKPT: the two-stage control, decoder steps on the rollouts of a finished standard-RL policy)
   --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
 What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (the run / system flags,
-processes, checkpoints, resume, logging) in runtime.py; the memory estimator (--dry_run) in synthetic.py.
+processes, checkpoints, resume, logging) in runtime.py; the memory estimator (--dry_run) in perf/synthetic.py.
 
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
 T caption slots, D caption feature width, V codebook size.
@@ -529,7 +529,7 @@ def main(cfg: Config):
 if __name__ == "__main__":
     cfg = parse_config()
     if cfg.dry_run:
-        from synthetic import dry_run   # memory estimator: the models on the meta device
+        from perf.synthetic import dry_run   # memory estimator: the models on the meta device
         dry_run(cfg)
     else:
         main(cfg)

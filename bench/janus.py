@@ -18,7 +18,7 @@ import time
 import torch
 
 import janus
-from fast_sample import sample_janus
+from perf.fast_sample import sample_janus
 
 SIZES = {
     "tiny": janus.JANUS_CONFIGS["tiny"],

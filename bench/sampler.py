@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fast_sample import sample_gpt
+from perf.fast_sample import sample_gpt
 from policy import GPT, GPT_CONFIGS, GPTConfig, sample, sample_naive
 
 

@@ -1,7 +1,7 @@
 """Speed and memory of each stage of one RankE iteration at real size, on synthetic (random) weights.
 
 The stages are train.py's own step functions (docs/method.md §3), run on a backbone built by `--synthetic` (every
-model at its real size, or a smaller --scale; synthetic.py), so the numbers are those of the real loop without any
+model at its real size, or a smaller --scale; perf/synthetic.py), so the numbers are those of the real loop without any
 download. Per stage: median wall time over --repeats (after --warmup), samples/s, and on CUDA the peak memory of the
 stage (reset before it, read after a synchronize); then the sampler alone at --sample_batch prompts (tokens/s,
 images/s), and on CUDA the largest stage peak against synthetic.dry_run's estimate for the same batch.
@@ -113,7 +113,7 @@ def main(argv=None):
               f"{t:.3f} s, {a.sample_batch * n_tok / t:.0f} tokens/s, {a.sample_batch / t:.2f} images/s"
               + (f", peak {peak:.2f} GiB" if cuda else ""))
     if cuda:
-        from synthetic import dry_run
+        from perf.synthetic import dry_run
         est = sum(dry_run(cfg).values()) / GiB
         note = "" if cfg.synthetic == "full" else " (the estimate is for the FULL-size models: use --scale full)"
         print(f"peak memory: measured {max(r[3] for r in rows):.2f} GiB (largest stage) vs dry_run estimate "

@@ -5,7 +5,10 @@ sampling step both policies share) import numpy / torch / ... and at most the fe
 the toy package (toy/: the laptop-scale world, its models, its evaluation, its reproduction script) imports concept
 files and is never imported by them; train.py and its seam backbones.py import it only inside a function (when the toy
 world is asked for). The benches (bench/) are imported by nothing. No import cycle anywhere, counting imports inside
-functions and under `if __name__ == "__main__":`. Modules are named as Python imports them: `toy.world`, `bench.janus`.
+functions and under `if __name__ == "__main__":`. The speed and memory machinery (perf/: the fast decode paths, the
+synthetic real-size models and the memory estimate) imports concept files and is imported by the loop's files (train.py,
+the seam backbones.py), the scripts and tests, never by a concept file. Modules are named as Python imports them:
+`toy.world`, `bench.janus`, `perf.fast_sample`.
 
 Run: pytest -q tests/test_imports.py   (the ast part takes milliseconds; the copy-alone part starts one Python per
 concept file, a few at a time, ~20 s on 2 cores)
@@ -20,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("toy", "bench")                                                     # the two sub-packages
+PACKAGES = ("toy", "bench", "perf")                                             # the three sub-packages
 
 
 def _modules():
@@ -37,9 +40,9 @@ FILES = _modules()                                                              
 MODULES = sorted(FILES)
 CONCEPTS = ("vq", "policy", "rewards", "ranke", "shift", "vapi", "data", "eval_fid", "ckpt", "janus",
             "text_encoders", "sampling")
-ROOT_FILES_MAX = 18              # `ls *.py` at the root: method files, entry points, the seam, the loop's plumbing
+ROOT_FILES_MAX = 16              # `ls *.py` at the root: method files, entry points, the seam, the loop's plumbing
 LEAVES = ("ckpt", "sampling")   # import no repository module, so any file may import them
-TOY, BENCH = "toy", "bench"
+TOY, BENCH, PERF = "toy", "bench", "perf"
 in_package = lambda m, p: m == p or m.startswith(p + ".")
 # Every repository import a concept file may make, with the reason. main_only: allowed only in the file's
 # `if __name__ == "__main__":` self-check (the file itself copies without it).
@@ -162,7 +165,8 @@ def _fmt(edges):
 def test_the_graph_sees_the_files():
     for m in CONCEPTS + ("train",):
         assert m in MODULES, f"{m}.py is missing from the repository root"
-    for m in ("toy.world", "toy.models", "toy.eval", "toy.report", "toy.reproduce", "bench.sampler"):
+    for m in ("toy.world", "toy.models", "toy.eval", "toy.report", "toy.reproduce", "bench.sampler",
+              "perf.fast_sample", "perf.synthetic"):
         assert m in MODULES, f"{FILES.get(m, m)} is missing"
     assert not [f for f in os.listdir(ROOT) if f.startswith(("toy_", "bench_")) and f.endswith(".py")], \
         "the toy world lives in toy/, the benches in bench/"
@@ -192,10 +196,17 @@ def test_concept_files_import_only_the_allow_list():
     assert not stale, f"ALLOWED lists imports that no longer exist (remove them): {stale}"
 
 
-def test_concept_files_never_import_toy_or_bench():
+def test_concept_files_never_import_toy_bench_or_perf():
     bad = [(m, dep, where) for m in CONCEPTS for dep, where in GRAPH[m].items()
-           if in_package(dep, TOY) or in_package(dep, BENCH)]
-    assert not bad, "a concept file imports toy/ or bench/: " + _fmt(bad)
+           if in_package(dep, TOY) or in_package(dep, BENCH) or in_package(dep, PERF)]
+    assert not bad, "a concept file imports toy/, bench/ or perf/: " + _fmt(bad)
+
+
+def test_perf_builds_on_concept_files_and_not_on_the_loop():
+    """perf/ imports concept files (and itself), never train.py, the seam, the toy or the benches."""
+    bad = [(m, dep, where) for m, deps in GRAPH.items() if in_package(m, PERF) for dep, where in deps.items()
+           if not (dep in CONCEPTS or in_package(dep, PERF))]
+    assert not bad, "perf/ may import only concept files and itself: " + _fmt(bad)
 
 
 def test_toy_is_imported_only_by_itself_and_lazily_by_train_and_its_seam():

@@ -15,7 +15,7 @@ import torch
 
 import janus
 import vq
-from fast_sample import sample_janus
+from perf.fast_sample import sample_janus
 from janus_fixtures import CFG, SPECIALS, random_tiny, to_hf_key, write_tiny_janus
 
 BOS, PAD, BOI = CFG.bos_id, CFG.pad_id, CFG.boi_id

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-import fast_sample
+from perf import fast_sample
 import policy
-from fast_sample import sample_gpt
+from perf.fast_sample import sample_gpt
 from policy import (GPT, GPT_CONFIGS, GPTConfig, attention_mask, load_gpt, rope_table, sample, sample_naive,
                     token_logprobs)
 from text_encoders import WordTextEncoder

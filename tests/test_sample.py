@@ -185,7 +185,7 @@ def test_refused_folder_is_named_before_sampling(toy_ckpt, tmp_path):
 def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_cache, tmp_path, monkeypatch):
     # a tiny Janus trained one step in the toy world; sample.py must use Janus's released evaluation sampler
     # (CFG 5, top-k 50: D12), not the rollout top-k 1000 of its training preset, and its uint8 conversion
-    import fast_sample
+    from perf import fast_sample
     from janus_fixtures import write_tiny_janus
     ckpt_path, tok_dir = write_tiny_janus(tmp_path / "janus")
     cfg = train.parse_config(["--backbone", "janus_pro_1b", "--janus_config", "tiny", "--janus_ckpt", ckpt_path,

@@ -1,4 +1,4 @@
-"""train.py --synthetic: the real loop on random-weight models, nothing read or downloaded (synthetic.py).
+"""train.py --synthetic: the real loop on random-weight models, nothing read or downloaded (perf/synthetic.py).
 
 Scale in the runs below: --synthetic tiny. Real size: FLAN-T5-XL width (2048 x 5120, 32 heads, vocabulary 32128;
 2 of 24 layers), the VQ-16 depth and codebook (16384 x 8; base width 32 of 128), LPIPS-VGG16, the PatchGAN, the
@@ -18,7 +18,7 @@ import torch
 import ckpt
 import data
 import runtime
-import synthetic
+from perf import synthetic
 import train
 import vq as vqlib
 

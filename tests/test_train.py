@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import ckpt
-import synthetic
+from perf import synthetic
 import train
 from data import write_tar
 

@@ -19,7 +19,7 @@ Run:    python -m toy.eval --ckpt runs/x/ckpt_0000150.pt [--decoder online|ema|b
         `python -m toy.eval --help` lists the flags. (Formerly `python eval_fid.py toy ...`.)
 Tests:  pytest tests/test_toy_eval.py
 Depends on: torch, numpy; concept files ckpt.py (checkpoint reading), eval_fid.py (Frechet distance), shift.py (LCS);
-fast_sample.py (the sampler train.py uses); toy wing toy/world.py (the world and its base models). Part of the toy
+perf/fast_sample.py (the sampler train.py uses); toy wing toy/world.py (the world and its base models). Part of the toy
 wing (toy/): no concept file imports it.
 Symbols: M captions (= n per split), N image tokens (64), K codebook size (256), S image side (32), F feature width.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import ckpt
-import fast_sample
+from perf import fast_sample
 import shift
 from toy import world as toy_world
 from eval_fid import feature_stats, frechet_distance, kernel_inception_distance

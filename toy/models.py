@@ -12,7 +12,7 @@ train_vq), LlamaGen train_t2i.py (next-token CE, caption dropout 0.1), CLIP (sym
 
 Run: python -m toy.models (the pieces on random weights, seconds); `python -m toy.world` builds and reports.
 Tests: pytest tests/test_toy_world.py.
-Depends on: torch, tqdm, open_clip; siblings fast_sample.py (sample_gpt), eval_fid.py (Frechet distance). Copy with
+Depends on: torch, tqdm, open_clip; siblings perf/fast_sample.py (sample_gpt), eval_fid.py (Frechet distance). Copy with
 toy/world.py. Part of the toy wing (toy/): no concept file imports it; it never imports toy/world.py back.
 Symbols: B batch, N = 64 image tokens, K = 256 codes, E CLIP embedding width, F = 256 feature width.
 """
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import open_clip
 from eval_fid import feature_stats, frechet_distance
-from fast_sample import sample_gpt
+from perf.fast_sample import sample_gpt
 
 log = logging.getLogger("toy")
 

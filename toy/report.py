@@ -12,7 +12,7 @@ The table is printed and saved; both PNGs go next to it in the run folder.
 
 Run:    python -m toy.report --run runs/tiny          (train.py calls it at the end of a toy run; --report_n 0: off)
 Tests:  pytest tests/test_toy_report.py
-Depends on: torch, numpy, matplotlib; ckpt.py, fast_sample.py (the sampler train.py uses); toy wing toy/world.py,
+Depends on: torch, numpy, matplotlib; ckpt.py, perf/fast_sample.py (the sampler train.py uses); toy wing toy/world.py,
 toy/eval.py. Part of the toy wing (toy/): no concept file imports it; train.py imports it inside main() only.
 Symbols: n captions per split, R grid rows (captions), G samples per caption, S = 32 image side.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import ckpt
-import fast_sample
+from perf import fast_sample
 from toy import eval as toy_eval
 from toy import world as toy_world
 

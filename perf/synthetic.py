@@ -27,7 +27,7 @@ counts and a per-component memory estimate for the chosen batch. Activations are
 during a forward on meta tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay
 fp32). The total is a sum, an upper bound: the stages of an iteration run one after another.
 
-Self-check (CPU, seconds): python synthetic.py   (full sizes on the meta device against FULL_COUNTS; one tiny
+Self-check (CPU, seconds): python -m perf.synthetic   (full sizes on the meta device against FULL_COUNTS; one tiny
 text-encode, reward and LPIPS call; the dry-run estimate of the released LlamaGen-XL batch).
 Tests: pytest -q tests/test_synthetic.py.  Speed per stage: bench/stages.py.
 Symbols: B captions / images, S image side, T caption slots (T5: 120) or prompt tokens (Janus), D T5 width (2048),
@@ -44,12 +44,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-import fast_sample
 import policy
 import rewards
 import text_encoders
-from data import WorldStream
 import vq as vqlib
+from data import WorldStream
+from perf import fast_sample
 
 BANNER = """
 ################################################################################################

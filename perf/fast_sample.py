@@ -15,7 +15,7 @@ What makes them faster (no change of maths; the per-step rule is sampling.py's, 
 - policy, fp32: the text keys are summarised as one key (see sample_gpt);
 - one finiteness check of the logits at the end instead of one per step (each a host sync on a GPU).
 
-Run the self-check (CPU, seconds): python fast_sample.py   Speed: bench/sampler.py, bench/janus.py
+Run the self-check (CPU, seconds): python -m perf.fast_sample   Speed: bench/sampler.py, bench/janus.py
 Copy together with policy.py and janus.py (both imported) and their sampling.py, ckpt.py, vq.py.
 Symbols: B prompts, R rows (B, or 2B with CFG: [cond; null]), T caption slots / prompt length, N image tokens, V
 vocabulary, H heads, hd head dim, L cache length T + N - 1, p sequence index of the token fed at a step.
