@@ -2,7 +2,9 @@
 
 RankE (arXiv 2605.21195) is backbone-agnostic: the loop (train.py, docs/method.md §3) only samples, scores
 log-probs, decodes and rewards. A backbone provides a `Backbone` record; adding one (as Janus-Pro-1B was added
-beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_paths`, nothing in the loop.
+beside LlamaGen-XL) means one row of MODELS and one more branch of `build_policy` and of `check_paths`, nothing in
+the loop. MODELS is the one place that says which models a backbone has and at what size: the builders here and their
+random-weight twins in perf/synthetic.py (--synthetic, --dry_run) read it.
 
   policy side    tiny (the toy world's GPT + VQ)  |  llamagen_xl (GPT-XL t2i + VQ-16 + FLAN-T5-XL, policy.py)
                  |  janus_pro_1b (Janus-Pro-1B generation path + its VQ-16 + its own tokenizer, janus.py)
@@ -10,12 +12,14 @@ beside LlamaGen-XL) means one more branch of `build_backbone` and of `check_path
                  no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
                                (toy/world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
   --synthetic    both sides at real size (or a reduced scale) with seeded random weights, a synthetic caption/image
-                 stream and hashing tokenizers; nothing is read or downloaded (perf/synthetic.py)
+                 stream and hashing tokenizers; nothing is read or downloaded (perf/synthetic.py builds the same
+                 Backbone record from the same MODELS rows; train.py picks it under --synthetic)
 
 Self-check: none of its own (it only wires other files together); tests/test_train.py runs every backbone.
 Symbols: B prompts per rank, T prompt length (caption slots / token ids), D caption feature width, N image tokens,
 V image-token vocabulary, S image side.
 """
+import math
 import os
 from dataclasses import dataclass
 
@@ -28,7 +32,22 @@ import text_encoders
 import vq as vqlib
 from data import PairDataset, PairStream, WorldStream
 from perf import fast_sample  # the samplers the loop uses: the same tokens as policy.sample / janus.sample, faster
-from perf import synthetic    # --synthetic: the same models at real size with seeded random weights
+from runtime import check_synthetic
+
+
+# ---- which models each backbone has, and their sizes: the one table (the sizes are the registries it names) -----
+@dataclass(frozen=True)
+class Models:
+    gpt: str     # the policy's config: a policy.GPT_CONFIGS key; for Janus a janus.JANUS_CONFIGS key (the default of
+    #              --janus_config, which a real run may change)
+    vq: str      # the tokenizer's config: a vq.VQ_CONFIGS key; "" = the one the Janus config names (janus_vq_config)
+    text: str    # the caption encoder: a text_encoders.T5_CONFIGS key; "words" = the toy's word encoder; "" = none
+    #              (Janus embeds its own prompt)
+
+
+MODELS = {"tiny": Models("toy", "toy", "words"),                 # trained by toy/world.py (python -m toy.world)
+          "llamagen_xl": Models("GPT-XL-t2i", "vq16", "flan-t5-xl"),
+          "janus_pro_1b": Models("janus_pro_1b", "", "")}
 
 
 @dataclass
@@ -47,13 +66,12 @@ class Backbone:
 
 def image_side(cfg) -> int:
     """Side in pixels of the images the configured policy's tokenizer decodes (train.py sets --image_size to it)."""
-    if getattr(cfg, "synthetic", ""):
-        return synthetic.image_side(cfg)
     if cfg.backbone == "janus_pro_1b":
         import janus
         jc = janus.JANUS_CONFIGS[cfg.janus_config]
         return int(round(jc.image_tokens ** 0.5)) * 2 ** (len(janus.janus_vq_config(jc).ch_mult) - 1)
-    return 256 if cfg.backbone == "llamagen_xl" else 32
+    m = MODELS[cfg.backbone]     # sqrt(N) tokens per side, 2 x per VQ level above the first
+    return math.isqrt(policy.GPT_CONFIGS[m.gpt].block_size) * 2 ** (len(vqlib.VQ_CONFIGS[m.vq].ch_mult) - 1)
 
 
 def uses_toy_world(cfg) -> bool:
@@ -108,19 +126,16 @@ def load_toy_world(cfg, rank=0):
 def build_policy(cfg, device, toy=None, weights=True):
     """Policy side: (text_encoder, gpt, vq, sample, logprobs). weights=False builds the architectures without
     reading the base checkpoints (sample.py then loads a train.py checkpoint into them)."""
-    if getattr(cfg, "synthetic", ""):       # random weights, hashing tokenizer (perf/synthetic.py)
-        if not weights:                     # sample.py and friends: a checkpoint of a synthetic run is being loaded
-            print(synthetic.banner(cfg).replace("SYNTHETIC RUN", "CHECKPOINT OF A SYNTHETIC RUN"), flush=True)
-        return synthetic.build_policy(cfg, device)
+    m = MODELS[cfg.backbone]
     if cfg.backbone == "tiny":
         toy = toy or load_toy_world(cfg)
         return toy.text_encoder, toy.gpt, toy.vq, fast_sample.sample_gpt, policy.token_logprobs
     if cfg.backbone == "llamagen_xl":
-        gcfg, vcfg = policy.GPT_CONFIGS["GPT-XL-t2i"], vqlib.VQ_CONFIGS["vq16"]
+        gcfg, vcfg = policy.GPT_CONFIGS[m.gpt], vqlib.VQ_CONFIGS[m.vq]
         gpt = policy.load_gpt(cfg.gpt_ckpt, gcfg) if weights else policy.GPT(gcfg)
         vq = vqlib.load_vq(cfg.vq_ckpt, vcfg) if weights else vqlib.VQModel(vcfg)
-        return (text_encoders.T5TextEncoder(cfg.t5_path, device=device), gpt, vq, fast_sample.sample_gpt,
-                policy.token_logprobs)
+        return (text_encoders.T5TextEncoder(cfg.t5_path, max_len=gcfg.cls_token_num, device=device), gpt, vq,
+                fast_sample.sample_gpt, policy.token_logprobs)
     import janus           # imported only for this backbone
     jc = janus.JANUS_CONFIGS[cfg.janus_config]
     gpt, vq = janus.load_janus(cfg.janus_ckpt, jc) if weights else (janus.JanusGen(jc),
@@ -131,14 +146,10 @@ def build_policy(cfg, device, toy=None, weights=True):
 
 def build_backbone(cfg, device, rank: int) -> Backbone:
     data_seed = cfg.seed + 1000 * rank
-    toy = load_toy_world(cfg, rank) if uses_toy_world(cfg) and not cfg.synthetic else None
-    if cfg.synthetic and rank == 0:
-        print(synthetic.banner(cfg), flush=True)
-    text_encoder, gpt, vq, sample, logprobs = build_policy(cfg, device, toy)
+    toy = load_toy_world(cfg, rank) if uses_toy_world(cfg) else None
+    policy_side = build_policy(cfg, device, toy)
     # ---- world side: data stream, reward, perceptual distance ----
-    if cfg.synthetic:
-        reward_fn, perceptual, stream = synthetic.build_world(cfg, device, data_seed)
-    elif toy is not None:
+    if toy is not None:
         reward_fn, perceptual = toy.reward_fn, toy.perceptual
         stream = (PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank) if cfg.data
                   else WorldStream(toy.world, cfg.batch_prompts, data_seed))
@@ -148,6 +159,12 @@ def build_backbone(cfg, device, rank: int) -> Backbone:
         perceptual = vqlib.LPIPS(vgg_path=cfg.lpips_vgg or None, lin_path=cfg.lpips_lin or None).to(device) \
             if needs_lpips(cfg) else None
         stream = PairStream(PairDataset(cfg.data, cfg.image_size), cfg.batch_prompts, data_seed, rank)
+    return assemble(cfg, device, policy_side, (reward_fn, perceptual, stream))
+
+
+def assemble(cfg, device, policy_side, world_side) -> Backbone:
+    """The record from the two sides (this file's builders, or perf/synthetic.py's)."""
+    (text_encoder, gpt, vq, sample, logprobs), (reward_fn, perceptual, stream) = policy_side, world_side
     gpt.cfg.grad_ckpt = cfg.grad_ckpt
     return Backbone(text_encoder, gpt.to(device), vq.to(device), sample, logprobs,
                     lambda m, t, c, mk: m(t, c, mk), reward_fn, perceptual, stream)
@@ -164,7 +181,7 @@ def check_paths(cfg) -> list:
     bad = [f"--out_dir {cfg.out_dir!r} is a file; pass a directory (it is created if missing)"
            if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir) else None]
     if cfg.synthetic:                           # nothing is read: only the value and what it cannot combine with
-        bad += [synthetic.check(cfg.synthetic),
+        bad += [check_synthetic(cfg.synthetic),
                 cfg.backbone == "tiny" and "--synthetic: the toy backbone is already local and small; use --backbone "
                                            "llamagen_xl or janus_pro_1b",
                 cfg.data and f"--data {cfg.data!r} with --synthetic: a synthetic run draws its own captions and "

@@ -62,6 +62,13 @@ class RunConfig:
 BARE_FLAGS = {"synthetic": "full"}   # str flags that may be given without a value, and the value they then take
 
 
+def check_synthetic(value: str) -> str | None:
+    """--synthetic value -> None if valid, else a message naming the fix (scales: perf/synthetic.py)."""
+    if value in ("", "full", "tiny") or (value.isdigit() and int(value) >= 1):
+        return None
+    return f"--synthetic {value!r}: use full (real sizes), tiny (CPU tests) or a layer count >= 1 (e.g. 2)"
+
+
 def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("backbone",)):
     """One flag per field of the dataclass `cls` (and of its dataclass bases); its help text is the comment after the
     field, its allowed values those of a Literal[...] type. --preset NAME (or default_preset(**the preset_keys flags

@@ -56,7 +56,7 @@ def load_sampler(ckpt_path, *, policy="online", decoder="online", device="cpu", 
                         what="a train.py checkpoint (runs/<name>/ckpt_*.pt)")
     known = {f for f in train.Config.__dataclass_fields__}
     cfg = train.Config(**{**{k: v for k, v in ck["config"].items() if k in known}, **(overrides or {})})
-    text_encoder, gpt, vq, sample_fn, _ = backbones.build_policy(cfg, device, weights=False)
+    text_encoder, gpt, vq, sample_fn, _ = train.seam(cfg).build_policy(cfg, device, weights=False)
     gpt.load_state_dict(ck["gpt" if policy == "online" else "ema_gpt"])
     vq.load_state_dict(ck["vq" if decoder == "online" else "ema_vq"])
     return cfg, text_encoder, gpt.to(device).eval(), vq.to(device).eval(), sample_fn

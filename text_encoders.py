@@ -53,6 +53,14 @@ def clean_caption(text: str) -> str:
     return re.sub(r"\s+", " ", t).strip()
 
 
+# The T5 encoders' sizes (what `backbones.MODELS` names; perf/synthetic.py builds them with random weights; a real run
+# reads the same numbers from the model's config.json): FLAN-T5-XL = google/flan-t5-xl config.json (T5 v1.1 XL),
+# gated-GELU (gelu_new) feed-forward, relative attention 32 buckets / distance 128.
+T5_CONFIGS = {"flan-t5-xl": dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32,
+                                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                                 feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6)}
+
+
 class T5TextEncoder:
     """FLAN-T5-XL encoder (language/t5.py; docs/method.md §13.9), loaded lazily on the first call. The model hub is
     never required: pass a local directory holding the HF files of google/flan-t5-xl."""

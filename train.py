@@ -41,10 +41,18 @@ import ckpt
 import ranke
 import vapi
 import vq as vqlib
-from backbones import WORLD_SCOPES, Backbone, build_backbone, check_paths, image_side
+import backbones
+from backbones import WORLD_SCOPES, Backbone, check_paths
 from data import save_grid
+from perf import synthetic
 from runtime import (Logger, RunConfig, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb,
                      resume, save_checkpoint, setup_distributed, teardown)
+
+
+def seam(cfg):
+    """Whose builders (build_backbone, build_policy, image_side) make this run's backbone: backbones.py, or under
+    --synthetic their random-weight twins in perf/synthetic.py (both read backbones.MODELS)."""
+    return synthetic if cfg.synthetic else backbones
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,7 +222,7 @@ def parse_config(argv=None) -> Config:
     if own != cfg.preset:     # only with --preset: a preset's values belong to its backbone, reward and method
         bad.append(f"--preset {cfg.preset}: the values of another backbone / reward / method than this run's (--backbone "
                    f"{cfg.backbone} --reward {cfg.reward} --method {cfg.method}); use --preset {own}, or drop --preset")
-    side = image_side(cfg)    # derived: the side the tokenizer decodes
+    side = seam(cfg).image_side(cfg)    # derived: the side the tokenizer decodes
     if "image_size" in given and cfg.image_size != side:
         bad.append(f"--image_size {cfg.image_size}: the image side follows from the backbone ({side} px here); drop "
                    f"--image_size")
@@ -475,7 +483,7 @@ def main(cfg: Config):
         print(json.dumps(asdict(cfg), indent=1), f"\n{torch.get_num_threads()} torch threads (results depend on the "
               "count: float reduction order)", flush=True)
     torch.manual_seed(cfg.seed)                                     # identical model init on every rank
-    bb = build_backbone(cfg, device, rank)
+    bb = seam(cfg).build_backbone(cfg, device, rank)
     if cfg.init_policy:             # before build_models, so the reference and EMA copies are of this policy
         bb.gpt.load_state_dict(init_ckpt["gpt"])
     m = build_models(cfg, bb, device)
@@ -529,7 +537,6 @@ def main(cfg: Config):
 if __name__ == "__main__":
     cfg = parse_config()
     if cfg.dry_run:
-        from perf.synthetic import dry_run   # memory estimator: the models on the meta device
-        dry_run(cfg)
+        synthetic.dry_run(cfg)   # memory estimator: the models on the meta device
     else:
         main(cfg)

@@ -60,7 +60,7 @@ def main(argv=None):
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    bb = train.build_backbone(cfg, device, 0)
+    bb = train.seam(cfg).build_backbone(cfg, device, 0)
     m = train.build_models(cfg, bb, device)
     print(f"[bench_stages] built in {time.perf_counter() - t0:.1f} s on {device}; {torch.get_num_threads()} threads; "
           f"B={cfg.batch_prompts} G={cfg.group_size} K={cfg.rank_k} CFG={cfg.cfg_scale} top_k={cfg.top_k} "

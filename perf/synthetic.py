@@ -44,10 +44,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
+import backbones
 import policy
 import rewards
 import text_encoders
 import vq as vqlib
+from backbones import MODELS
 from data import WorldStream
 from perf import fast_sample
 
@@ -70,40 +72,39 @@ COLORS = {"red": (1, -.8, -.8), "green": (-.8, .8, -.8), "blue": (-.8, -.6, 1), 
 SHAPES, PLACES = ("circle", "square", "cat", "car", "tree", "cup"), ("on a table", "in a field", "at night", "")
 
 
-def check(value: str) -> str | None:
-    """--synthetic value -> None if valid, else a message naming the fix."""
-    if value in ("", "full", "tiny") or (value.isdigit() and int(value) >= 1):
-        return None
-    return f"--synthetic {value!r}: use full (real sizes), tiny (CPU tests) or a layer count >= 1 (e.g. 2)"
-
-
 def _layers(scale: str, real: int, tiny: int = 2) -> int:
     return tiny if scale == "tiny" else int(scale) if scale.isdigit() else real
 
 
-# ---- configurations at a scale (the released ones for "full") --------------------------------------------------
-def gpt_config(scale: str) -> policy.GPTConfig:         # LlamaGen GPT-XL t2i: 36 layers x 1280, 20 heads
-    g = replace(policy.GPT_CONFIGS["GPT-XL-t2i"], n_layer=_layers(scale, 36))   # own copy: .grad_ckpt is set on it
+# ---- the backbone's models (backbones.MODELS) at a scale: the released configurations for "full" ---------------
+def gpt_config(scale: str, backbone: str = "llamagen_xl") -> policy.GPTConfig:   # GPT-XL t2i: 36 layers x 1280
+    base = policy.GPT_CONFIGS[MODELS[backbone].gpt]
+    g = replace(base, n_layer=_layers(scale, base.n_layer))                      # own copy: .grad_ckpt is set on it
     return replace(g, dim=256, n_head=4, block_size=16) if scale == "tiny" else g
 
 
-def vq_config(scale: str) -> vqlib.VQConfig:            # VQ-16; tiny: a quarter of the base width
-    return replace(vqlib.VQ_CONFIGS["vq16"], ch=32) if scale == "tiny" else vqlib.VQ_CONFIGS["vq16"]
-
-
-def janus_config(scale: str):                            # Janus-Pro-1B: 24 layers x 2048, 16 heads, 576 tokens
+def janus_config(scale: str, backbone: str = "janus_pro_1b"):   # Janus-Pro-1B: 24 layers x 2048, 16 heads, 576 tokens
     import janus
-    j = replace(janus.JANUS_CONFIGS["janus_pro_1b"], n_layer=_layers(scale, 24))
+    base = janus.JANUS_CONFIGS[MODELS[backbone].gpt]
+    j = replace(base, n_layer=_layers(scale, base.n_layer))
     return replace(j, dim=256, n_head=4, ffn_hidden=704, image_tokens=16) if scale == "tiny" else j
 
 
-def t5_config(scale: str):
-    """FLAN-T5-XL (google/flan-t5-xl config.json = T5 v1.1 XL): d_model 2048, d_ff 5120, d_kv 64, 32 heads, 24
-    layers, vocabulary 32128, gated-GELU (gelu_new) feed-forward, relative attention 32 buckets / distance 128."""
+def vq_config(scale: str, backbone: str = "llamagen_xl") -> vqlib.VQConfig:   # VQ-16; tiny: a quarter of the width
+    m = MODELS[backbone]
+    if m.vq:
+        base = vqlib.VQ_CONFIGS[m.vq]
+    else:                                                       # Janus: its config names its VQ
+        import janus
+        base = janus.janus_vq_config(janus.JANUS_CONFIGS[m.gpt])
+    return replace(base, ch=32) if scale == "tiny" else base
+
+
+def t5_config(scale: str, backbone: str = "llamagen_xl"):
+    """The backbone's T5 encoder (text_encoders.T5_CONFIGS: FLAN-T5-XL's config.json) with _layers(scale) layers."""
     import transformers
-    return transformers.T5Config(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=_layers(scale, 24),
-                                 num_heads=32, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                                 feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, is_encoder_decoder=False,
+    c = text_encoders.T5_CONFIGS[MODELS[backbone].text]
+    return transformers.T5Config(**{**c, "num_layers": _layers(scale, c["num_layers"])}, is_encoder_decoder=False,
                                  use_cache=False)
 
 
@@ -121,20 +122,20 @@ def clip_config(reward: str, scale: str) -> dict:
 
 def image_side(cfg) -> int:
     """Pixels per side decoded by the synthetic tokenizer: sqrt(N) x 16 (VQ-16 downsamples by 2^4)."""
-    s = cfg.synthetic
-    n = janus_config(s).image_tokens if cfg.backbone == "janus_pro_1b" else gpt_config(s).block_size
-    return math.isqrt(n) * 2 ** (len(vq_config(s).ch_mult) - 1)
+    s, bk = cfg.synthetic, cfg.backbone
+    n = janus_config(s, bk).image_tokens if bk == "janus_pro_1b" else gpt_config(s, bk).block_size
+    return math.isqrt(n) * 2 ** (len(vq_config(s, bk).ch_mult) - 1)
 
 
 # ---- models with seeded random weights (meta tensors, under `with torch.device("meta")`, are left empty) ---------
 @torch.no_grad()
-def t5_encoder(scale: str, seed: int):
+def t5_encoder(scale: str, seed: int, backbone: str = "llamagen_xl"):
     """T5EncoderModel at `scale`, bf16 (T5TextEncoder's dtype), eval mode, drawn from Generator(seed) with the law of
     transformers' T5 init (models/t5/modeling_t5.py T5PreTrainedModel._init_weights, factor 1): embeddings N(0,1),
     q N(0,(D*d_kv)^-1/2), other linears and the relative bias N(0, fan_in^-1/2), norms 1. Built on meta, then
     materialised: no weight is drawn twice (transformers' own init takes seconds more and no generator)."""
     import transformers
-    c = t5_config(scale)
+    c = t5_config(scale, backbone)
     with torch.device("meta"):
         model = transformers.T5EncoderModel(c)
     if torch.get_default_device().type == "meta":
@@ -242,21 +243,32 @@ class SyntheticWorld:
         return (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1), caps
 
 
-# ---- what backbones.py calls -----------------------------------------------------------------------------------
-def build_policy(cfg, device):
-    """(text_encoder, gpt, vq, sample, logprobs) of cfg.backbone at scale cfg.synthetic, as backbones.build_policy."""
-    s, seed = cfg.synthetic, cfg.seed
-    vq = vqlib.VQModel(vq_config(s), generator=torch.Generator().manual_seed(seed + SEED_OFFSETS["vq"]))
-    if cfg.backbone == "janus_pro_1b":
+# ---- what train.py (--synthetic) and sample.py (a synthetic run's checkpoint) call: backbones.py's builders' twins --
+def build_backbone(cfg, device, rank: int):
+    """backbones.Backbone of cfg.backbone at scale cfg.synthetic, as backbones.build_backbone."""
+    if rank == 0:
+        print(banner(cfg), flush=True)
+    return backbones.assemble(cfg, device, build_policy(cfg, device),
+                              build_world(cfg, device, cfg.seed + 1000 * rank))
+
+
+def build_policy(cfg, device, weights=True):
+    """(text_encoder, gpt, vq, sample, logprobs) of cfg.backbone at scale cfg.synthetic, as backbones.build_policy.
+    weights=False: a checkpoint of a synthetic run is about to be loaded into them (sample.py), which is said."""
+    if not weights:
+        print(banner(cfg).replace("SYNTHETIC RUN", "CHECKPOINT OF A SYNTHETIC RUN"), flush=True)
+    s, seed, bk = cfg.synthetic, cfg.seed, cfg.backbone
+    vq = vqlib.VQModel(vq_config(s, bk), generator=torch.Generator().manual_seed(seed + SEED_OFFSETS["vq"]))
+    if bk == "janus_pro_1b":
         import janus
-        jc = janus_config(s)
+        jc = janus_config(s, bk)
         enc = janus.JanusTextEncoder("synthetic", jc, device=device)
         enc.tokenizer = HashJanusTokenizer(jc)
         return (enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, fast_sample.sample_janus,
                 janus.token_logprobs)
-    gc = gpt_config(s)
+    gc = gpt_config(s, bk)
     enc = text_encoders.T5TextEncoder("synthetic", max_len=gc.cls_token_num, device=device)
-    enc.tokenizer, enc.model = HashT5Tokenizer(), t5_encoder(s, seed + SEED_OFFSETS["t5"]).to(device)
+    enc.tokenizer, enc.model = HashT5Tokenizer(), t5_encoder(s, seed + SEED_OFFSETS["t5"], bk).to(device)
     gpt = policy.GPT(gc, seed=seed + SEED_OFFSETS["gpt"])
     if not gpt.output.weight.is_meta:   # LlamaGen's from-scratch init zeroes the head: uniform logits and, at the
         with torch.no_grad():           # first step, no gradient below it. A trained policy's head is not zero.
@@ -288,13 +300,13 @@ def full_counts(backbone: str = "llamagen_xl") -> dict:
     """Parameter counts of the full-size synthetic models, built on the meta device (no memory, no init)."""
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with torch.device("meta"):
-        out = {"vq": n(vqlib.VQModel(vq_config("full"))), "clip": n(clip_model("clip", "full", 0)),
+        out = {"vq": n(vqlib.VQModel(vq_config("full", backbone))), "clip": n(clip_model("clip", "full", 0)),
                "hpsv2": n(clip_model("hpsv2", "full", 0)), "lpips": n(lpips(0))}
         if backbone == "janus_pro_1b":   # Janus encodes its own prompts: no T5
             import janus
-            out["janus"] = n(janus.JanusGen(janus_config("full")))
+            out["janus"] = n(janus.JanusGen(janus_config("full", backbone)))
         else:
-            out.update(gpt=n(policy.GPT(gpt_config("full"))), t5=n(t5_encoder("full", 0)))
+            out.update(gpt=n(policy.GPT(gpt_config("full", backbone))), t5=n(t5_encoder("full", 0, backbone)))
     return out
 
 
@@ -315,21 +327,21 @@ def dry_run(cfg):
     """Build the configured models on the meta device (no weights), print parameter counts, and estimate peak
     memory per component for the chosen batch. Activations are MEASURED as the bytes autograd saves on meta
     tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay fp32)."""
-    xl, jan = cfg.backbone == "llamagen_xl", cfg.backbone == "janus_pro_1b"
+    xl, jan, models = cfg.backbone == "llamagen_xl", cfg.backbone == "janus_pro_1b", MODELS[cfg.backbone]
     GB, act = 1024 ** 3, (0.5 if cfg.bf16 else 1.0)
     B, BG = cfg.batch_prompts, cfg.batch_prompts * cfg.group_size
     rows = cfg.logp_chunk or BG
     if jan:   # Janus-Pro-1B generation path (janus.py); T = a typical templated prompt length, left-padded
         import janus
-        gcfg = copy.deepcopy(janus.JANUS_CONFIGS[getattr(cfg, "janus_config", "janus_pro_1b")])
+        gcfg = copy.deepcopy(janus.JANUS_CONFIGS[getattr(cfg, "janus_config", models.gpt)])
         vcfg, N, T, n_layer, width = janus.janus_vq_config(gcfg), gcfg.image_tokens, 64, gcfg.n_layer, gcfg.dim
         with torch.device("meta"):
             gpt = janus.JanusGen(gcfg)
             cond, mask = torch.zeros(rows, T, dtype=torch.long), torch.ones(rows, T, dtype=torch.bool)
         logprobs = janus.token_logprobs
     else:
-        gcfg = copy.deepcopy(policy.GPT_CONFIGS["GPT-XL-t2i" if xl else "toy"])
-        vcfg, N, T, n_layer, width = vqlib.VQ_CONFIGS["vq16" if xl else "toy"], gcfg.block_size, gcfg.cls_token_num, \
+        gcfg = copy.deepcopy(policy.GPT_CONFIGS[models.gpt])
+        vcfg, N, T, n_layer, width = vqlib.VQ_CONFIGS[models.vq], gcfg.block_size, gcfg.cls_token_num, \
             gcfg.n_layer, gcfg.dim
         with torch.device("meta"):
             gpt = policy.GPT(gcfg)

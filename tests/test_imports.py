@@ -6,9 +6,9 @@ the toy package (toy/: the laptop-scale world, its models, its evaluation, its r
 files and is never imported by them; train.py and its seam backbones.py import it only inside a function (when the toy
 world is asked for). The benches (bench/) are imported by nothing. No import cycle anywhere, counting imports inside
 functions and under `if __name__ == "__main__":`. The speed and memory machinery (perf/: the fast decode paths, the
-synthetic real-size models and the memory estimate) imports concept files and is imported by the loop's files (train.py,
-the seam backbones.py), the scripts and tests, never by a concept file. Modules are named as Python imports them:
-`toy.world`, `bench.janus`, `perf.fast_sample`.
+synthetic real-size models and the memory estimate) imports concept files and the seam (whose table of models it
+builds); the loop's files (train.py, backbones.py), the scripts and the tests import it, no concept file does.
+Modules are named as Python imports them: `toy.world`, `bench.janus`, `perf.fast_sample`.
 
 Run: pytest -q tests/test_imports.py   (the ast part takes milliseconds; the copy-alone part starts one Python per
 concept file, a few at a time, ~20 s on 2 cores)
@@ -202,11 +202,12 @@ def test_concept_files_never_import_toy_bench_or_perf():
     assert not bad, "a concept file imports toy/, bench/ or perf/: " + _fmt(bad)
 
 
-def test_perf_builds_on_concept_files_and_not_on_the_loop():
-    """perf/ imports concept files (and itself), never train.py, the seam, the toy or the benches."""
+def test_perf_builds_on_concept_files_and_the_seam_not_on_the_loop():
+    """perf/ imports concept files, the seam backbones.py (synthetic.py builds its MODELS rows) and itself; never
+    train.py, the toy or the benches."""
     bad = [(m, dep, where) for m, deps in GRAPH.items() if in_package(m, PERF) for dep, where in deps.items()
-           if not (dep in CONCEPTS or in_package(dep, PERF))]
-    assert not bad, "perf/ may import only concept files and itself: " + _fmt(bad)
+           if not (dep in CONCEPTS or dep == "backbones" or in_package(dep, PERF))]
+    assert not bad, "perf/ may import only concept files, backbones.py and itself: " + _fmt(bad)
 
 
 def test_toy_is_imported_only_by_itself_and_lazily_by_train_and_its_seam():

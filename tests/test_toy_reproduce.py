@@ -21,7 +21,8 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     main_table, _, rest = (out / "results.md").read_text().partition("Paired differences")
-    paired_table, _, decoder_table = rest.partition("What the co-evolved decoder adds")
+    paired_table, _, rest = rest.partition("What the co-evolved decoder adds")
+    decoder_table, _, shift_table = rest.partition("Shift beyond token histograms")
     name = lambda table: [l.split(" | ")[0].lstrip("| ") for l in table.splitlines() if l.startswith("| ") and "---" not in l]
     assert name(main_table)[1:] == ["Base", "RankE (n = 2)", "RankE (its policy, base decoder) (n = 2)",
                                     "Standard RL (GRPO) (n = 2)", "Two-stage (RL, then decoder) (n = 2)",
@@ -29,7 +30,14 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     assert name(paired_table)[1:] == ["RankE - Standard RL (GRPO) (n = 2)", "RankE - Two-stage (RL, then decoder) (n = 2)",
                                       "Two-stage (RL, then decoder) - Standard RL (GRPO) (n = 2)"], paired_table
     assert name(decoder_table)[1:] == ["RankE", "Two-stage (RL, then decoder)"], decoder_table
+    assert name(shift_table)[1:] == ["Base", "RankE", "RankE (its policy, base decoder)", "Standard RL (GRPO)",
+                                     "Two-stage (RL, then decoder)", "Two-stage (RL, then decoder) (its policy, base "
+                                     "decoder)"], shift_table
     runs = json.loads((out / "results.json").read_text())["runs"]
+    # the real images' tokens go through each row's decoder: the base-decoder rows see the base models' real agreement
+    base_row = json.loads((out / "results.json").read_text())["summary"]["base"]
+    assert all(runs[m][s]["2"]["real_reencode_agree"] == base_row["real_reencode_agree"] for s in "01"
+               for m in ("Standard RL (GRPO)", "RankE (its policy, base decoder)"))
     for seed in ("0", "1"):
         online, base_dec = runs["RankE"][seed]["2"], runs["RankE (its policy, base decoder)"][seed]["2"]
         # same checkpoint, same sampling seed: identical tokens, so identical LCS KL; different decoders

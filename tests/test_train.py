@@ -342,7 +342,7 @@ def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypat
     tokens = []
     for parts in (1, 2):
         torch.manual_seed(cfg.seed)
-        bb = train.build_backbone(cfg, torch.device("cpu"), 0)
+        bb = train.seam(cfg).build_backbone(cfg, torch.device("cpu"), 0)
         m = train.build_models(cfg, bb, torch.device("cpu"))
         x_gt, captions = bb.stream.next()
         cond, mask = bb.text_encoder(captions)

@@ -243,7 +243,7 @@ def write_report(args, base, results):
     pairs = [(a, b) for a, b in PAIRS if a in results and b in results and len(results[a]) > 1]
     if pairs:    # same seed = same base models, data order and rollout seed: the difference removes shared noise
         lines += ["", "Paired differences at the final step, per seed (same seed, same data order): mean, std and "
-                  "95 % t-interval over seeds.", "", "| difference | " + " | ".join(LABELS.values()) + " |",
+                  "95 % t-interval over seeds, and in how many seeds the difference is > 0.", "", "| difference | " + " | ".join(LABELS.values()) + " |",
                   "|---" * (len(LABELS) + 1) + "|"]
         for a, b in pairs:
             seeds = [s for s in results[a] if s in results[b]]
@@ -252,7 +252,8 @@ def write_report(args, base, results):
                 d = [results[a][s][args.steps][k] - results[b][s][args.steps][k] for s in seeds]
                 summary.setdefault(f"{a} - {b}", {})[k] = {"per_seed": d, **paired_ci(d)}
                 c = summary[f"{a} - {b}"][k]
-                cells.append(f"{c['mean']:+.3f} +- {c['sd']:.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]")
+                cells.append(f"{c['mean']:+.3f} +- {c['sd']:.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] "
+                             f"({sum(x > 0 for x in d)}/{len(d)} > 0)")
             lines.append(f"| {a} - {b} (n = {len(seeds)}) | " + " | ".join(cells) + " |")
     paired = [m for m in results if f"{m} {BASE_DEC}" in results]
     if paired:   # same tokens, two decoders: a paired difference per seed removes the policy's seed noise
@@ -268,6 +269,27 @@ def write_report(args, base, results):
                 gain[k] = mean_sd([on[s][args.steps][k] - off[s][args.steps][k] for s in off])
                 cells.append("{:+.3f} +- {:.3f}".format(*gain[k]))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    # the shift beyond token histograms (docs/method.md: shift.reencode_agreement): how faithfully the decoder that
+    # renders a policy's tokens maps them to images whose re-encoding gives the same tokens, against real images'
+    # tokens through the same decoder; KID with its own standard error (jackknife, per run, averaged); the policy's
+    # KL to the reference at the end of training (metrics.jsonl, mean of the last 20 steps)
+    shift_keys = ("reencode_agree", "real_reencode_agree", "reencode_cycle_l1", "real_reencode_cycle_l1", "kid",
+                  "kid_se")
+    lines += ["", "Shift beyond token histograms, final step: decode -> re-encode token agreement and cycle L1 of the "
+              "policy's tokens, and of real images' tokens through the same decoder; KID with its standard error; the "
+              "policy's KL to the reference per token (training, last 20 steps). Mean +- std over seeds.", "",
+              "| method | agreement, policy | agreement, real | cycle L1, policy | cycle L1, real | KID | KID SE | "
+              "policy KL |", "|---" * 8 + "|",
+              "| Base | " + " | ".join(f"{base[k]:.4f}" for k in shift_keys) + " | 0 |"]
+    for method, by_seed in results.items():
+        cells = ["{:.4f} +- {:.4f}".format(*mean_sd([by_seed[s][args.steps][k] for s in by_seed])) for k in shift_keys]
+        kl = "-"
+        if not method.endswith(BASE_DEC) and METHODS[method][1] in ("ranke", "grpo"):
+            last = [np.mean([json.loads(line)["policy/kl"] for line in open(os.path.join(run_dir(
+                args.out, method, s), "metrics.jsonl"))][args.steps - 20:args.steps]) for s in by_seed]
+            summary.setdefault(method, {})["policy_kl_last20"] = mean_sd(last)
+            kl = "{:.3f} +- {:.3f}".format(*summary[method]["policy_kl_last20"])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {kl} |")
     lines += ["", args.wall]
     open(os.path.join(args.out, "results.md"), "w").write("\n".join(lines) + "\n")
     json.dump({"summary": summary, "runs": results}, open(os.path.join(args.out, "results.json"), "w"), indent=1)
