@@ -140,8 +140,8 @@ def build_policy(cfg, device, toy=None, weights=True):
     jc = janus.JANUS_CONFIGS[cfg.janus_config]
     gpt, vq = janus.load_janus(cfg.janus_ckpt, jc) if weights else (janus.JanusGen(jc),
                                                                      vqlib.VQModel(janus.janus_vq_config(jc)))
-    return (janus.JanusTextEncoder(cfg.janus_tokenizer, jc, device=device), gpt, vq, fast_sample.sample_janus,
-            janus.token_logprobs)
+    return (text_encoders.JanusTextEncoder(cfg.janus_tokenizer, jc, device=device), gpt, vq,
+            fast_sample.sample_janus, janus.token_logprobs)
 
 
 def build_backbone(cfg, device, rank: int) -> Backbone:

@@ -5,7 +5,7 @@ log-probs, §4.5 CFG in the log-probs, §4.6 rollouts, D10, D12): a decoder-only
 the chat prompt BOS + "<|User|>: {caption}\\n\\n<|Assistant|>:" + <begin_of_image> as text tokens, then the N image
 tokens of a VQ grid in raster order. Each image token is fed back through its own table `gen_embed` (not the VQ
 codebook) and the MLP `gen_aligner`; the MLP `gen_head` maps a hidden state to image-token logits (the text lm_head
-is never used).
+is never used). Its prompts come from text_encoders.JanusTextEncoder (the template, left padding).
 Classifier-free guidance (CFG) contrasts each prompt with its "null prompt": the same row with every caption token
 replaced by pad, pads attended. The tokens decode with vq.py's VQModel (Janus's gen_vision_model has its keys).
 Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-padded with a mask; position =
@@ -60,7 +60,7 @@ class JanusGenConfig:  # Janus-Pro-1B language_config + gen_* configs (deepseek-
     max_positions: int = 16384       # max_position_embeddings; sets no weight shape (RoPE is computed on the fly)
     bos_id: int = 100000             # <｜begin▁of▁sentence｜>
     pad_id: int = 100002             # <｜▁pad▁｜> (7B: 100015)
-    boi_id: int = 100003             # <begin_of_image>: expected; JanusTextEncoder checks it against the tokenizer
+    boi_id: int = 100003             # <begin_of_image>: expected; text_encoders.JanusTextEncoder checks the tokenizer
     vq: str = "vq16"                 # key of vq.VQ_CONFIGS (or JANUS_VQ_CONFIGS) of its tokenizer
     grad_ckpt: bool = False          # activation checkpointing whenever grad is enabled (docs/method.md D10)
 
@@ -251,7 +251,7 @@ class JanusGen(nn.Module):
 def _check_inputs(cfg: JanusGenConfig, ids, mask, tokens=None):
     if ids.dtype != torch.long or ids.dim() != 2 or mask.dtype != torch.bool or mask.shape != ids.shape:
         raise ValueError(f"need ids int64 (B,T) and mask bool (B,T), got {ids.dtype} {tuple(ids.shape)} / "
-                         f"{mask.dtype} {tuple(mask.shape)}: use JanusTextEncoder")
+                         f"{mask.dtype} {tuple(mask.shape)}: use text_encoders.JanusTextEncoder")
     if ids.shape[1] + cfg.image_tokens > cfg.max_positions:
         raise ValueError(f"prompt length {ids.shape[1]} + N={cfg.image_tokens} exceeds max_positions "
                          f"{cfg.max_positions}")
@@ -259,7 +259,7 @@ def _check_inputs(cfg: JanusGenConfig, ids, mask, tokens=None):
         first = ids.gather(1, mask.long().argmax(1, keepdim=True))[:, 0]                       # at the first valid
         if not (mask[:, -1].all() and (ids[:, -1] == cfg.boi_id).all() and (first == cfg.bos_id).all()):
             raise ValueError(f"prompts must be left-padded, start with BOS {cfg.bos_id} and end with "
-                             f"<begin_of_image> {cfg.boi_id} (mask[:, -1] True); use JanusTextEncoder")
+                             f"<begin_of_image> {cfg.boi_id} (mask[:, -1] True); use text_encoders.JanusTextEncoder")
     if tokens is not None and (tokens.dtype != torch.long or tokens.shape[:-1] != ids.shape[:1]
                                or not 1 <= tokens.shape[-1] <= cfg.image_tokens):
         raise ValueError(f"tokens must be int64 (B={ids.shape[0]}, n) with 1 <= n <= N={cfg.image_tokens}, got "
@@ -422,63 +422,6 @@ def load_janus(path_or_hub: str, cfg: JanusGenConfig, *, map_location="cpu"):
     print(f"[load_janus] {path_or_hub}: {model.load_report['layout']} layout, {len(gen_sd)} + {len(vq_sd)} entries "
           f"loaded; dropped (unused for images) {dropped}; filled {filled or 'nothing'}", flush=True)
     return model.float().eval(), vqm.float().eval()
-
-
-# ---- Text side (docs/method.md §17.2): captions -> left-padded prompt token ids ----------------------------------
-TEMPLATE = "<|User|>: {caption}\n\n<|Assistant|>:"  # deepseek sft format, empty system prompt (conversation.py)
-BOI, PAD = "<begin_of_image>", "<｜▁pad▁｜>"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-class JanusTextEncoder:
-    """captions -> (ids int64 (B,T), mask bool (B,T)): BOS + TEMPLATE(caption.strip()).strip() + <begin_of_image>
-    (trainer.py:336-354; processing_vlm.py:137-213), left-padded with pad_id. The tokenizer (transformers'
-    AutoTokenizer, from a local folder or a hub id) loads on the first call; its BOS, pad and <begin_of_image> ids
-    are checked against cfg."""
-
-    def __init__(self, path_or_name: str = "deepseek-ai/Janus-Pro-1B", cfg: JanusGenConfig | None = None,
-                 device="cpu"):
-        self.path, self.cfg, self.device = path_or_name, cfg or JANUS_CONFIGS["janus_pro_1b"], torch.device(device)
-        self.tokenizer = None
-
-    @staticmethod
-    def prompt(caption: str) -> str:
-        return TEMPLATE.format(caption=caption.strip()).strip() + BOI
-
-    def _load(self):
-        import transformers
-        try:
-            tok = transformers.AutoTokenizer.from_pretrained(self.path)
-        except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
-            raise FileNotFoundError(
-                f"JanusTextEncoder: cannot load the tokenizer {self.path!r} ({type(e).__name__}: {str(e)[:300]}). "
-                f"Download {', '.join(TOKENIZER_FILES)} of deepseek-ai/Janus-Pro-1B into a folder (e.g. `hf download "
-                f"deepseek-ai/Janus-Pro-1B {' '.join(TOKENIZER_FILES)} --local-dir Janus-Pro-1B` on a machine with "
-                f"network) and pass that folder (--janus_tokenizer Janus-Pro-1B).") from e
-        c = self.cfg
-        got = {"BOS": (tok.bos_token_id, c.bos_id), f"pad {PAD}": (tok.get_vocab().get(PAD), c.pad_id),
-               BOI: (tok.encode(BOI, add_special_tokens=False), [c.boi_id])}
-        bad = [f"{name}: tokenizer {a} vs config {b}" for name, (a, b) in got.items() if a != b]
-        if bad:
-            raise ValueError(f"JanusTextEncoder: tokenizer {self.path!r} does not match the JanusGenConfig ("
-                             + "; ".join(bad) + f"); {BOI} must encode to the single id boi_id")
-        self.tokenizer = tok
-
-    def __call__(self, captions):
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        if self.tokenizer is None:
-            self._load()
-        rows = [self.tokenizer.encode(self.prompt(c)) for c in captions]  # encode prepends BOS (upstream too)
-        for c, r in zip(captions, rows):
-            if r[0] != self.cfg.bos_id or r[-1] != self.cfg.boi_id:
-                raise ValueError(f"caption {c!r} encodes to {r[:3]}...{r[-2:]}: need BOS {self.cfg.bos_id} first and "
-                                 f"{BOI} {self.cfg.boi_id} last (does the tokenizer prepend BOS?)")
-        T = max(map(len, rows))
-        ids = torch.full((len(rows), T), self.cfg.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool)
-        for b, r in enumerate(rows):  # left padding (trainer.py:346-354)
-            ids[b, T - len(r):], mask[b, T - len(r):] = torch.tensor(r), True
-        return ids.to(self.device), mask.to(self.device)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@ the policy (policy.py) reads T caption slots. One text convention everywhere (D1
 caption fill the LAST L slots, pads first and zeroed, mask True on valid slots. Two encoders produce it:
 T5TextEncoder (FLAN-T5-XL, the real backbone, loaded lazily from a local directory or the hub) and WordTextEncoder
 (seeded word vectors + positions, no parameters: the toy world's stand-in). clean_caption is the light caption
-cleaner applied before T5 (a documented deviation below).
+cleaner applied before T5 (a documented deviation below). Janus-Pro-1B reads token ids instead (its LLM embeds them):
+JanusTextEncoder wraps each caption in the chat template and left-pads -> (ids int64 (B,T), mask bool (B,T)).
 
 Run the self-check (CPU, < 1 s): python text_encoders.py   Tests: pytest -q tests/test_text_encoders.py
 Copy alone: imports torch (and transformers when T5 is first called), no repository file.
 Symbols: B captions, T caption slots (max_len = the policy's cls_token_num), D feature width (caption_dim),
 L valid slots of a caption.
 Follows: FoundationVision/LlamaGen@ce98ec4 language/t5.py, autoregressive/sample/sample_t2i.py:92-106,
-dataset/t2i.py:114-122. Written from the spec, not copied.
+dataset/t2i.py:114-122; syjmelody/RankE@2798acc janus/post_train/trainer.py:336-354 and deepseek-ai/Janus@1daa72f
+processing_vlm.py:137-213 (the Janus prompt). Written from the spec, not copied.
 """
 from __future__ import annotations
 
@@ -123,6 +125,62 @@ class WordTextEncoder:
             mask[b, :len(words)] = True
         cond, m = left_align(feats, mask)                                             # pads first, zeroed
         return cond.to(self.device), m.to(self.device)
+
+
+# ---- Janus-Pro-1B (docs/method.md §17.2): captions -> left-padded prompt token ids -----------------------------
+TEMPLATE = "<|User|>: {caption}\n\n<|Assistant|>:"  # deepseek sft format, empty system prompt (conversation.py)
+BOI, PAD = "<begin_of_image>", "<｜▁pad▁｜>"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class JanusTextEncoder:
+    """captions -> (ids int64 (B,T), mask bool (B,T)): BOS + TEMPLATE(caption.strip()).strip() + <begin_of_image>
+    (trainer.py:336-354; processing_vlm.py:137-213), left-padded with pad_id. The tokenizer (transformers'
+    AutoTokenizer, from a local folder or a hub id) loads on the first call; its BOS, pad and <begin_of_image> ids
+    are checked against cfg (janus.JanusGenConfig: bos_id, pad_id, boi_id; any object with those three)."""
+
+    def __init__(self, path_or_name: str, cfg, device="cpu"):
+        self.path, self.cfg, self.device = path_or_name, cfg, torch.device(device)
+        self.tokenizer = None
+
+    @staticmethod
+    def prompt(caption: str) -> str:
+        return TEMPLATE.format(caption=caption.strip()).strip() + BOI
+
+    def _load(self):
+        import transformers
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
+            raise FileNotFoundError(
+                f"JanusTextEncoder: cannot load the tokenizer {self.path!r} ({type(e).__name__}: {str(e)[:300]}). "
+                f"Download {', '.join(TOKENIZER_FILES)} of deepseek-ai/Janus-Pro-1B into a folder (e.g. `hf download "
+                f"deepseek-ai/Janus-Pro-1B {' '.join(TOKENIZER_FILES)} --local-dir Janus-Pro-1B` on a machine with "
+                f"network) and pass that folder (--janus_tokenizer Janus-Pro-1B).") from e
+        c = self.cfg
+        got = {"BOS": (tok.bos_token_id, c.bos_id), f"pad {PAD}": (tok.get_vocab().get(PAD), c.pad_id),
+               BOI: (tok.encode(BOI, add_special_tokens=False), [c.boi_id])}
+        bad = [f"{name}: tokenizer {a} vs config {b}" for name, (a, b) in got.items() if a != b]
+        if bad:
+            raise ValueError(f"JanusTextEncoder: tokenizer {self.path!r} does not match the JanusGenConfig ("
+                             + "; ".join(bad) + f"); {BOI} must encode to the single id boi_id")
+        self.tokenizer = tok
+
+    def __call__(self, captions):
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if self.tokenizer is None:
+            self._load()
+        rows = [self.tokenizer.encode(self.prompt(c)) for c in captions]  # encode prepends BOS (upstream too)
+        for c, r in zip(captions, rows):
+            if r[0] != self.cfg.bos_id or r[-1] != self.cfg.boi_id:
+                raise ValueError(f"caption {c!r} encodes to {r[:3]}...{r[-2:]}: need BOS {self.cfg.bos_id} first and "
+                                 f"{BOI} {self.cfg.boi_id} last (does the tokenizer prepend BOS?)")
+        T = max(map(len, rows))
+        ids = torch.full((len(rows), T), self.cfg.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for b, r in enumerate(rows):  # left padding (trainer.py:346-354)
+            ids[b, T - len(r):], mask[b, T - len(r):] = torch.tensor(r), True
+        return ids.to(self.device), mask.to(self.device)
 
 
 if __name__ == "__main__":

@@ -214,8 +214,7 @@ class HashJanusTokenizer:
         self.c = jcfg
 
     def encode(self, text: str) -> list:
-        import janus
-        body = text[:-len(janus.BOI)] if text.endswith(janus.BOI) else text
+        body = text[:-len(text_encoders.BOI)] if text.endswith(text_encoders.BOI) else text
         return [self.c.bos_id] + hash_ids(body, 0, self.c.bos_id) + ([self.c.boi_id] if body != text else [])
 
 
@@ -262,7 +261,7 @@ def build_policy(cfg, device, weights=True):
     if bk == "janus_pro_1b":
         import janus
         jc = janus_config(s, bk)
-        enc = janus.JanusTextEncoder("synthetic", jc, device=device)
+        enc = text_encoders.JanusTextEncoder("synthetic", jc, device=device)
         enc.tokenizer = HashJanusTokenizer(jc)
         return (enc, janus.JanusGen(jc, seed=seed + SEED_OFFSETS["gpt"]), vq, fast_sample.sample_janus,
                 janus.token_logprobs)

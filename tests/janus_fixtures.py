@@ -19,10 +19,11 @@ import re
 import torch
 
 import janus
+import text_encoders
 
 CFG = janus.JANUS_CONFIGS["tiny"]
-SPECIALS = {"<｜begin▁of▁sentence｜>": CFG.bos_id, "<｜end▁of▁sentence｜>": 251, janus.PAD: CFG.pad_id,
-            janus.BOI: CFG.boi_id, "<|User|>": 254, "<|Assistant|>": 255}
+SPECIALS = {"<｜begin▁of▁sentence｜>": CFG.bos_id, "<｜end▁of▁sentence｜>": 251, text_encoders.PAD: CFG.pad_id,
+            text_encoders.BOI: CFG.boi_id, "<|User|>": 254, "<|Assistant|>": 255}
 WORDS = ("a an the of on in at to with and is photo painting cat dog red green blue yellow white pink small large "
          "circle square triangle cross left right top bottom centre above below").split()
 UNDERSTANDING = {  # a few random entries per dropped prefix (names as in the released file; shapes arbitrary)
@@ -93,7 +94,7 @@ def write_tokenizer(d: str) -> str:
     bos = "<｜begin▁of▁sentence｜>"
     tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, CFG.bos_id)])
     PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token="<｜end▁of▁sentence｜>",
-                            pad_token=janus.PAD, unk_token="[UNK]").save_pretrained(d)
+                            pad_token=text_encoders.PAD, unk_token="[UNK]").save_pretrained(d)
     return d
 
 

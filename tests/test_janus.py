@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import janus
+import text_encoders
 import vq
 from perf.fast_sample import sample_janus
 from janus_fixtures import CFG, SPECIALS, random_tiny, to_hf_key, write_tiny_janus
@@ -303,28 +304,28 @@ def test_full_size_parameter_counts():
 # ---- text side ------------------------------------------------------------------------------------------------------
 def test_text_encoder_template_left_padding_and_special_ids(files):
     tok_dir = files["original"][1]
-    enc = janus.JanusTextEncoder(tok_dir, CFG)
+    enc = text_encoders.JanusTextEncoder(tok_dir, CFG)
     ids, mask = enc(["a red cat ", "a small blue circle on the left"])
     assert ids.dtype == torch.long and mask.dtype == torch.bool and ids.shape == mask.shape
     assert mask[1].all() and mask[0].tolist() == [False] * 4 + [True] * 9 and (ids[0, :4] == PAD).all()
     toks = enc.tokenizer.convert_ids_to_tokens(ids[0, 4:].tolist())
     assert toks == ["<｜begin▁of▁sentence｜>", "<|User|>", ":", "a", "red", "cat", "<|Assistant|>", ":",
                     "<begin_of_image>"]
-    assert janus.JanusTextEncoder.prompt(" a red cat ") == "<|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
+    assert text_encoders.JanusTextEncoder.prompt(" a red cat ") == "<|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
     model = random_tiny(0)[0]                                       # the prompts feed the policy as they are
     assert janus.sample(model, ids, mask, cfg_scale=5.0, top_k=1).shape == (2, CFG.image_tokens)
-    bad = janus.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, boi_id=249))
+    bad = text_encoders.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, boi_id=249))
     with pytest.raises(ValueError, match=r"<begin_of_image>: tokenizer \[253\] vs config \[249\]"):
         bad(["a cat"])
-    bad = janus.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, pad_id=7))
+    bad = text_encoders.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, pad_id=7))
     with pytest.raises(ValueError, match="tokenizer 252 vs config 7"):
         bad(["a cat"])
-    assert SPECIALS[janus.PAD] == PAD
+    assert SPECIALS[text_encoders.PAD] == PAD
 
 
 def test_text_encoder_offline_without_files_says_what_to_download(tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"                  # tests/conftest.py
-    enc = janus.JanusTextEncoder(str(tmp_path / "nowhere"), CFG)
+    enc = text_encoders.JanusTextEncoder(str(tmp_path / "nowhere"), CFG)
     with pytest.raises(FileNotFoundError, match="tokenizer.json") as e:
         enc(["a cat"])
     assert "deepseek-ai/Janus-Pro-1B" in str(e.value)
