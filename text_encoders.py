@@ -63,6 +63,11 @@ T5_CONFIGS = {"flan-t5-xl": dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5
                                  feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6)}
 
 
+def cannot_load(who: str, path: str, e: Exception, fix: str) -> FileNotFoundError:
+    """The error of an encoder whose files are not here (offline hub, wrong folder): what failed, then the fix."""
+    return FileNotFoundError(f"{who}: cannot load {path!r} ({type(e).__name__}: {str(e)[:300]}). {fix}")
+
+
 class T5TextEncoder:
     """FLAN-T5-XL encoder (language/t5.py; docs/method.md §13.9), loaded lazily on the first call. The model hub is
     never required: pass a local directory holding the HF files of google/flan-t5-xl."""
@@ -81,11 +86,10 @@ class T5TextEncoder:
                 self.tokenizer = tf.AutoTokenizer.from_pretrained(self.path)
                 self.model = tf.T5EncoderModel.from_pretrained(self.path, **{key: self.dtype}).to(self.device).eval()
             except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
-                raise FileNotFoundError(
-                    f"T5TextEncoder: cannot load {self.path!r} ({type(e).__name__}: {str(e)[:300]}). Put the HF "
-                    f"files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli download "
-                    f"google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a machine with "
-                    f"network, and pass that directory as path_or_name.") from e
+                raise cannot_load("T5TextEncoder", self.path, e,
+                                  "Put the HF files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli "
+                                  "download google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a "
+                                  "machine with network, and pass that directory as path_or_name.") from e
         batch = self.tokenizer([clean_caption(c) for c in captions], max_length=self.max_len, padding="max_length",
                                truncation=True, add_special_tokens=True, return_tensors="pt")   # right padding, </s>
         ids, am = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)        # (B,T)
@@ -152,11 +156,11 @@ class JanusTextEncoder:
         try:
             tok = transformers.AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
-            raise FileNotFoundError(
-                f"JanusTextEncoder: cannot load the tokenizer {self.path!r} ({type(e).__name__}: {str(e)[:300]}). "
-                f"Download {', '.join(TOKENIZER_FILES)} of deepseek-ai/Janus-Pro-1B into a folder (e.g. `hf download "
-                f"deepseek-ai/Janus-Pro-1B {' '.join(TOKENIZER_FILES)} --local-dir Janus-Pro-1B` on a machine with "
-                f"network) and pass that folder (--janus_tokenizer Janus-Pro-1B).") from e
+            raise cannot_load("JanusTextEncoder (tokenizer)", self.path, e,
+                              f"Download {', '.join(TOKENIZER_FILES)} of deepseek-ai/Janus-Pro-1B into a folder (e.g. "
+                              f"`hf download deepseek-ai/Janus-Pro-1B {' '.join(TOKENIZER_FILES)} --local-dir "
+                              f"Janus-Pro-1B` on a machine with network) and pass that folder (--janus_tokenizer "
+                              f"Janus-Pro-1B).") from e
         c = self.cfg
         got = {"BOS": (tok.bos_token_id, c.bos_id), f"pad {PAD}": (tok.get_vocab().get(PAD), c.pad_id),
                BOI: (tok.encode(BOI, add_special_tokens=False), [c.boi_id])}
