@@ -162,7 +162,7 @@ def main():
     for seed in args.seeds:
         for method in (m for m in args.methods if seed in seeds_of[m]):
             queue += train_job(method, seed) or []               # None: a two-stage run waits for its RL run
-    run_queue(queue, args.jobs, env, follow_up)
+    ran = run_queue(queue, args.jobs, env, follow_up)
     base = json.load(open(base_json))["online"]
     results = {}                                             # method -> seed -> step -> row
     for method in args.methods:
@@ -174,22 +174,24 @@ def main():
                 if "base" in rows:                           # the same final tokens through the BASE decoder
                     results.setdefault(f"{method} {BASE_DEC}", {}).setdefault(seed, {})[step] = rows["base"]
             print(method, seed, results[method][seed][args.steps], flush=True)
-    args.wall = (f"{(time.time() - t_start) / 60:.1f} min wall time for this invocation ({args.jobs} processes at a "
-                 f"time, {env['OMP_NUM_THREADS']} threads each; runs and evaluations found on disk are reused)")
+    args.wall = (f"This invocation ran {ran} jobs (training runs and evaluations; those found on disk are reused) in "
+                 f"{(time.time() - t_start) / 60:.1f} min wall time, {args.jobs} processes at a time, "
+                 f"{env['OMP_NUM_THREADS']} threads each.")
     write_report(args, base, results)
 
 
 def run_queue(queue, jobs, env, follow_up):
     """Run a queue of (kind, argv, log file, run) jobs as subprocesses, `jobs` at a time, each writing to its log.
     When a job with a run (not None) finishes, follow_up(run) -> list of jobs goes to the FRONT of the queue (a
-    finished training run's evaluations start next). A failing job stops everything, naming its log."""
-    running = []
+    finished training run's evaluations start next). A failing job stops everything, naming its log. -> jobs run."""
+    running, started = [], 0
     while queue or running:
         while queue and len(running) < jobs:
             kind, cmd, log, run = queue.pop(0)
             print("+", " ".join(cmd), flush=True)
             os.makedirs(os.path.dirname(log), exist_ok=True)
             running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), log, run))
+            started += 1
         time.sleep(1)
         for job in list(running):
             p, log, run = job
@@ -200,6 +202,7 @@ def run_queue(queue, jobs, env, follow_up):
                 raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
             if run:
                 queue[:0] = follow_up(run)
+    return started
 
 
 def running_mean(x, w=20):
