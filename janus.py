@@ -2,21 +2,19 @@
 
 Concept (arXiv 2605.21195 post-trains Janus-Pro-1B beside LlamaGen; docs/method.md §17 this backbone, §4.2
 log-probs, §4.5 CFG in the log-probs, §4.6 rollouts, D10, D12): a decoder-only Llama (Hugging Face naming) reads
-the chat prompt BOS + "<|User|>: {caption}\\n\\n<|Assistant|>:" + <begin_of_image> as text tokens, then the N image
-tokens of a VQ grid in raster order. Each image token is fed back through its own table `gen_embed` (not the VQ
-codebook) and the MLP `gen_aligner`; the MLP `gen_head` maps a hidden state to image-token logits (the text lm_head
-is never used). Its prompts come from text_encoders.JanusTextEncoder (the template, left padding).
+the chat prompt BOS + "<|User|>: {caption}\\n\\n<|Assistant|>:" + <begin_of_image> (text_encoders.JanusTextEncoder)
+as text tokens, then the N image tokens of a VQ grid in raster order. Each image token is fed back through its own
+table `gen_embed` (not the VQ codebook) and the MLP `gen_aligner`; the MLP `gen_head` maps a hidden state to
+image-token logits (the text lm_head is never used).
 Classifier-free guidance (CFG) contrasts each prompt with its "null prompt": the same row with every caption token
 replaced by pad, pads attended. The tokens decode with vq.py's VQModel (Janus's gen_vision_model has its keys).
 Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-padded with a mask; position =
 cumsum(mask) - 1 (pads: 1); logits, CFG and log-softmax in fp32 (there: bf16 head logits).
-`forward` gives teacher-forced logits with policy.py's convention; `sample` (static KV cache; the step rule:
-sampling.py) is tested token for token against `sample_naive`, and the trunk against transformers'
-JanusForConditionalGeneration (tests/test_janus.py); perf/fast_sample.py draws the same tokens faster (what train.py uses).
+`forward`: teacher-forced logits (policy.py's convention); `sample` (static KV cache) equals `sample_naive` token for
+token and the trunk transformers' Janus (tests/test_janus.py); perf/fast_sample.py draws the same tokens faster.
 
 Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench/janus.py
-Copy together with vq.py, ckpt.py and sampling.py (the tokenizer's VQModel; read_state_dict / load_strict; the step
-rule).
+Copy together with vq.py (the tokenizer), ckpt.py (weight reading) and sampling.py (the step rule).
 Symbols: B prompts, R rows (B, or 2B with CFG: [cond; null]), T prompt length (left-padded token ids), N image
 tokens (a g*g grid), S = T + N - 1 sequence length, V image vocabulary (VQ codebook), H heads, hd head dim.
 Follows: deepseek-ai/Janus@1daa72f janus/models/modeling_vlm.py (module names), generation_inference.py;
