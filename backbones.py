@@ -64,8 +64,15 @@ class Backbone:
     stream: object          # .next() -> (images (B,3,S,S) in [-1,1], captions); stats, state_dict, load_state_dict
 
 
+def _not_synthetic(cfg):
+    if getattr(cfg, "synthetic", ""):
+        raise ValueError(f"--synthetic {cfg.synthetic}: random-weight backbones are built by perf/synthetic.py's "
+                         "builders of the same names; pick them with train.seam(cfg)")
+
+
 def image_side(cfg) -> int:
     """Side in pixels of the images the configured policy's tokenizer decodes (train.py sets --image_size to it)."""
+    _not_synthetic(cfg)
     if cfg.backbone == "janus_pro_1b":
         import janus
         jc = janus.JANUS_CONFIGS[cfg.janus_config]
@@ -126,6 +133,7 @@ def load_toy_world(cfg, rank=0):
 def build_policy(cfg, device, toy=None, weights=True):
     """Policy side: (text_encoder, gpt, vq, sample, logprobs). weights=False builds the architectures without
     reading the base checkpoints (sample.py then loads a train.py checkpoint into them)."""
+    _not_synthetic(cfg)
     m = MODELS[cfg.backbone]
     if cfg.backbone == "tiny":
         toy = toy or load_toy_world(cfg)

@@ -153,3 +153,22 @@ def test_stream_and_tokenizers_are_deterministic_and_resumable():
     assert enc.input_ids.tolist()[0][3:] == [1, 0] and enc.input_ids[1, -1] == 1           # </s> kept, pads 0
     assert enc.input_ids[0, :2].tolist() == enc.input_ids[1, :2].tolist()                   # same words, same ids
     assert synthetic.hash_ids("a red cup", 3, 32128) == [13806, 29389, 26323]    # blake2b: the same on every machine
+
+
+def test_one_table_of_models_and_the_seam_picks_the_builders():
+    """backbones.MODELS is what both builders read: the synthetic models at full size are the registries' configs it
+    names; train.seam sends --synthetic to perf/synthetic.py, and the real builders refuse a synthetic config."""
+    import backbones
+    import janus
+    import policy
+    m = backbones.MODELS
+    assert synthetic.gpt_config("full") == policy.GPT_CONFIGS[m["llamagen_xl"].gpt]
+    assert synthetic.vq_config("full") == vqlib.VQ_CONFIGS[m["llamagen_xl"].vq]
+    assert synthetic.janus_config("full") == janus.JANUS_CONFIGS[m["janus_pro_1b"].gpt]
+    assert synthetic.t5_config("full").num_layers == 24 and synthetic.t5_config("2").num_layers == 2
+    real = train.parse_config(["--backbone", "llamagen_xl", "--dry_run"])
+    assert train.seam(real) is backbones and backbones.image_side(real) == 256
+    syn = train.parse_config(["--backbone", "llamagen_xl", "--synthetic", "tiny", "--device", "cpu"])
+    assert train.seam(syn) is synthetic and syn.image_size == synthetic.image_side(syn) == 64
+    with pytest.raises(ValueError, match="perf/synthetic.py"):
+        backbones.build_policy(syn, "cpu")
