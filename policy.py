@@ -4,9 +4,10 @@ Concept (arXiv 2605.21195; docs/method.md §4.2 per-token log-probs, §4.6 rollo
 §13.14): a decoder-only transformer reads T caption slots (one T5 feature each, through an MLP), then the image
 tokens of a VQ grid in raster order, and predicts z_t at every step: log pi(z | c) = sum_t log pi(z_t | z_<t, c).
 Sampling: classifier-free guidance (CFG) against a learnt null caption, top-k / top-p (the step rule: sampling.py), a
-static KV cache; `sample_naive` is the slow oracle it is tested against; perf/fast_sample.py draws the same tokens faster
-(what train.py uses). Text convention everywhere (docs/method.md D11): caption features left-aligned (pads first,
-zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns masked, diagonal forced on.
+static KV cache; `sample_naive` is the slow oracle it is tested against; perf/fast_sample.py draws the same tokens
+faster (what train.py uses). Text convention everywhere (docs/method.md D11): caption features left-aligned (pads
+first, zeroed); attention causal over [T text slots; N-1 image tokens], text-pad key columns masked, diagonal forced
+on.
 
 Run the self-check (CPU, seconds): python policy.py   Tests: pytest -q tests/test_policy.py   Speed: bench/sampler.py
 Copy together with ckpt.py (`load_gpt` uses its read_state_dict / load_strict) and sampling.py (the step rule).

@@ -55,7 +55,7 @@ class RunConfig:
     bf16: bool = True              # bf16 autocast on GPU (fp32 master weights); ignored on CPU
     grad_ckpt: bool = False        # activation checkpointing in the policy's training forward (D10)
     dry_run: bool = False          # build without weights, print parameter counts and a memory estimate
-    synthetic: str = ""            # RANDOM weights, nothing read (perf/synthetic.py): full (bare flag) | L = layers | tiny
+    synthetic: str = ""            # RANDOM weights, nothing read (perf/synthetic.py): full (bare flag) | L | tiny
     #                                L: real widths, every transformer stack L layers deep; tiny: CPU-test scale
 
 

@@ -311,7 +311,8 @@ def test_text_encoder_template_left_padding_and_special_ids(files):
     toks = enc.tokenizer.convert_ids_to_tokens(ids[0, 4:].tolist())
     assert toks == ["<｜begin▁of▁sentence｜>", "<|User|>", ":", "a", "red", "cat", "<|Assistant|>", ":",
                     "<begin_of_image>"]
-    assert text_encoders.JanusTextEncoder.prompt(" a red cat ") == "<|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
+    prompt = text_encoders.JanusTextEncoder.prompt(" a red cat ")
+    assert prompt == "<|User|>: a red cat\n\n<|Assistant|>:<begin_of_image>"
     model = random_tiny(0)[0]                                       # the prompts feed the policy as they are
     assert janus.sample(model, ids, mask, cfg_scale=5.0, top_k=1).shape == (2, CFG.image_tokens)
     bad = text_encoders.JanusTextEncoder(tok_dir, dataclasses.replace(CFG, boi_id=249))

@@ -246,7 +246,8 @@ def write_report(args, base, results):
     pairs = [(a, b) for a, b in PAIRS if a in results and b in results and len(results[a]) > 1]
     if pairs:    # same seed = same base models, data order and rollout seed: the difference removes shared noise
         lines += ["", "Paired differences at the final step, per seed (same seed, same data order): mean, std and "
-                  "95 % t-interval over seeds, and in how many seeds the difference is > 0.", "", "| difference | " + " | ".join(LABELS.values()) + " |",
+                  "95 % t-interval over seeds, and in how many seeds the difference is > 0.", "",
+                  "| difference | " + " | ".join(LABELS.values()) + " |",
                   "|---" * (len(LABELS) + 1) + "|"]
         for a, b in pairs:
             seeds = [s for s in results[a] if s in results[b]]
