@@ -88,7 +88,9 @@ def main():
     ap.add_argument("--toy_cache", default=".cache/toy")
     ap.add_argument("--toy_preset", default="default", choices=("default", "tiny"), help="tiny: a seconds-fast smoke run")
     ap.add_argument("--jobs", type=int, default=2, help="processes at once, training runs and evaluations alike "
-                                                        "(each gets cpu_count // jobs threads)")
+                                                        "(each gets cpu_count // jobs threads unless --threads)")
+    ap.add_argument("--threads", type=int, default=0, help="threads per process (0: cpu_count // jobs); the "
+                                                           "pre-registered runs used 1, and floats depend on it")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
                     help=f"a subset of {list(METHODS)}")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run (each must act in every arm: "
@@ -96,7 +98,7 @@ def main():
     args = ap.parse_args()
     t_start, every = time.time(), max(1, args.steps // args.evals)
     os.makedirs(args.out, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 2) // args.jobs))}
     evaluate = [sys.executable, "-m", "toy.eval", "--n", str(args.n), "--seed", str(EVAL_SEED)]
     base_json = eval_path(os.path.join(args.out, "base"), args.n)
 
