@@ -3,8 +3,11 @@
 The paper's question (docs/method.md §1, §10-§11): does post-training raise the reward while image quality and the
 token distribution the decoder was trained on hold? A toy run answers it for its own checkpoint with
     answer.md / answer.json   base vs final: training reward, eval CLIP (an independent CLIP), attribute-checker
-                              accuracy on train and held-out captions, toy FID, LCS KL (toy/eval.py's row; the same
-                              captions and the same sampling seed for both, the run's own sampling settings)
+                              accuracy on train and held-out captions, toy FID, toy KID, LCS KL (toy/eval.py's row; the
+                              same captions and the same sampling seed for both, the run's own sampling settings), and
+                              beside each change the spread of that change over seeds, as measured for this recipe by
+                              `python -m toy.first_run` (toy/assets/first_run_spread.json): one run's change means
+                              something only where it is beyond that spread
     before_after.png          the same captions and the same sampling seed, base models on the left, the run's final
                               policy + decoder on the right, captions written beside the rows, 32-px images x4
     curves.png                training curves from metrics.jsonl: reward, policy KL to the reference, decoder losses
@@ -28,17 +31,55 @@ from perf import fast_sample
 from toy import eval as toy_eval
 from toy import world as toy_world
 
-ROWS = ("reward", "clip", "check_train", "check_heldout", "fid", "lcs_kl")
-HIGHER_IS_BETTER = dict(reward=True, clip=True, check_train=True, check_heldout=True, fid=False, lcs_kl=False)
+ROWS = ("reward", "clip", "check_train", "check_heldout", "fid", "kid", "lcs_kl")
+HIGHER_IS_BETTER = dict(reward=True, clip=True, check_train=True, check_heldout=True, fid=False, kid=False,
+                        lcs_kl=False)
+HEADLINE = ("reward", "check_heldout", "kid")   # the answer's headline (docs/preregistration.md, amendment 2)
 UPSCALE = 4                                   # 32-px images drawn at 128 px (nearest neighbour)
+SPREAD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "first_run_spread.json")
+# config fields that do not change what a run computes (where files go, how often they are written, which files
+# are read for the real backbones): a run whose other fields all equal the measured recipe's gets its spread
+NOT_RECIPE = {"seed", "preset", "out_dir", "resume", "ckpt_every", "keep_ckpts", "sample_every", "logger",
+              "toy_cache", "device", "gpt_ckpt", "vq_ckpt", "t5_path", "clip_path", "hps_path", "lpips_vgg",
+              "lpips_lin", "janus_ckpt", "janus_tokenizer", "janus_config", "dry_run", "synthetic"}
 
 
-def answer_table(base, final, n):
-    """Two toy_eval rows -> markdown lines: metric | base | final | change, and which way is better."""
-    lines = [f"| metric (n = {n} captions per split) | base | final | change | better |", "|---|---:|---:|---:|---|"]
+def recipe(config):
+    """A run's config -> the fields that define what it computes (everything but NOT_RECIPE)."""
+    return {k: v for k, v in config.items() if k not in NOT_RECIPE}
+
+
+def load_spread(config, path=SPREAD_FILE):
+    """-> (the measured spread of this run's recipe, or None, and a line saying which spread the table shows)."""
+    if not os.path.exists(path):
+        return None, f"No seed spread: {path} is missing (`python -m toy.first_run` measures it)."
+    with open(path) as f:
+        spread = json.load(f)
+    differ = sorted(k for k in set(spread["recipe"]) | set(recipe(config))
+                    if spread["recipe"].get(k) != recipe(config).get(k))
+    if differ:
+        return None, (f"No seed spread for this recipe: it differs from the measured one ({path}) in "
+                      f"{', '.join(differ)}.")
+    return spread, (f"Seed spread: the change in {len(spread['seeds'])} runs of this recipe, seeds {spread['seeds']} "
+                    f"({spread['where']}): mean [95 % t-interval], and the seeds whose change is > 0. A change is "
+                    f"beyond seed noise where the interval excludes 0.")
+
+
+def answer_table(base, final, n, spread=None):
+    """Two toy_eval rows (and the recipe's measured spread) -> markdown lines: metric | base | final | change |
+    which way is better [| change over seeds | seeds > 0]. Headline rows are in bold."""
+    head = f"| metric (n = {n} captions per split) | base | final | change | better |"
+    lines = [head + (" change over seeds | seeds > 0 |" if spread else ""),
+             "|---|---:|---:|---:|---|" + ("---:|---|" if spread else "")]
     for k in ROWS:
-        lines.append(f"| {toy_eval.LABELS[k]} | {base[k]:.4f} | {final[k]:.4f} | {final[k] - base[k]:+.4f} | "
-                     f"{'higher' if HIGHER_IS_BETTER[k] else 'lower'} |")
+        name = f"**{toy_eval.LABELS[k]}**" if k in HEADLINE else toy_eval.LABELS[k]
+        line = (f"| {name} | {base[k]:.4f} | {final[k]:.4f} | {final[k] - base[k]:+.4f} | "
+                f"{'higher' if HIGHER_IS_BETTER[k] else 'lower'} |")
+        if spread:
+            c, per_seed = spread["summary"][k], spread["changes"][k]
+            signs = "".join("+" if d > 0 else "-" for d in per_seed)
+            line += f" {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['pos']}/{len(per_seed)} ({signs}) |"
+        lines.append(line)
     return lines
 
 
@@ -126,16 +167,20 @@ def write_text(path, text):
     os.replace(path + ".tmp", path)
 
 
-def report(out_dir, ckpt_path, n=256, seed=0):
+def report(out_dir, ckpt_path, n=256, seed=0, spread_path=SPREAD_FILE):
     """Score base and final, write answer.md / answer.json / before_after.png / curves.png in out_dir, print the
-    table. -> {"base": row, "final": row}."""
+    table (with the seed spread in spread_path when it was measured for this run's recipe at this n).
+    -> {"base": row, "final": row}."""
     final = toy_eval.read_train_ckpt(ckpt_path, flag="checkpoint")
     conf = final["config"]
     base_row = toy_eval.evaluate_toy_checkpoint(None, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
                                                 n=n, seed=seed, sampling=conf)
     final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed)
+    spread, spread_line = load_spread(conf, spread_path)
+    if spread and spread["n"] != n:                     # `python -m toy.report --n` off the recipe's report_n
+        spread, spread_line = None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
     lines = [f"# {conf['method']} on the toy world: base vs step {final['step']} (seed {conf['seed']}, "
-             f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n)
+             f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n, spread) + ["", spread_line]
     images, caps = before_after(conf, final, G=4, seed=seed)
     save_before_after(os.path.join(out_dir, "before_after.png"), images, caps, G=4,
                       after=f"after {conf['method']} training, step {final['step']}")
@@ -144,7 +189,8 @@ def report(out_dir, ckpt_path, n=256, seed=0):
               "curves.png: training curves (running mean over 20 steps)."]
     write_text(os.path.join(out_dir, "answer.md"), "\n".join(lines) + "\n")
     write_text(os.path.join(out_dir, "answer.json"), json.dumps(
-        {"base": base_row, "final": final_row, "n": n, "seed": seed, "threads": torch.get_num_threads()}, indent=1))
+        {"base": base_row, "final": final_row, "n": n, "seed": seed, "threads": torch.get_num_threads(),
+         "spread": spread and spread["summary"]}, indent=1))
     print("\n".join(lines))
     return {"base": base_row, "final": final_row}
 
@@ -152,9 +198,10 @@ def report(out_dir, ckpt_path, n=256, seed=0):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Base vs final table and PNGs of a finished toy run.")
     ap.add_argument("--run", required=True, help="a train.py --out_dir of a toy run (uses its newest checkpoint)")
-    ap.add_argument("--n", type=int, default=256, help="captions per split")
+    ap.add_argument("--n", type=int, default=0, help="captions per split (0: the run's --report_n, else 256)")
     args = ap.parse_args()
     path = ckpt.list_ckpts(args.run)
     if not path:
         ap.error(f"--run {args.run!r}: no ckpt_*.pt there; pass the --out_dir of a finished toy run")
-    report(args.run, path[-1], n=args.n)
+    run_n = toy_eval.read_train_ckpt(path[-1], flag="--run")["config"].get("report_n")
+    report(args.run, path[-1], n=args.n or run_n or 256)

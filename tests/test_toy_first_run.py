@@ -1,0 +1,73 @@
+"""toy/first_run.py (the seed spread of `python train.py`) and how toy/report.py's answer table uses it: the spread is
+the per-seed change final - base of each run's own answer, and the table shows it only for a run of the same recipe.
+
+Run: pytest -q tests/test_toy_first_run.py   (the end-to-end test is slow: two 2-step tiny runs in subprocesses)
+"""
+import json
+import os
+
+import pytest
+
+from toy import first_run
+from toy import report as toy_report
+
+ROW = {k: 1.0 for k in toy_report.ROWS}
+
+
+def fake_answer(seed, delta, **config):
+    """An answer.json as train.py writes it, plus the run's config: final = base + delta on every row."""
+    conf = {"method": "ranke", "steps": 250, "lr_gpt": 1e-5, "report_n": 512, "seed": seed, "out_dir": f"r/s{seed}",
+            **config}
+    return {"base": dict(ROW), "final": {k: v + delta for k, v in ROW.items()}, "n": 512, "config": conf}
+
+
+def test_summarize_signs_and_interval():
+    recipe, n, changes, summary = first_run.summarize({0: fake_answer(0, 0.5), 1: fake_answer(1, -0.1),
+                                                       2: fake_answer(2, 0.3)})
+    assert n == 512 and "seed" not in recipe and "out_dir" not in recipe and recipe["steps"] == 250
+    assert changes["kid"] == pytest.approx([0.5, -0.1, 0.3])
+    s = summary["kid"]
+    assert s["pos"] == 2 and s["mean"] == pytest.approx(0.7 / 3) and s["lo"] < s["mean"] < s["hi"]
+
+
+def test_summarize_refuses_mixed_recipes():
+    with pytest.raises(SystemExit, match="lr_gpt"):
+        first_run.summarize({0: fake_answer(0, 0.5), 1: fake_answer(1, 0.5, lr_gpt=1e-4)})
+
+
+def test_spread_shown_only_for_the_same_recipe(tmp_path):
+    _, n, changes, summary = first_run.summarize({0: fake_answer(0, 0.5), 1: fake_answer(1, -0.25)})
+    path = str(tmp_path / "spread.json")
+    conf = fake_answer(7, 0)["config"]                   # another seed and out_dir: the same recipe
+    json.dump({"recipe": toy_report.recipe(conf), "seeds": [0, 1], "n": n, "where": "here", "changes": changes,
+               "summary": summary}, open(path, "w"))
+    spread, line = toy_report.load_spread(conf, path)
+    assert spread is not None and "seeds [0, 1]" in line
+    table = "\n".join(toy_report.answer_table(ROW, ROW, n, spread))
+    assert "1/2 (+-)" in table and "**toy KID**" in table             # per-seed signs; the headline in bold
+    spread, line = toy_report.load_spread({**conf, "steps": 300, "beta_kl": 0.1}, path)
+    assert spread is None and "beta_kl, steps" in line
+    spread, line = toy_report.load_spread(conf, str(tmp_path / "missing.json"))
+    assert spread is None and "missing" in line
+    assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))
+
+
+@pytest.mark.slow
+def test_first_run_end_to_end(toy_cache, tmp_path):
+    out, spread_out = tmp_path / "fr", str(tmp_path / "spread.json")
+    extra = (f"--toy_preset tiny --toy_cache {toy_cache} --steps 2 --batch_prompts 2 --group_size 4 --report_n 8 "
+             f"--device cpu --lr_gpt 1e-2")
+    spread = first_run.main(["--seeds", "0", "1", "--out", str(out), "--extra", extra, "--spread_out", spread_out])
+    assert json.load(open(spread_out)) == json.loads(json.dumps(spread))
+    answers = [json.load(open(out / f"s{s}" / "answer.json")) for s in (0, 1)]
+    for k in toy_report.ROWS:                            # the spread is each run's own final - base
+        assert spread["changes"][k] == [a["final"][k] - a["base"][k] for a in answers]
+    assert spread["recipe"]["steps"] == 2 and spread["n"] == 8 and spread["seeds"] == [0, 1]
+    assert answers[0]["final"]["fid"] != answers[1]["final"]["fid"]          # two seeds, two runs
+    # the runs' own tables had no spread for this recipe (the shipped one is the default's); with this one, they do
+    assert "No seed spread" in (out / "s0" / "answer.md").read_text()
+    toy_report.report(str(out / "s0"), str(out / "s0" / "ckpt_0000002.pt"), n=8, spread_path=spread_out)
+    md = (out / "s0" / "answer.md").read_text()
+    signs = "".join("+" if d > 0 else "-" for d in spread["changes"]["reward"])
+    assert "change over seeds" in md and f"({signs})" in md
+    assert "results.md" in os.listdir(out)
