@@ -1,0 +1,74 @@
+"""CPU math-kernel pinning: what it costs and whether it changes a toy run's numbers on this machine.
+
+A toy run is bit-identical on one machine at one thread count, but not across CPUs: MKL (matmuls), oneDNN
+(convolutions) and PyTorch's own vectorised kernels each pick a code path for the CPU they run on (AVX-512 here,
+AVX2 or other elsewhere), and the paths round differently. Each library has a switch that pins its path:
+    MKL_CBWR=COMPATIBLE          MKL's conditional numerical reproducibility: one code path on every x86 CPU
+    ONEDNN_MAX_CPU_ISA=AVX2      oneDNN uses at most AVX2 instructions
+    ATEN_CPU_CAPABILITY=avx2     PyTorch's vectorised kernels use the AVX2 build
+This script runs the same short toy RankE run under each switch and under all three, and reports per setting the
+median step time and whether its final checkpoint equals the unpinned run's bit for bit (a switch that changes
+nothing here chose the same path as this CPU's default). Whether the pinned runs are then identical on ANOTHER CPU
+can only be checked there: run this script on both and compare the printed checkpoint hashes.
+
+    python -m bench.kernels                      # 20 RankE steps per setting, 2 threads; about 2-3 minutes
+    python -m bench.kernels --steps 5 --threads 1
+
+Run it alone (other processes on the cores change the times, not the hashes).
+Symbols: none beyond train.py's.
+"""
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = {"unpinned": {}, "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
+            "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+            "ATEN_CPU_CAPABILITY=avx2": {"ATEN_CPU_CAPABILITY": "avx2"}}
+SETTINGS["all three"] = {k: v for s in list(SETTINGS.values()) for k, v in s.items()}
+
+
+def checkpoint_hash(path):
+    """sha256 over every tensor of the models in a train.py checkpoint, in key order (not over the pickle, whose
+    bytes also hold the config)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    h = hashlib.sha256()
+    for part in ("gpt", "vq", "ema_vq", "disc"):
+        for k, v in sorted(ck[part].items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().view(torch.uint8).numpy().tobytes() if v.dim() else v.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, env in SETTINGS.items():
+            out = os.path.join(tmp, name.replace("=", "_").replace(" ", "_"))
+            cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--steps", str(args.steps), "--report_n", "0",
+                   "--sample_every", "0", "--out_dir", out]
+            subprocess.run(cmd, check=True, capture_output=True,
+                           env={**os.environ, **env, "OMP_NUM_THREADS": str(args.threads)})
+            times = [json.loads(line)["step_time_s"] for line in open(os.path.join(out, "metrics.jsonl"))]
+            rows[name] = (statistics.median(times[1:]), checkpoint_hash(os.path.join(out, f"ckpt_{args.steps:07d}.pt")))
+    base_t, base_h = rows["unpinned"]
+    print(f"{args.steps} toy RankE steps, {args.threads} threads, torch {torch.__version__}, "
+          f"{torch.backends.cpu.get_cpu_capability()} CPU capability")
+    print("| setting | median step (s) | vs unpinned | checkpoint hash | equals unpinned |\n|---|---:|---:|---|---|")
+    for name, (t, h) in rows.items():
+        print(f"| {name} | {t:.3f} | {t / base_t - 1:+.1%} | {h} | {'yes' if h == base_h else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
