@@ -180,7 +180,8 @@ def report(out_dir, ckpt_path, n=256, seed=0, spread_path=SPREAD_FILE):
     if spread and spread["n"] != n:                     # `python -m toy.report --n` off the recipe's report_n
         spread, spread_line = None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
     lines = [f"# {conf['method']} on the toy world: base vs step {final['step']} (seed {conf['seed']}, "
-             f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n, spread) + ["", spread_line]
+             f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n, spread)
+    lines += ["", spread_line]
     images, caps = before_after(conf, final, G=4, seed=seed)
     save_before_after(os.path.join(out_dir, "before_after.png"), images, caps, G=4,
                       after=f"after {conf['method']} training, step {final['step']}")
