@@ -88,7 +88,7 @@ def main(argv=None):
     recipe, n, changes, summary = summarize(answers)
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown commit"
-    where = f"{args.threads} thread(s) per run, {cpu_name()}, commit {commit}, {datetime.date.today()}"
+    where = f"{args.threads} thread(s) per run, {cpu_name()}, summarized at commit {commit}, {datetime.date.today()}"
     spread = {"recipe": recipe, "seeds": args.seeds, "n": n, "threads": args.threads, "where": where,
               "changes": changes, "summary": summary,
               "command": " ".join(["python -m toy.first_run", *(sys.argv[1:] if argv is None else argv)])}
