@@ -111,8 +111,8 @@ def main(argv=None):
         f"{toy_eval.LABELS[k]} {'up' if want[k] > 0 else 'down'} in {held[k]}/{len(args.seeds)}"
         f"{'' if held[k] == len(args.seeds) else ' (MISSES the criterion)'}" for k in toy_report.HEADLINE) + ".",
               "", f"Median training step: {sorted(step_s)[len(step_s) // 2]:.2f} s ({args.threads} thread(s)); this "
-              f"invocation ran {ran} runs in {(time.time() - t0) / 60:.1f} min ({args.jobs} at a time). Spread file: "
-              f"{args.spread_out}."]
+              f"invocation ran {ran} of the {len(args.seeds)} runs (the others were on disk) in {(time.time() - t0) / 60:.1f} "
+              f"min, {args.jobs} at a time. Spread file: {os.path.relpath(args.spread_out, ROOT)}."]
     write_atomic(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return spread
