@@ -37,8 +37,13 @@ def test_report_files_and_rows(toy_run, toy_cache):
     assert ans["n"] == 8 and ans["threads"] == torch.get_num_threads()
     # the rows are exactly toy_eval's, base sampled with the run's own settings (CFG 4 of the tiny preset)
     ckpt_path = str(out / "ckpt_0000002.pt")
-    assert ans["final"] == toy_eval.evaluate_toy_checkpoint(ckpt_path, n=8)
-    base = toy_eval.evaluate_toy_checkpoint(None, toy_cache=toy_cache, toy_preset="tiny", n=8, sampling=vars(cfg))
+    full = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=8)
+    assert ans["final"] == toy_eval.evaluate_toy_checkpoint(ckpt_path, n=8, detail=False)
+    # detail=False leaves out the re-encode round trips and the LCS floor, and changes no number it keeps
+    assert {k: v for k, v in full.items() if k in ans["final"]} == ans["final"]
+    assert "reencode_agree" in full and "reencode_agree" not in ans["final"] and full["lcs_floor"] > 0
+    base = toy_eval.evaluate_toy_checkpoint(None, toy_cache=toy_cache, toy_preset="tiny", n=8, sampling=vars(cfg),
+                                            detail=False)
     assert ans["base"] == base
     assert base != toy_eval.evaluate_toy_checkpoint(None, toy_cache=toy_cache, toy_preset="tiny", n=8,
                                                     sampling={"cfg_scale": 1.5})   # the settings reach the sampler

@@ -173,9 +173,10 @@ def report(out_dir, ckpt_path, n=256, seed=0, spread_path=SPREAD_FILE):
     -> {"base": row, "final": row}."""
     final = toy_eval.read_train_ckpt(ckpt_path, flag="checkpoint")
     conf = final["config"]
+    # detail=False: the table shows no re-encode agreement and no LCS floor, so neither is computed (same numbers)
     base_row = toy_eval.evaluate_toy_checkpoint(None, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
-                                                n=n, seed=seed, sampling=conf)
-    final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed)
+                                                n=n, seed=seed, sampling=conf, detail=False)
+    final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed, detail=False)
     spread, spread_line = load_spread(conf, spread_path)
     if spread and spread["n"] != n:                     # `python -m toy.report --n` off the recipe's report_n
         spread, spread_line = None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
