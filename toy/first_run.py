@@ -55,13 +55,6 @@ def summarize(answers):
     return recipes[seeds[0]], answers[seeds[0]]["n"], changes, summary
 
 
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
@@ -92,7 +85,7 @@ def main(argv=None):
     spread = {"recipe": recipe, "seeds": args.seeds, "n": n, "threads": args.threads, "where": where,
               "changes": changes, "summary": summary,
               "command": " ".join(["python -m toy.first_run", *(sys.argv[1:] if argv is None else argv)])}
-    write_atomic(args.spread_out, json.dumps(spread, indent=1) + "\n")
+    toy_report.write_text(args.spread_out, json.dumps(spread, indent=1) + "\n")
     step_s = [json.loads(line).get("step_time_s", 0) for s in args.seeds
               for line in open(os.path.join(args.out, f"s{s}", "metrics.jsonl"))]
     lines = [f"# The first run's seed spread: `python train.py --seed S`, seeds {args.seeds} (n = {len(args.seeds)})",
@@ -113,7 +106,7 @@ def main(argv=None):
               "", f"Median training step: {sorted(step_s)[len(step_s) // 2]:.2f} s ({args.threads} thread(s)); this "
               f"invocation ran {ran} of the {len(args.seeds)} runs (the others were on disk) in {(time.time() - t0) / 60:.1f} "
               f"min, {args.jobs} at a time. Spread file: {os.path.relpath(args.spread_out, ROOT)}."]
-    write_atomic(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
+    toy_report.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return spread
 
