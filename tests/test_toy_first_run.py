@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from toy import eval as toy_eval
 from toy import first_run
 from toy import report as toy_report
 
@@ -52,6 +53,21 @@ def test_spread_shown_only_for_the_same_recipe(tmp_path):
     assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))
 
 
+def test_noise_split_known_answers():
+    # every eval seed gives a run the same change: no evaluation noise, the spread is all training seed
+    c = first_run.noise_split({0: [1.0, 1.0, 1.0], 1: [3.0, 3.0, 3.0]})
+    assert c["eval_sd"] == 0 and c["seed_sd"] == pytest.approx(2 ** 0.5) and c["mean"] == 2 and c["pos"] == [2, 2, 2]
+    # every run gives the same values at the eval seeds: the spread is all evaluation noise, none left for the seed
+    c = first_run.noise_split({0: [1.0, -1.0], 1: [1.0, -1.0], 2: [1.0, -1.0]})
+    assert c["eval_sd"] == pytest.approx(2 ** 0.5) and c["seed_sd"] == 0 and c["mean"] == 0 and c["pos"] == [3, 0]
+    # both: seed effects a = (0, 2) plus eval offsets (+1, -1) per run: per-seed means 0 and 2 (var 2), within var 2
+    # over E = 2 eval seeds -> seed var 2 - 2 / 2 = 1
+    c = first_run.noise_split({0: [1.0, -1.0], 1: [3.0, 1.0]})
+    assert c["eval_sd"] == pytest.approx(2 ** 0.5) and c["seed_sd"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="eval seeds"):
+        first_run.noise_split({0: [1.0], 1: [2.0]})
+
+
 @pytest.mark.slow
 def test_first_run_end_to_end(toy_cache, tmp_path):
     out, spread_out = tmp_path / "fr", str(tmp_path / "spread.json")
@@ -71,3 +87,14 @@ def test_first_run_end_to_end(toy_cache, tmp_path):
     signs = "".join("+" if d > 0 else "-" for d in spread["changes"]["reward"])
     assert "change over seeds" in md and f"({signs})" in md
     assert "results.md" in os.listdir(out)
+    # re-scoring at the answer table's own eval seed 0 reproduces each run's answer.json (the same scoring path)
+    runs = {s: {**a, "config": toy_eval.read_train_ckpt(str(out / f"s{s}" / "ckpt_0000002.pt"))["config"]}
+            for s, a in zip((0, 1), answers)}
+    for k, per_seed in first_run.rescore(str(out), [0, 1], runs, [0], 1).items():
+        for s in (0, 1):
+            assert per_seed[s][1] == pytest.approx(per_seed[s][0], rel=1e-6, abs=1e-9), (k, s)
+    first_run.main(["--seeds", "0", "1", "--out", str(out), "--extra", extra, "--spread_out", spread_out,
+                    "--rescore", "5"])
+    md = (out / "results.md").read_text()
+    assert "Where the spread comes from" in md and "eval seeds [0, 5]" in md
+    assert (out / "rescore" / "s1-e5-n8.json").exists() and (out / "rescore" / "base-e5-n8.json").exists()

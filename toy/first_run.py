@@ -7,6 +7,8 @@ every seed (docs/preregistration.md, amendment 2).
     python -m toy.first_run                # seeds 0-7 of the toy default, one 1-thread process at a time; writes
                                            # runs/first_run/results.md and toy/assets/first_run_spread.json
     python -m toy.first_run --jobs 2       # two at a time on a 2-core machine (one thread each)
+    python -m toy.first_run --rescore 101 202   # also re-score base and finals at other eval seeds: how much of
+                                           # the spread is evaluation noise, how much is the training seed
 
 Every run is the plain `python train.py --seed S --out_dir OUT/sS` (a subprocess: exactly what a user runs); its
 answer.json holds the base and final rows on the same captions with the same sampling seed. Runs whose answer.json is
@@ -15,7 +17,8 @@ config without the fields in toy/report.py's NOT_RECIPE), the seeds, n, threads,
 answer table shows it only for a run of the same recipe at the same n.
 
 Tests: pytest tests/test_toy_first_run.py (tiny preset, 2 steps, 2 seeds). Part of the toy wing (toy/).
-Symbols: S seeds; change = final row - base row of one run; mean, sd (ddof 1) and 95 % t-interval over seeds.
+Symbols: S seeds; E eval seeds (sampling seed + captions of the answer table; train.py's is 0); change = final row -
+base row of one run; mean, sd (ddof 1) and 95 % t-interval over seeds.
 """
 import argparse
 import datetime
@@ -25,6 +28,9 @@ import platform
 import subprocess
 import sys
 import time
+
+import numpy as np
+import torch
 
 from toy import eval as toy_eval
 from toy import report as toy_report
@@ -55,6 +61,45 @@ def summarize(answers):
     return recipes[seeds[0]], answers[seeds[0]]["n"], changes, summary
 
 
+def noise_split(d):
+    """{seed: [change at eval seed 1..E]} (E >= 2, the same eval seeds for every seed) -> where a change's spread over
+    seeds comes from (one-way random-effects ANOVA): eval_sd = the pooled sd of one checkpoint's change between eval
+    seeds (the instrument's noise at this n); seed_sd = the sd between training seeds that remains once that noise
+    is taken out of the per-seed means (0 when the noise explains it all); mean over everything; pos[e] = seeds whose
+    change is > 0 at eval seed e."""
+    v = np.asarray([d[s] for s in sorted(d)], dtype=np.float64)                          # (S, E)
+    if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < 2:
+        raise ValueError(f"noise_split needs >= 2 seeds x >= 2 eval seeds, got shape {v.shape}")
+    eval_var = float(v.var(axis=1, ddof=1).mean())
+    seed_var = float(v.mean(axis=1).var(ddof=1)) - eval_var / v.shape[1]
+    return {"mean": float(v.mean()), "eval_sd": eval_var ** 0.5, "seed_sd": max(seed_var, 0.0) ** 0.5,
+            "pos": [int(x) for x in (v > 0).sum(axis=0)]}
+
+
+def rescore(out, seeds, answers, eval_seeds, threads):
+    """Base and final rows of every run at each eval seed in eval_seeds (n, sampling and detail as the answer table;
+    train.py's own eval seed 0 comes from answer.json). Rows are cached beside the runs, so a cut-off call continues.
+    Returns {headline row: {seed: [change per eval seed]}}, eval seed 0 first."""
+    torch.set_num_threads(threads)
+    conf, n = answers[seeds[0]]["config"], answers[seeds[0]]["n"]
+    rows = {}                                                               # (who, eval seed) -> row
+    os.makedirs(os.path.join(out, "rescore"), exist_ok=True)
+    for e in eval_seeds:
+        for who in ["base", *seeds]:
+            path = os.path.join(out, "rescore", f"{who if who == 'base' else f's{who}'}-e{e}-n{n}.json")
+            if not os.path.exists(path):
+                ck = None if who == "base" else os.path.join(out, f"s{who}",
+                                                             f"ckpt_{answers[who]['final']['step']:07d}.pt")
+                row = toy_eval.evaluate_toy_checkpoint(ck, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
+                                                       n=n, seed=e, sampling=conf, detail=False)
+                toy_report.write_text(path, json.dumps(row, indent=1) + "\n")
+            with open(path) as f:
+                rows[who, e] = json.load(f)
+    return {k: {s: [answers[s]["final"][k] - answers[s]["base"][k]] +
+                   [rows[s, e][k] - rows["base", e][k] for e in eval_seeds] for s in seeds}
+            for k in toy_report.HEADLINE}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
@@ -63,7 +108,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (floats depend on it)")
     ap.add_argument("--extra", default="", help="extra train.py flags for every run (tests: a tiny, short recipe)")
     ap.add_argument("--spread_out", default=toy_report.SPREAD_FILE, help="where the spread file goes")
+    ap.add_argument("--rescore", type=int, nargs="*", default=[], metavar="E",
+                    help="also score base and finals at these eval seeds (train.py's is 0) and split each headline's "
+                         "spread into evaluation noise and training-seed spread")
     args = ap.parse_args(argv)
+    if 0 in args.rescore:
+        ap.error("--rescore: eval seed 0 is the answer table's own; name other seeds")
     if len(args.seeds) < 2:
         ap.error("--seeds: a spread needs at least 2 seeds")
     t0, env = time.time(), {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -104,8 +154,20 @@ def main(argv=None):
         f"{toy_eval.LABELS[k]} {'up' if want[k] > 0 else 'down'} in {held[k]}/{len(args.seeds)}"
         f"{'' if held[k] == len(args.seeds) else ' (MISSES the criterion)'}" for k in toy_report.HEADLINE) + ".",
               "", f"Median training step: {sorted(step_s)[len(step_s) // 2]:.2f} s ({args.threads} thread(s)); this "
-              f"invocation ran {ran} of the {len(args.seeds)} runs (the others were on disk) in {(time.time() - t0) / 60:.1f} "
-              f"min, {args.jobs} at a time. Spread file: {os.path.relpath(args.spread_out, ROOT)}."]
+              f"invocation ran {ran} of the {len(args.seeds)} runs (the others were on disk) in "
+              f"{(time.time() - t0) / 60:.1f} min, {args.jobs} at a time. Spread file: "
+              f"{os.path.relpath(args.spread_out, ROOT)}."]
+    if args.rescore:
+        split = {k: noise_split(d) for k, d in rescore(args.out, args.seeds, answers, args.rescore,
+                                                       args.threads).items()}
+        es = [0, *args.rescore]
+        lines += ["", f"## Where the spread comes from: every run re-scored at eval seeds {es} (n = {n} each)", "",
+                  "eval sd: one checkpoint's change between eval seeds (the instrument's noise); seed sd: what is "
+                  "left between training seeds once that noise is removed; seeds > 0 at each eval seed.", "",
+                  "| metric | mean change | eval sd | seed sd | seeds > 0 at eval seeds " + str(es) + " |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {toy_eval.LABELS[k]} | {c['mean']:+.4f} | {c['eval_sd']:.4f} | {c['seed_sd']:.4f} | "
+                  f"{', '.join(f'{p}/{len(args.seeds)}' for p in c['pos'])} |" for k, c in split.items()]
     toy_report.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return spread
