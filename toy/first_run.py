@@ -158,12 +158,14 @@ def main(argv=None):
               f"{(time.time() - t0) / 60:.1f} min, {args.jobs} at a time. Spread file: "
               f"{os.path.relpath(args.spread_out, ROOT)}."]
     if args.rescore:
+        t1, es = time.time(), [0, *args.rescore]
         split = {k: noise_split(d) for k, d in rescore(args.out, args.seeds, answers, args.rescore,
                                                        args.threads).items()}
-        es = [0, *args.rescore]
         lines += ["", f"## Where the spread comes from: every run re-scored at eval seeds {es} (n = {n} each)", "",
-                  "eval sd: one checkpoint's change between eval seeds (the instrument's noise); seed sd: what is "
-                  "left between training seeds once that noise is removed; seeds > 0 at each eval seed.", "",
+                  "eval sd: one checkpoint's change between eval seeds (the instrument's noise, including the base "
+                  "row's own draw, which every seed shares at one eval seed); seed sd: what is left between training "
+                  "seeds once that noise is removed; seeds > 0 at each eval seed. Re-scoring took "
+                  f"{(time.time() - t1) / 60:.1f} min (rows on disk are reused).", "",
                   "| metric | mean change | eval sd | seed sd | seeds > 0 at eval seeds " + str(es) + " |",
                   "|---|---|---|---|---|"]
         lines += [f"| {toy_eval.LABELS[k]} | {c['mean']:+.4f} | {c['eval_sd']:.4f} | {c['seed_sd']:.4f} | "
