@@ -52,7 +52,7 @@ METHODS = {                                   # name -> train.py flags
 TWO_STAGE, RL = "Two-stage (RL, then decoder)", "Standard RL (GRPO)"
 FEW_SEEDS = ("RankE, uniform GAN", "VA-pi")           # arms run on --few_seeds only (docs/preregistration.md)
 PAIRS = [("RankE", RL), ("RankE", TWO_STAGE), ("RankE", "RankE, uniform GAN"), ("RankE, uniform GAN", RL),
-         (TWO_STAGE, RL)]
+         ("RankE", "VA-pi"), ("VA-pi", RL), (TWO_STAGE, RL)]
 # flags every run shares: the toy preset of train.py (4 prompts x G 8, disc_start 30) otherwise; the runs are scored
 # here, on more captions, so train.py's own end-of-run report is off.
 COMMON = ["--report_n", "0", "--sample_every", "0"]
