@@ -8,10 +8,15 @@ AVX2 or other elsewhere), and the paths round differently. Each library has a sw
     ATEN_CPU_CAPABILITY=avx2     PyTorch's vectorised kernels use the AVX2 build
 This script runs the same short toy RankE run under each switch and under all three, and reports per setting the
 median step time and whether its final checkpoint equals the unpinned run's bit for bit (a switch that changes
-nothing here chose the same path as this CPU's default). Whether the pinned runs are then identical on ANOTHER CPU
-can only be checked there: run this script on both and compare the printed checkpoint hashes.
+nothing here chose the same path as this CPU's default).
+It also emulates a CPU without AVX-512 on this one: MKL_ENABLE_INSTRUCTIONS=AVX2 (MKL dispatches as on an AVX2 CPU)
+plus the oneDNN and ATen caps. Unpinned, that run shows whether an AVX2 machine's numbers differ; pinned (all three
+switches on top), the script says whether its checkpoint equals the pinned run here. This is a weak test: for oneDNN
+and ATen the pin is the cap itself, and the MKL row says whether MKL's dispatch on this CPU reacts to the cap at all.
+An emulated ISA is not another CPU (other cache sizes, another vendor's MKL dispatch, another libm): whether pinned
+runs are identical on ANOTHER CPU can only be checked there: run this script on both and compare the printed hashes.
 
-    python -m bench.kernels                      # 20 RankE steps per setting, 2 threads; about 2-3 minutes
+    python -m bench.kernels                      # 20 RankE steps per setting, 2 threads; about 4 minutes
     python -m bench.kernels --steps 5 --threads 1
 
 Run it alone (other processes on the cores change the times, not the hashes).
@@ -33,6 +38,10 @@ SETTINGS = {"unpinned": {}, "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
             "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
             "ATEN_CPU_CAPABILITY=avx2": {"ATEN_CPU_CAPABILITY": "avx2"}}
 SETTINGS["all three"] = {k: v for s in list(SETTINGS.values()) for k, v in s.items()}
+SETTINGS["MKL_ENABLE_INSTRUCTIONS=AVX2"] = {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}   # MKL as on a CPU without AVX-512
+AVX2_CPU = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+SETTINGS["AVX2 CPU (emulated), unpinned"] = AVX2_CPU
+SETTINGS["AVX2 CPU (emulated), all three"] = {**AVX2_CPU, **SETTINGS["all three"]}
 
 
 def checkpoint_hash(path):
@@ -68,6 +77,9 @@ def main():
     print("| setting | median step (s) | vs unpinned | checkpoint hash | equals unpinned |\n|---|---:|---:|---|---|")
     for name, (t, h) in rows.items():
         print(f"| {name} | {t:.3f} | {t / base_t - 1:+.1%} | {h} | {'yes' if h == base_h else 'no'} |")
+    same = rows["AVX2 CPU (emulated), all three"][1] == rows["all three"][1]
+    print(f"Pinned (all three) on this CPU and on the emulated AVX2 CPU: {'identical' if same else 'DIFFERENT'} "
+          f"checkpoints; unpinned: {'identical' if rows['AVX2 CPU (emulated), unpinned'][1] == base_h else 'different'}.")
 
 
 if __name__ == "__main__":
