@@ -134,6 +134,24 @@ class ClipReward:
             self._text_cache.popitem(last=False)
         return torch.stack(out)  # (B, D)
 
+    # A prompt's text feature depends in its last bits on the batch it was encoded in (the GEMM kernels block by
+    # batch size), and the cache decides which batch that is. So the cache is part of a run's state: train.py
+    # saves it in every checkpoint and restores it on --resume, and a resumed run scores exactly as the
+    # uninterrupted one (tests/test_train.py::test_resume_is_bit_identical).
+    def cache_state(self):
+        """-> {"prompts": list of n str in LRU order, "features": (n, D) CPU tensor}: the text-feature cache."""
+        feats = [f.cpu() for f in self._text_cache.values()]
+        return {"prompts": list(self._text_cache), "features": torch.stack(feats) if feats else torch.zeros(0)}
+
+    def load_cache_state(self, state):
+        """Replace the text-feature cache by a cache_state() (LRU order kept); the features are used as saved."""
+        prompts, feats = state["prompts"], state["features"]
+        if len(prompts) != feats.shape[0]:
+            raise ValueError(f"reward '{self.name}': a cache state of {len(prompts)} prompts and {feats.shape[0]} "
+                             "features; the checkpoint is damaged: resume from an earlier one")
+        device = self._param().device
+        self._text_cache = OrderedDict((p, f.to(device)) for p, f in zip(prompts, feats))
+
     def __call__(self, images01, prompts):
         if not torch.is_tensor(images01) or images01.dim() != 4 or images01.shape[1] != 3:
             raise ValueError(f"reward '{self.name}': images01 must be a (B,3,H,W) tensor, got "
@@ -275,6 +293,14 @@ class LazyReward:
     def __call__(self, images01, prompts):
         return self.load()(images01, prompts)  # ClipReward moves its model to the images' device
 
+    def cache_state(self):
+        """The ClipReward's text-feature cache; an empty one while the model is not built yet."""
+        return self._reward.cache_state() if self._reward is not None else {"prompts": [], "features": torch.zeros(0)}
+
+    def load_cache_state(self, state):
+        if state["prompts"]:        # an empty cache needs no model: a reward never called stays unloaded
+            self.load().load_cache_state(state)
+
 
 def make_reward(name, path=None):
     """"clip" -> OpenAI CLIP ViT-L/14 (path: local file, hf://owner/repo/file, or None = open_clip 'openai' tag);
@@ -308,6 +334,14 @@ class WeightedReward:
             total = w * scores if total is None else total + w * scores
         info["reward_total"] = float(total.detach().mean())
         return total, info
+
+    def cache_state(self):
+        """{component name: its cache_state()} (ClipReward.cache_state says why a run saves it)."""
+        return {k: fn.cache_state() for k, (fn, _) in self.rewards.items() if hasattr(fn, "cache_state")}
+
+    def load_cache_state(self, state):
+        for k, sub in state.items():
+            self.rewards[k][0].load_cache_state(sub)
 
 
 if __name__ == "__main__":

@@ -159,10 +159,13 @@ def fingerprint(modules) -> str:
 STATE = ("gpt", "ref_gpt", "ema_gpt", "vq", "ema_vq", "disc", "opt_gpt", "opt_dec", "opt_disc")
 
 
-def save_checkpoint(cfg, m, step, gen, stream, world, rank):
-    """All ranks send their RNG/data state and a weight fingerprint; rank 0 checks the fingerprints agree and
-    writes one checkpoint atomically (temp file + rename), keeping the newest --keep_ckpts."""
+def save_checkpoint(cfg, m, step, gen, stream, reward_fn, world, rank):
+    """All ranks send their RNG/data state, reward text cache (rewards.ClipReward.cache_state says why) and a
+    weight fingerprint; rank 0 checks the fingerprints agree and writes one checkpoint atomically (temp file +
+    rename), keeping the newest --keep_ckpts."""
     state = {"gen": gen.get_state(), "data": stream.state_dict(), "fingerprint": fingerprint([m.gpt, m.vq, m.disc])}
+    if hasattr(reward_fn, "cache_state"):
+        state["reward_cache"] = reward_fn.cache_state()
     states = [state]
     if world > 1:
         states = [None] * world
@@ -178,8 +181,9 @@ def save_checkpoint(cfg, m, step, gen, stream, world, rank):
             os.remove(old)
 
 
-def resume(cfg, m, gen, stream, world, rank) -> int:
-    """Load the newest readable checkpoint of --out_dir into models, optimizers, RNG and data stream (bit-exact)."""
+def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
+    """Load the newest readable checkpoint of --out_dir into models, optimizers, RNG, data stream and reward text
+    cache (bit-exact)."""
     if not ckpt.list_ckpts(cfg.out_dir):
         return 0
     ck, path = ckpt.load_latest_ckpt(cfg.out_dir)
@@ -194,6 +198,8 @@ def resume(cfg, m, gen, stream, world, rank) -> int:
         getattr(m, k).load_state_dict(ck[k])
     gen.set_state(ck["rank_state"][rank]["gen"])
     stream.load_state_dict(ck["rank_state"][rank]["data"])
+    if "reward_cache" in ck["rank_state"][rank]:    # absent in checkpoints written before the cache was saved
+        reward_fn.load_cache_state(ck["rank_state"][rank]["reward_cache"])
     if rank == 0:
         print(f"[resume] {path} at step {ck['step']}", flush=True)
     return ck["step"]
@@ -264,14 +270,24 @@ if __name__ == "__main__":
 
         def load_state_dict(self, d):
             self.i = d["i"]
+    class Reward:   # the reward's text-feature cache, as rewards.ClipReward provides it
+        def __init__(self):
+            self.cache = {"prompts": [], "features": torch.zeros(0)}
+
+        def cache_state(self):
+            return self.cache
+
+        def load_cache_state(self, state):
+            self.cache = state
     cfg = RunConfig(out_dir=tempfile.mkdtemp(), keep_ckpts=2)
-    m, gen, stream = SimpleNamespace(**nets, **opts), torch.Generator().manual_seed(1), Stream()
-    stream.i = 7
-    save_checkpoint(cfg, m, 3, gen, stream, world=1, rank=0)
+    m, gen, stream, reward = SimpleNamespace(**nets, **opts), torch.Generator().manual_seed(1), Stream(), Reward()
+    stream.i, reward.cache = 7, {"prompts": ["a red cube"], "features": torch.ones(1, 4)}
+    save_checkpoint(cfg, m, 3, gen, stream, reward, world=1, rank=0)
     before = fingerprint(nets.values())
     for net in nets.values():
         torch.nn.init.zeros_(net.weight)
-    stream.i, gen = 0, torch.Generator().manual_seed(99)
-    step = resume(cfg, m, gen, stream, world=1, rank=0)
+    stream.i, gen, reward = 0, torch.Generator().manual_seed(99), Reward()
+    step = resume(cfg, m, gen, stream, reward, world=1, rank=0)
     assert step == 3 and stream.i == 7 and fingerprint(nets.values()) == before, "resume is not bit-exact"
+    assert reward.cache["prompts"] == ["a red cube"], "resume lost the reward's text cache"
     print(f"runtime self-check: checkpoint at step {step} written to {cfg.out_dir} and restored bit-exactly")

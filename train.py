@@ -492,7 +492,7 @@ def main(cfg: Config):
         bb.gpt.load_state_dict(init_ckpt["gpt"])
     m = build_models(cfg, bb, device)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
-    step = resume(cfg, m, gen, bb.stream, world, rank) if cfg.resume else 0
+    step = resume(cfg, m, gen, bb.stream, bb.reward_fn, world, rank) if cfg.resume else 0
     log = Logger(cfg, master)
     B, G = cfg.batch_prompts, cfg.group_size
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not master, desc=cfg.method)
@@ -530,7 +530,7 @@ def main(cfg: Config):
                 x = m.vq.decode_indices(batches[0].tokens[:rows])
             save_grid(os.path.join(cfg.out_dir, f"samples_{step + 1:07d}.png"), x, batches[0].prompts_g[:rows], G)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(cfg, m, step + 1, gen, bb.stream, world, rank)
+            save_checkpoint(cfg, m, step + 1, gen, bb.stream, bb.reward_fn, world, rank)
     log.close()
     if master and cfg.report_n and cfg.backbone == "tiny" and not cfg.data:
         from toy import report as toy_report   # the toy wing, only for a toy run: the answer (table + PNGs) in out_dir

@@ -119,6 +119,33 @@ def test_text_cache_is_bounded():
     assert len(r._text_cache) == 2 and "a red cube" not in r._text_cache  # least recently used evicted
 
 
+def test_text_cache_state_restores_the_saved_features_without_re_encoding():
+    # train.py saves the cache in checkpoints: a prompt's feature depends in its last bits on its encoding batch,
+    # so a resumed run must reuse the saved features, not re-encode them in another batch
+    a = make("bilinear")
+    a(rand_images(b=4), ["a red cube", "a blue ball", "a red cube", "two cats"])
+    a(rand_images(b=1), ["new prompt"])
+    a.text_features(["a red cube"])                      # LRU order: blue ball, two cats, new prompt, red cube
+    with torch.no_grad():   # stand-in for a last-bits difference: perturb the saved features
+        state = a.cache_state()
+        state["features"] = state["features"] + 1e-3
+    assert state["prompts"] == ["a blue ball", "two cats", "new prompt", "a red cube"]
+    b = make("bilinear")
+    b.load_cache_state(state)
+    got = b.text_features(["two cats", "a red cube"])
+    assert b.cache_misses == 0 and torch.equal(got, state["features"][[1, 3]])
+    assert list(b._text_cache) == ["a blue ball", "new prompt", "two cats", "a red cube"]   # the order moved on
+    w = WeightedReward({"a": (a, 1.0)})
+    c = WeightedReward({"a": (make("bilinear"), 1.0)})
+    c.load_cache_state(w.cache_state())
+    assert torch.equal(c.rewards["a"][0].cache_state()["features"], a.cache_state()["features"])
+    lazy = rewards.make_reward("clip")                   # never built: nothing to save, and loading nothing builds nothing
+    lazy.load_cache_state(lazy.cache_state())
+    assert lazy.cache_state()["prompts"] == [] and lazy._reward is None
+    with pytest.raises(ValueError, match="damaged"):
+        b.load_cache_state({"prompts": ["x"], "features": torch.zeros(2, 4)})
+
+
 def test_non_finite_raises_naming_the_reward():
     r = make("bilinear", name="my_clip")
     x = rand_images()

@@ -112,7 +112,7 @@ def test_resume_refuses_to_mix_synthetic_and_real(ranke_run):
     out, cfg, _ = ranke_run
     for other in ("", "2"):   # a real run, or another scale, resuming this synthetic run's out_dir
         with pytest.raises(SystemExit, match=f"--synthetic 'tiny'.*this run has --synthetic '{other}'"):
-            runtime.resume(SimpleNamespace(out_dir=str(out), synthetic=other), None, None, None, 1, 0)
+            runtime.resume(SimpleNamespace(out_dir=str(out), synthetic=other), None, None, None, None, 1, 0)
 
 
 @pytest.mark.slow

@@ -109,6 +109,11 @@ def test_resume_is_bit_identical(toy_cache, tmp_path):
     for part in ("gpt", "vq", "disc", "ema_gpt", "ema_vq"):
         for k in ca[part]:
             assert torch.equal(ca[part][k], cb[part][k]), f"resume diverged at {part}.{k}"
+    # the reward's text cache travels too (rewards.ClipReward.cache_state: without it a prompt seen before the
+    # cut is re-encoded in another batch after it, and the rewards differ in the last bits from then on)
+    qa, qb = ca["rank_state"][0]["reward_cache"], cb["rank_state"][0]["reward_cache"]
+    assert qa["prompts"] == qb["prompts"] and len(qa["prompts"]) > 0
+    assert torch.equal(qa["features"], qb["features"])
 
 
 @pytest.mark.slow
