@@ -10,8 +10,8 @@ pre-registered rule that fixes the comparison's length L.
 Every run is `python train.py --method grpo --lr_gpt LR --seed S ...` (checkpoints every --every steps) and every
 evaluation `python -m toy.eval --ckpt ... --n N --seed 1234 --json ...` (subprocesses, --jobs at a time, one queue:
 toy_reproduce.run_queue). Runs and evaluations on disk are reused, so a cut-off calibration continues where it
-stopped; stage B resumes stage A's runs of the chosen recipe (train.py --resume is bit-exact) instead of
-restarting them.
+stopped; stage B resumes stage A's runs of the chosen recipe (train.py --resume is bit-exact since the reward's
+text cache travels in the checkpoints; docs/experiments.md §6) instead of restarting them.
 Criteria (docs/preregistration.md, stage A), over the seeds: held-out checker - base > 0 and eval CLIP - base > 0,
 each with a 95 % t-interval that excludes 0, and the policy KL per token (train.py's policy/kl, mean of the last 20
 steps) <= --kl_max. Choice: the passing recipe with the largest learning rate.
