@@ -18,6 +18,7 @@ runs are identical on ANOTHER CPU can only be checked there: run this script on 
 
     python -m bench.kernels                      # 20 RankE steps per setting, 2 threads; about 4 minutes
     python -m bench.kernels --steps 5 --threads 1
+    python -m bench.kernels --settings unpinned "all three" --json kernels.json   # the two rows to compare across CPUs
 
 Run it alone (other processes on the cores change the times, not the hashes).
 Symbols: none beyond train.py's.
@@ -56,14 +57,29 @@ def checkpoint_hash(path):
     return h.hexdigest()[:16]
 
 
+def machine():
+    """What decides the kernels' paths: the CPU model, its capability as PyTorch sees it, the library versions."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    libs = [line.strip(" -") for line in torch.__config__.show().splitlines()
+            if "Math Kernel" in line or "MKL-DNN" in line]                 # MKL and oneDNN versions
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "libraries": libs}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="NAME",
+                    help=f"which rows to run (default: all): {', '.join(SETTINGS)}")
+    ap.add_argument("--json", default="", help="also write the rows and the machine description to this file")
     args = ap.parse_args()
+    if "unpinned" not in args.settings:
+        ap.error("--settings must include unpinned (every row is compared with it)")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, env in SETTINGS.items():
+        for name, env in ((k, SETTINGS[k]) for k in SETTINGS if k in args.settings):
             out = os.path.join(tmp, name.replace("=", "_").replace(" ", "_"))
             cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--steps", str(args.steps), "--report_n", "0",
                    "--sample_every", "0", "--out_dir", out]
@@ -72,14 +88,21 @@ def main():
             times = [json.loads(line)["step_time_s"] for line in open(os.path.join(out, "metrics.jsonl"))]
             rows[name] = (statistics.median(times[1:]), checkpoint_hash(os.path.join(out, f"ckpt_{args.steps:07d}.pt")))
     base_t, base_h = rows["unpinned"]
-    print(f"{args.steps} toy RankE steps, {args.threads} threads, torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()} CPU capability")
+    info = machine()
+    print(f"{args.steps} toy RankE steps, {args.threads} threads, torch {info['torch']}, {info['cpu']}, "
+          f"{info['cpu_capability']} CPU capability; {'; '.join(info['libraries'])}")
     print("| setting | median step (s) | vs unpinned | checkpoint hash | equals unpinned |\n|---|---:|---:|---|---|")
     for name, (t, h) in rows.items():
         print(f"| {name} | {t:.3f} | {t / base_t - 1:+.1%} | {h} | {'yes' if h == base_h else 'no'} |")
-    same = rows["AVX2 CPU (emulated), all three"][1] == rows["all three"][1]
-    print(f"Pinned (all three) on this CPU and on the emulated AVX2 CPU: {'identical' if same else 'DIFFERENT'} "
-          f"checkpoints; unpinned: {'identical' if rows['AVX2 CPU (emulated), unpinned'][1] == base_h else 'different'}.")
+    if "AVX2 CPU (emulated), all three" in rows and "all three" in rows:
+        same = rows["AVX2 CPU (emulated), all three"][1] == rows["all three"][1]
+        print(f"Pinned (all three) on this CPU and on the emulated AVX2 CPU: {'identical' if same else 'DIFFERENT'} "
+              "checkpoints; unpinned: "
+              f"{'identical' if rows.get('AVX2 CPU (emulated), unpinned', (0, ''))[1] == base_h else 'different'}.")
+    if args.json:     # compare two machines' files: equal hashes of a setting <=> bit-identical runs
+        with open(args.json, "w") as f:
+            json.dump({**info, "steps": args.steps, "threads": args.threads,
+                       "rows": {k: {"median_step_s": t, "hash": h} for k, (t, h) in rows.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
