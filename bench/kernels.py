@@ -15,6 +15,7 @@ switches on top), the script says whether its checkpoint equals the pinned run h
 and ATen the pin is the cap itself, and the MKL row says whether MKL's dispatch on this CPU reacts to the cap at all.
 An emulated ISA is not another CPU (other cache sizes, another vendor's MKL dispatch, another libm): whether pinned
 runs are identical on ANOTHER CPU can only be checked there: run this script on both and compare the printed hashes.
+Measured (docs/experiments.md §2): an AMD EPYC and an Intel Xeon, same torch build, differ pinned and unpinned.
 
     python -m bench.kernels                      # 20 RankE steps per setting, 2 threads; about 4 minutes
     python -m bench.kernels --steps 5 --threads 1
