@@ -73,9 +73,13 @@ def test_first_run_end_to_end(toy_cache, tmp_path):
     out, spread_out = tmp_path / "fr", str(tmp_path / "spread.json")
     extra = (f"--toy_preset tiny --toy_cache {toy_cache} --steps 2 --batch_prompts 2 --group_size 4 --report_n 8 "
              f"--device cpu --lr_gpt 1e-2")
-    spread = first_run.main(["--seeds", "0", "1", "--out", str(out), "--extra", extra, "--spread_out", spread_out])
-    assert json.load(open(spread_out)) == json.loads(json.dumps(spread))
+    # seeds named out of order: every label (spread file, results.md columns) must still name its own run
+    spread = first_run.main(["--seeds", "1", "0", "--out", str(out), "--extra", extra, "--spread_out", spread_out])
+    assert json.load(open(spread_out)) == json.loads(json.dumps(spread)) and spread["seeds"] == [0, 1]
+    assert "| seed 0 | seed 1 |" in (out / "results.md").read_text()
     answers = [json.load(open(out / f"s{s}" / "answer.json")) for s in (0, 1)]
+    row = " | ".join(f"{a['final']['reward'] - a['base']['reward']:+.4f}" for a in answers)
+    assert f"| {toy_eval.LABELS['reward']} | {row} |" in (out / "results.md").read_text()    # column = its seed
     for k in toy_report.ROWS:                            # the spread is each run's own final - base
         assert spread["changes"][k] == [a["final"][k] - a["base"][k] for a in answers]
     assert spread["recipe"]["steps"] == 2 and spread["n"] == 8 and spread["seeds"] == [0, 1]

@@ -114,8 +114,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if 0 in args.rescore:
         ap.error("--rescore: eval seed 0 is the answer table's own; name other seeds")
-    if len(args.seeds) < 2:
-        ap.error("--seeds: a spread needs at least 2 seeds")
+    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
+        ap.error("--seeds: a spread needs at least 2 seeds, each named once")
+    args.seeds = sorted(args.seeds)   # the order of summarize()'s columns, so that every label names its own run
     t0, env = time.time(), {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     answer = {s: os.path.join(args.out, f"s{s}", "answer.json") for s in args.seeds}
     queue = [("train", [sys.executable, os.path.join(ROOT, "train.py"), "--seed", str(s), "--out_dir",
