@@ -53,6 +53,23 @@ def test_spread_shown_only_for_the_same_recipe(tmp_path):
     assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))
 
 
+def test_compare_machines_known_answers():
+    def answers(deltas, step=250):
+        out = {s: fake_answer(s, d) for s, d in deltas.items()}
+        for a in out.values():
+            a["final"]["step"] = step
+        return out
+    here, there = answers({0: 0.5, 1: -0.25}), answers({0: 0.75, 1: -0.25})   # seed 1 identical, seed 0 moved
+    rows, same, total = first_run.compare_machines(here, there)
+    assert rows["kid"]["here"] == [0.5, -0.25] and rows["kid"]["other"] == [0.75, -0.25]
+    assert rows["kid"]["diff"]["mean"] == pytest.approx(0.125) and rows["kid"]["pos"] == [1, 1]
+    assert (same, total) == (2 * 7 + 7, 28)            # every base number, and seed 1's final numbers
+    with pytest.raises(SystemExit, match="seeds"):
+        first_run.compare_machines(here, answers({0: 0.5, 2: 0.5}))
+    with pytest.raises(SystemExit, match="steps"):
+        first_run.compare_machines(here, answers({0: 0.5, 1: 0.5}, step=300))
+
+
 def test_noise_split_known_answers():
     # every eval seed gives a run the same change: no evaluation noise, the spread is all training seed
     c = first_run.noise_split({0: [1.0, 1.0, 1.0], 1: [3.0, 3.0, 3.0]})
@@ -102,3 +119,8 @@ def test_first_run_end_to_end(toy_cache, tmp_path):
     md = (out / "results.md").read_text()
     assert "Where the spread comes from" in md and "eval seeds [0, 5]" in md
     assert (out / "rescore" / "s1-e5-n8.json").exists() and (out / "rescore" / "base-e5-n8.json").exists()
+    # --compare against the same runs (as if copied from another machine): everything equal, differences zero
+    first_run.main(["--seeds", "0", "1", "--out", str(out), "--extra", extra, "--spread_out", spread_out,
+                    "--compare", str(out)])
+    md = (out / "results.md").read_text()
+    assert "Numbers equal on both: 28 of 28" in md and "| +0.0000 [+0.0000, +0.0000] | 0.0000 |" in md

@@ -9,6 +9,8 @@ every seed (docs/preregistration.md, amendment 2).
     python -m toy.first_run --jobs 2       # two at a time on a 2-core machine (one thread each)
     python -m toy.first_run --rescore 101 202   # also re-score base and finals at other eval seeds: how much of
                                            # the spread is evaluation noise, how much is the training seed
+    python -m toy.first_run --threads 2 --compare OTHER   # the same seeds' runs from another machine (OTHER/sS/
+                                           # answer.json): what a change of CPU moves, per seed and row
 
 Every run is the plain `python train.py --seed S --out_dir OUT/sS` (a subprocess: exactly what a user runs); its
 answer.json holds the base and final rows on the same captions with the same sampling seed. Runs whose answer.json is
@@ -61,6 +63,24 @@ def summarize(answers):
     return recipes[seeds[0]], answers[seeds[0]]["n"], changes, summary
 
 
+def compare_machines(here, other):
+    """{seed: answer.json} of the same seeds and recipe on two machines -> {row: per-seed changes here and there,
+    their difference (there - here) with mean / sd / 95 % interval, seeds > 0 on each}, and how many base / final
+    numbers are exactly equal on both (bit-identical runs would give all of them)."""
+    seeds = sorted(here)
+    if sorted(other) != seeds:
+        raise SystemExit(f"--compare: the other machine has seeds {sorted(other)}, this one {seeds}; name the same")
+    a = summarize(here)[2]            # (the recipe check needs the checkpoints, which stay on the other machine)
+    if any((other[s]["n"], other[s]["final"]["step"]) != (here[s]["n"], here[s]["final"]["step"]) for s in seeds):
+        raise SystemExit("--compare: the two machines' runs differ in n or steps; compare the same command's runs")
+    b = {k: [other[s]["final"][k] - other[s]["base"][k] for s in seeds] for k in toy_report.ROWS}
+    rows = {k: {"here": a[k], "other": b[k], "diff": paired_ci(np.subtract(b[k], a[k])),
+                "pos": [sum(x > 0 for x in a[k]), sum(x > 0 for x in b[k])]} for k in toy_report.ROWS}
+    same = sum(here[s][part][k] == other[s][part][k] for s in seeds for part in ("base", "final")
+               for k in toy_report.ROWS)
+    return rows, same, 2 * len(seeds) * len(toy_report.ROWS)
+
+
 def noise_split(d):
     """{seed: [change at eval seed 1..E]} (E >= 2, the same eval seeds for every seed) -> where a change's spread over
     seeds comes from (one-way random-effects ANOVA): eval_sd = the pooled sd of one checkpoint's change between eval
@@ -111,6 +131,9 @@ def main(argv=None):
     ap.add_argument("--rescore", type=int, nargs="*", default=[], metavar="E",
                     help="also score base and finals at these eval seeds (train.py's is 0) and split each headline's "
                          "spread into evaluation noise and training-seed spread")
+    ap.add_argument("--compare", default=None, metavar="OTHER",
+                    help="a folder of the same seeds' runs from another machine (OTHER/sS/answer.json): add a table of "
+                         "what the change of machine moves")
     args = ap.parse_args(argv)
     if 0 in args.rescore:
         ap.error("--rescore: eval seed 0 is the answer table's own; name other seeds")
@@ -171,6 +194,22 @@ def main(argv=None):
                   "|---|---|---|---|---|"]
         lines += [f"| {toy_eval.LABELS[k]} | {c['mean']:+.4f} | {c['eval_sd']:.4f} | {c['seed_sd']:.4f} | "
                   f"{', '.join(f'{p}/{len(args.seeds)}' for p in c['pos'])} |" for k, c in split.items()]
+    if args.compare:
+        other = {}
+        for s in args.seeds:
+            with open(os.path.join(args.compare, f"s{s}", "answer.json")) as f:
+                other[s] = json.load(f)
+        rows, same, total = compare_machines(answers, other)
+        lines += ["", f"## Another machine: the same seeds' runs in {args.compare}", "",
+                  f"Per seed: the change (final - base) here / there; their difference (there - here) over the seeds, "
+                  f"mean [95 % CI] and sd, beside the seed sd here. Numbers equal on both: {same} of {total}.", "",
+                  "| metric | " + " | ".join(f"seed {s}" for s in args.seeds) +
+                  " | difference mean [95 % CI] | difference sd | seed sd here | > 0 here / there |",
+                  "|---" * (len(args.seeds) + 5) + "|"]
+        lines += [f"| {toy_eval.LABELS[k]} | " + " | ".join(f"{x:+.4f} / {y:+.4f}" for x, y in zip(c["here"], c["other"]))
+                  + f" | {c['diff']['mean']:+.4f} [{c['diff']['lo']:+.4f}, {c['diff']['hi']:+.4f}] | "
+                  f"{c['diff']['sd']:.4f} | {summary[k]['sd']:.4f} | {c['pos'][0]}/{len(args.seeds)} / "
+                  f"{c['pos'][1]}/{len(args.seeds)} |" for k, c in rows.items()]
     toy_report.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return spread
