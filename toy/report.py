@@ -62,7 +62,9 @@ def load_spread(config, path=SPREAD_FILE):
                       f"{', '.join(differ)}.")
     return spread, (f"Seed spread: the change in {len(spread['seeds'])} runs of this recipe, seeds {spread['seeds']} "
                     f"({spread['where']}): mean [95 % t-interval], and the seeds whose change is > 0. A change is "
-                    f"beyond seed noise where the interval excludes 0.")
+                    f"beyond seed noise where the interval excludes 0. On another CPU, thread count or torch version "
+                    f"the same seed trains along other floats: its change there is another draw from this spread "
+                    f"(docs/first_run, amendment 4).")
 
 
 def answer_table(base, final, n, spread=None):
