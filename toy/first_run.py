@@ -9,8 +9,9 @@ every seed (docs/preregistration.md, amendment 2).
     python -m toy.first_run --jobs 2       # two at a time on a 2-core machine (one thread each)
     python -m toy.first_run --rescore 101 202   # also re-score base and finals at other eval seeds: how much of
                                            # the spread is evaluation noise, how much is the training seed
-    python -m toy.first_run --threads 2 --compare OTHER   # the same seeds' runs from another machine (OTHER/sS/
-                                           # answer.json): what a change of CPU moves, per seed and row
+    python -m toy.first_run --threads 2 --out runs/here --spread_out runs/here/spread.json --compare OTHER
+                                           # the same seeds' runs from another machine (OTHER/sS/answer.json): what
+                                           # a change of CPU moves; --spread_out keeps the shipped spread as it is
 
 Every run is the plain `python train.py --seed S --out_dir OUT/sS` (a subprocess: exactly what a user runs); its
 answer.json holds the base and final rows on the same captions with the same sampling seed. Runs whose answer.json is
@@ -197,7 +198,11 @@ def main(argv=None):
     if args.compare:
         other = {}
         for s in args.seeds:
-            with open(os.path.join(args.compare, f"s{s}", "answer.json")) as f:
+            path = os.path.join(args.compare, f"s{s}", "answer.json")
+            if not os.path.exists(path):
+                raise SystemExit(f"--compare: {path} is missing; copy the other machine's run folders (sS/answer.json "
+                                 f"for every seed in --seeds) into {args.compare}")
+            with open(path) as f:
                 other[s] = json.load(f)
         rows, same, total = compare_machines(answers, other)
         lines += ["", f"## Another machine: the same seeds' runs in {args.compare}", "",
