@@ -60,8 +60,8 @@ def checkpoint_hash(path):
 
 def machine():
     """What decides the kernels' paths: the CPU model, its capability as PyTorch sees it, the library versions."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    from toy.first_run import cpu_name   # the one CPU-model reader (Linux's /proc/cpuinfo, else platform)
+    cpu = cpu_name()
     libs = [line.strip(" -") for line in torch.__config__.show().splitlines()
             if "Math Kernel" in line or "MKL-DNN" in line]                 # MKL and oneDNN versions
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
