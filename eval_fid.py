@@ -88,7 +88,9 @@ def kernel_inception_distance(feats_a, feats_b):
     Unlike FID it has no bias at small n (its expectation is the population MMD^2, 0 for equal distributions), so it
     can be negative. The released tools (torch-fidelity, clean-fid) average it over random subsets of 1,000; here it
     is taken on all pairs, and the standard error is the two-sample delete-one jackknife (Efron & Stein), exact in
-    O(n^2) from the kernel matrices' row sums.
+    O(n^2) from the kernel matrices' row sums. It treats the two sets as independent samples; where they are paired
+    (fake image i drawn from real image i's caption, as in toy/eval.py) the pair is the sampling unit, and this
+    standard error is conservative (larger than the paired one; docs/method.md §11).
     feats_a (n, F), feats_b (m, F), n, m >= 3 -> (kid, standard error), floats."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 3:

@@ -181,6 +181,13 @@ def save_checkpoint(cfg, m, step, gen, stream, reward_fn, world, rank):
             os.remove(old)
 
 
+# flags a resumed run may change: its length and what it writes where, and the files the frozen parts load from (a
+# run may move between machines). Any other difference from the checkpoint's config is refused by resume().
+RESUME_MAY_CHANGE = {"steps", "resume", "out_dir", "ckpt_every", "keep_ckpts", "sample_every", "logger", "report_n",
+                     "device", "dry_run", "grad_ckpt", "preset", "toy_cache", "gpt_ckpt", "vq_ckpt", "t5_path",
+                     "clip_path", "hps_path", "lpips_vgg", "lpips_lin", "janus_ckpt", "janus_tokenizer"}
+
+
 def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
     """Load the newest readable checkpoint of --out_dir into models, optimizers, RNG, data stream and reward text
     cache (bit-exact)."""
@@ -194,6 +201,14 @@ def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
                          f"--out_dir or the checkpoint's --synthetic value")
     if ck["world_size"] != world:
         raise SystemExit(f"{path} was written by {ck['world_size']} processes; resume with the same count")
+    changed = [f"--{k} {ck['config'][k]!r} -> {v!r}" for k, v in vars(cfg).items()
+               if k in ck["config"] and k not in RESUME_MAY_CHANGE and ck["config"][k] != v]
+    if changed:      # e.g. a new --init_policy would be overwritten by the checkpoint's policy without a word
+        raise SystemExit(f"{path} belongs to another run than these flags describe ({'; '.join(changed)}): resume "
+                         f"with the checkpoint's values, or start the new run in another --out_dir")
+    if ck.get("threads", torch.get_num_threads()) != torch.get_num_threads() and rank == 0:
+        print(f"[resume] note: {path} was written at {ck['threads']} torch threads, this process has "
+              f"{torch.get_num_threads()}: the run continues along other floats than an uninterrupted one", flush=True)
     for k in STATE:
         getattr(m, k).load_state_dict(ck[k])
     gen.set_state(ck["rank_state"][rank]["gen"])
@@ -208,14 +223,24 @@ def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
 class Logger:
     """metrics.jsonl (always) and, on request, TensorBoard or Weights & Biases; rank 0 only."""
 
-    def __init__(self, cfg, master):
+    def __init__(self, cfg, master, start_step=0):
+        """start_step: the step the run starts from (0, or the resumed checkpoint's). Lines of later steps in an
+        existing metrics.jsonl (logged after that checkpoint, or by an earlier run in this out_dir) are dropped, so
+        every step is logged once."""
         self.f = self.tb = self.wb = None
         # every metrics line of a synthetic run (random weights, perf/synthetic.py) says so
         self.tag = {"synthetic": cfg.synthetic} if getattr(cfg, "synthetic", "") else {}
         os.makedirs(cfg.out_dir, exist_ok=True)
         if not master:
             return
-        self.f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
+        path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(keep)
+            os.replace(path + ".tmp", path)
+        self.f = open(path, "a")
         if cfg.logger == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(cfg.out_dir)

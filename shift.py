@@ -17,7 +17,8 @@ histograms are smoothed; this file's choices for those:
 - Smoothing: eps = 1e-10 is added to EVERY bin of both histograms, which are then renormalised. It only keeps
   ln(pi/p) finite where the real histogram has an empty bin; with eps = 1e-10 such a bin contributes about
   pi(k) * ln(pi(k) / 1e-10), i.e. a large penalty, so empty real bins are not hidden.
-- The floor shrinks roughly like (K - 1) / (2 n) with n tokens per set, so sample as many model images as real ones
+- The floor shrinks roughly like (K - 1) / n with n tokens in each of the two sets (2 n KL is about chi-square with
+  K - 1 degrees of freedom for ONE sample against the truth; two samples double the variance), so sample as many model images as real ones
   and always compare models at the same counts. `split_floor=True` (CLI --split_floor) is the older fallback for a
   single real set: the KL between its two random halves, a floor at half the count (larger than the paper's).
 
@@ -72,6 +73,8 @@ def _check_hist(h, what):
     if h.dim() not in (1, 2) or not torch.isfinite(h).all() or (h < 0).any():
         raise ValueError(f"{what} must be a non-negative finite (K,) or (N, K) histogram, got shape "
                          f"{tuple(h.shape)}")
+    if (h.sum(-1) == 0).any():
+        raise ValueError(f"{what} has a row with no mass (all zeros): build it from at least one token")
     return h
 
 
@@ -81,15 +84,17 @@ def _smooth(h, eps):
 
 
 def lcs_kl(hist_model, hist_real, eps=1e-10):
-    """D_KL(pi_model || p_real) in nats after eps-smoothing both (docs/method.md §10). Counts or probabilities both work
-    (each is renormalised). (K,) inputs -> 0-dim float64 tensor; (N, K) -> (N,) per-position KLs."""
+    """D_KL(pi_model || p_real) in nats after eps-smoothing both (docs/method.md §10). Pass probabilities
+    (token_histogram): eps is added before renormalising, so raw counts would be smoothed less. (K,) inputs -> 0-dim
+    float64 tensor; (N, K) -> (N,) per-position KLs. 0 ln 0 = 0 (a model bin with no mass adds nothing, eps = 0 too)."""
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     pi, p = _check_hist(hist_model, "hist_model"), _check_hist(hist_real, "hist_real")
     if pi.shape != p.shape:
         raise ValueError(f"histogram shapes differ: model {tuple(pi.shape)} vs real {tuple(p.shape)} (same K?)")
     pi, p = _smooth(pi, eps), _smooth(p, eps)
-    return (pi * (pi.log() - p.log())).sum(-1)  # sum_k pi(k) ln(pi(k)/p(k))
+    term = pi * (pi.log() - p.log())                     # pi(k) ln(pi(k)/p(k)); NaN where pi(k) = 0 and eps = 0
+    return torch.where(pi > 0, term, torch.zeros_like(term)).sum(-1)   # sum_k, with 0 ln 0 = 0
 
 
 def entropy_bits(hist):
@@ -220,8 +225,8 @@ def _self_check():
     real2 = torch.multinomial(uniform, 64 * 16, replacement=True, generator=g).view(64, 16)
     model = torch.multinomial(pi, 64 * 16, replacement=True, generator=g).view(64, 16)
     r = report(model, real, K, tokens_real2=real2)
-    print("sampled: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()) + f"  (floor ~ (K-1)/(2n) = "
-          f"{(K - 1) / (2 * 64 * 16):.4f})")
+    print("sampled: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()) + f"  (expected floor ~ (K-1)/n = "
+          f"{(K - 1) / (64 * 16):.4f}, one draw)")
 
 
 def main(argv=None):

@@ -218,8 +218,8 @@ def parse_config(argv=None) -> Config:
     cfg, given = parse_dataclass_flags(Config, PRESETS, argv, default_preset,
                                        preset_keys=("backbone", "reward", "method"))
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
-    if cfg.report_n < 0 or cfg.report_n == 1:
-        bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 2 (feature covariance, LCS floor)")
+    if cfg.report_n < 0 or cfg.report_n in (1, 2):
+        bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 3 (KID's unbiased estimate, feature covariance)")
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
     own = default_preset(cfg.backbone, cfg.reward, cfg.method)
@@ -493,7 +493,7 @@ def main(cfg: Config):
     m = build_models(cfg, bb, device)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank + 1)   # rollouts / VA-pi noise, per rank
     step = resume(cfg, m, gen, bb.stream, bb.reward_fn, world, rank) if cfg.resume else 0
-    log = Logger(cfg, master)
+    log = Logger(cfg, master, start_step=step)
     B, G = cfg.batch_prompts, cfg.group_size
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not master, desc=cfg.method)
     for step in bar:

@@ -103,8 +103,8 @@ def test_real_floor_shrinks_with_sample_count():
         return sum(vals) / len(vals)
 
     small, large = mean_floor(20), mean_floor(640)
-    assert large < small / 5, (small, large)  # ~ (K-1)/(2n): 32x more tokens -> ~32x smaller
-    assert 0 < large < 3 * (K - 1) / (2 * 640 * 16) * 2
+    assert large < small / 5, (small, large)  # ~ (K-1)/n: 32x more tokens -> ~32x smaller
+    assert 0 < large < 3 * (K - 1) / (640 * 16)
 
 
 def test_helpers_from_images_and_sampler(tmp_path):
@@ -210,3 +210,10 @@ def test_two_real_sets_are_disjoint_seeded_and_sized():
         two_real_sets(pool, n=15)
     with pytest.raises(ValueError, match="5000"):
         two_real_sets(pool)                              # the paper's N by default
+
+
+def test_lcs_kl_empty_model_bin_and_empty_histogram():
+    # a model bin with no mass adds 0 (0 ln 0 = 0), also without smoothing: KL([.5,.5,0] || [.25,.25,.5]) = ln 2
+    assert float(lcs_kl([0.5, 0.5, 0.0], [0.25, 0.25, 0.5], eps=0.0)) == pytest.approx(math.log(2.0), rel=1e-12)
+    with pytest.raises(ValueError, match="no mass"):
+        lcs_kl([0.0, 0.0, 0.0], [0.25, 0.25, 0.5])

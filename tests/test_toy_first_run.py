@@ -46,8 +46,15 @@ def test_spread_shown_only_for_the_same_recipe(tmp_path):
     assert spread is not None and "seeds [0, 1]" in line
     table = "\n".join(toy_report.answer_table(ROW, ROW, n, spread))
     assert "1/2 (+-)" in table and "**toy KID**" in table             # per-seed signs; the headline in bold
+    zero = {**spread, "changes": {k: [0.0, 0.5] for k in spread["changes"]}}
+    assert "(0+)" in "\n".join(toy_report.answer_table(ROW, ROW, n, zero))    # no change is neither sign
     spread, line = toy_report.load_spread({**conf, "steps": 300, "beta_kl": 0.1}, path)
     assert spread is None and "beta_kl, steps" in line
+    spread, line = toy_report.load_spread(conf, path, n=1024)              # measured at n = 512
+    assert spread is None and "n = 512" in line
+    spread, line = toy_report.load_spread(conf, path, n=512, step=200)     # a cut-off run's newest checkpoint
+    assert spread is None and "step 200 of the run's 250" in line
+    assert toy_report.load_spread(conf, path, n=512, step=250)[0] is not None
     spread, line = toy_report.load_spread(conf, str(tmp_path / "missing.json"))
     assert spread is None and "missing" in line
     assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))
@@ -73,16 +80,70 @@ def test_compare_machines_known_answers():
 def test_noise_split_known_answers():
     # every eval seed gives a run the same change: no evaluation noise, the spread is all training seed
     c = first_run.noise_split({0: [1.0, 1.0, 1.0], 1: [3.0, 3.0, 3.0]})
-    assert c["eval_sd"] == 0 and c["seed_sd"] == pytest.approx(2 ** 0.5) and c["mean"] == 2 and c["pos"] == [2, 2, 2]
-    # every run gives the same values at the eval seeds: the spread is all evaluation noise, none left for the seed
+    assert (c["shared_sd"], c["run_sd"]) == (0, 0) and c["seed_sd"] == pytest.approx(2 ** 0.5)
+    assert c["mean"] == 2 and c["pos"] == [2, 2, 2]
+    # every run gives the same values at the eval seeds: all of it is the shared eval draw, none the seed's
     c = first_run.noise_split({0: [1.0, -1.0], 1: [1.0, -1.0], 2: [1.0, -1.0]})
-    assert c["eval_sd"] == pytest.approx(2 ** 0.5) and c["seed_sd"] == 0 and c["mean"] == 0 and c["pos"] == [3, 0]
-    # both: seed effects a = (0, 2) plus eval offsets (+1, -1) per run: per-seed means 0 and 2 (var 2), within var 2
-    # over E = 2 eval seeds -> seed var 2 - 2 / 2 = 1
+    assert c["shared_sd"] == pytest.approx(2 ** 0.5) and (c["seed_sd"], c["run_sd"]) == (0, 0) and c["pos"] == [3, 0]
+    # both: seed effects (0, 2) plus the same eval offsets (+1, -1) for every run. The seeds' sd is sqrt(2) at every
+    # eval seed, and so is the estimate (a one-way ANOVA, blind to the crossing, would give 1)
     c = first_run.noise_split({0: [1.0, -1.0], 1: [3.0, 1.0]})
-    assert c["eval_sd"] == pytest.approx(2 ** 0.5) and c["seed_sd"] == pytest.approx(1.0)
+    assert c["seed_sd"] == pytest.approx(2 ** 0.5) and c["shared_sd"] == pytest.approx(2 ** 0.5) and c["run_sd"] == 0
+    # pure interaction: each run's own eval noise, nothing shared, no seed effect (rows and columns all mean 0.5)
+    c = first_run.noise_split({0: [1.0, 0.0], 1: [0.0, 1.0]})
+    assert c["run_sd"] == pytest.approx(1.0) and (c["seed_sd"], c["shared_sd"]) == (0, 0)
     with pytest.raises(ValueError, match="eval seeds"):
         first_run.noise_split({0: [1.0], 1: [2.0]})
+
+
+def test_noise_split_recovers_simulated_components():
+    """Average estimates over many simulated (seed x eval seed) tables approach the true sds' squares."""
+    import numpy as np
+    rng, S, E, est = np.random.default_rng(0), 8, 4, []
+    for _ in range(2000):
+        v = 0.3 + 1.0 * rng.standard_normal((S, 1)) + 0.7 * rng.standard_normal((1, E)) + 0.5 * rng.standard_normal((S, E))
+        c = first_run.noise_split({s: list(v[s]) for s in range(S)})
+        est.append([c["seed_sd"] ** 2, c["shared_sd"] ** 2, c["run_sd"] ** 2])
+    assert np.mean(est, axis=0) == pytest.approx([1.0, 0.49, 0.25], rel=0.08)
+
+
+def test_p_all_better_closed_forms_and_simulation():
+    from scipy.stats import norm
+    c = {"mean": 1.0, "seed_sd": 1.0, "shared_sd": 0.0, "run_sd": 0.0}          # independent seeds: Phi(1)^8
+    assert first_run.p_all_better(c, 8) == pytest.approx(norm.cdf(1.0) ** 8, rel=1e-9)
+    c = {"mean": 1.0, "seed_sd": 0.0, "shared_sd": 2.0, "run_sd": 0.0}          # only the shared draw: Phi(1/2)
+    assert first_run.p_all_better(c, 8) == pytest.approx(norm.cdf(0.5), rel=1e-9)
+    assert first_run.p_all_better(c, 8, eval_scale=0) == 1.0                    # a perfect instrument
+    c = {"mean": -1.0, "seed_sd": 0.5, "shared_sd": 0.5, "run_sd": 0.5}         # lower is better, all three parts
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = -1.0 + 0.5 * (rng.standard_normal((200_000, 8)) + rng.standard_normal((200_000, 1)) +
+                      rng.standard_normal((200_000, 8)))
+    assert first_run.p_all_better(c, 8, higher=False) == pytest.approx((x < 0).all(1).mean(), abs=0.005)
+
+
+def test_better_count_zero_is_not_better():
+    zero = {k: [0.0, 0.0] for k in toy_report.ROWS}
+    assert first_run.better_count(zero) == {k: 0 for k in toy_report.HEADLINE}
+    moved = {**zero, "reward": [0.5, -0.1], "kid": [-3.0, 2.0], "check_heldout": [0.1, 0.2]}
+    assert first_run.better_count(moved) == {"reward": 1, "check_heldout": 2, "kid": 1}
+
+
+def test_summarize_refuses_mixed_thread_counts():
+    a = {0: fake_answer(0, 0.5), 1: fake_answer(1, 0.5)}
+    a[0]["train_threads"], a[1]["train_threads"] = 1, 2
+    with pytest.raises(SystemExit, match="thread counts"):
+        first_run.summarize(a)
+
+
+@pytest.mark.parametrize("argv, msg", [(["--rescore", "101", "101"], "each eval seed once"),
+                                       (["--rescore", "0"], "each eval seed once"),
+                                       (["--extra", "--seed 3"], "--seed and --out_dir"),
+                                       (["--seeds", "1", "1"], "each named once")])
+def test_bad_arguments_refused_before_any_run(tmp_path, argv, msg, capsys):
+    with pytest.raises(SystemExit):
+        first_run.main(["--out", str(tmp_path / "none"), *argv])
+    assert msg in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow
@@ -114,6 +175,12 @@ def test_first_run_end_to_end(toy_cache, tmp_path):
     for k, per_seed in first_run.rescore(str(out), [0, 1], runs, [0], 1).items():
         for s in (0, 1):
             assert per_seed[s][1] == pytest.approx(per_seed[s][0], rel=1e-6, abs=1e-9), (k, s)
+    # a cached row scored from another checkpoint (its key differs) is not reused: it is scored again
+    cached = json.load(open(out / "rescore" / "s0-e0-n8.json"))
+    cached["key"]["ckpt_sha256"], cached["row"]["reward"] = "another checkpoint", 1e9
+    json.dump(cached, open(out / "rescore" / "s0-e0-n8.json", "w"))
+    again = first_run.rescore(str(out), [0, 1], runs, [0], 1)["reward"][0]
+    assert again[1] == pytest.approx(again[0], rel=1e-6, abs=1e-9)
     first_run.main(["--seeds", "0", "1", "--out", str(out), "--extra", extra, "--spread_out", spread_out,
                     "--rescore", "5"])
     md = (out / "results.md").read_text()

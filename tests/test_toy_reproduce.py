@@ -3,8 +3,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+
+from toy import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,3 +55,18 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     # the two-stage arm samples the Standard RL run's final policy: same tokens, so the same LCS KL, per seed
     for s in "01":
         assert runs["Two-stage (RL, then decoder)"][s]["2"]["lcs_kl"] == runs["Standard RL (GRPO)"][s]["2"]["lcs_kl"]
+
+
+def test_run_queue_failure_stops_every_job(tmp_path):
+    """A failing job ends the queue, and the jobs running beside it end too (a rerun must not meet a second writer)."""
+    pid_file = tmp_path / "pid"
+    sleeper = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+               "time.sleep(60)"]
+    fail = [sys.executable, "-c", "import time; time.sleep(1.5); raise SystemExit(3)"]
+    queue = [("x", sleeper, str(tmp_path / "a.log"), None), ("x", fail, str(tmp_path / "b.log"), None)]
+    t0 = time.time()
+    with pytest.raises(SystemExit, match="exit 3"):
+        reproduce.run_queue(queue, 2, dict(os.environ), follow_up=lambda run: [])
+    assert time.time() - t0 < 30
+    with pytest.raises(ProcessLookupError):                 # terminated and reaped
+        os.kill(int(pid_file.read_text()), 0)

@@ -102,8 +102,16 @@ def test_method_switch_trains_only_its_part(toy_cache, tmp_path, method, frozen,
 def test_resume_is_bit_identical(toy_cache, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run(toy_cache, a, "--steps", "4", "--ckpt_every", "2")
-    run(toy_cache, b, "--steps", "2", "--ckpt_every", "2")
+    run(toy_cache, b, "--steps", "3", "--ckpt_every", "2")
+    os.remove(b / "ckpt_0000003.pt")             # cut after step 3 was logged, before its checkpoint was written
     run(toy_cache, b, "--steps", "4", "--ckpt_every", "2", "--resume")
+    # every step logged once, in order, with the numbers of the uninterrupted run (step 3 again from step 2)
+    la, lb = ([json.loads(l) for l in open(d / "metrics.jsonl")] for d in (a, b))
+    assert [l["step"] for l in lb] == [1, 2, 3, 4]
+    assert [l["reward/mean"] for l in la] == [l["reward/mean"] for l in lb]
+    # a resume with flags of another run is refused, nothing loaded (here: a new learning rate)
+    with pytest.raises(SystemExit, match="lr_gpt"):
+        run(toy_cache, b, "--steps", "6", "--ckpt_every", "2", "--resume", "--lr_gpt", "0.5")
     ca, cb = last_ckpt(a), last_ckpt(b)
     assert ca["step"] == cb["step"] == 4
     for part in ("gpt", "vq", "disc", "ema_gpt", "ema_vq"):

@@ -42,8 +42,10 @@ def run_dir(out, lr, seed):
 
 def policy_kl(d, step, window=20):
     """train.py's policy/kl (1/2 (log pi - log pi_ref)^2 per token) averaged over steps (step - window, step]."""
-    rows = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
-    v = [r["policy/kl"] for r in rows if step - window < r["step"] <= step]
+    rows = {}
+    with open(os.path.join(d, "metrics.jsonl")) as f:      # by step: a step logged twice keeps its last line
+        rows.update((r["step"], r) for r in (json.loads(line) for line in f if line.strip()))
+    v = [r["policy/kl"] for t, r in rows.items() if step - window < t <= step]
     if len(v) != min(window, step):
         raise SystemExit(f"{d}/metrics.jsonl has {len(v)} of the {min(window, step)} steps up to {step}: was the run "
                          f"cut? (delete the run's folder to retrain it)")

@@ -234,8 +234,8 @@ def main(argv=None):
                          "several: one sampling pass, one row each")
     ap.add_argument("--json", default=None, help="also write {decoder: row} to this file (atomically)")
     args = ap.parse_args(argv)
-    if args.n < 2:
-        ap.error(f"--n {args.n}: need at least 2 captions per split (feature covariance, LCS floor)")
+    if args.n < 3:
+        ap.error(f"--n {args.n}: need at least 3 captions per split (KID's unbiased estimate, feature covariance)")
     try:                                    # the checkpoint is read first: a bad one fails before the world loads
         rows = evaluate_toy_checkpoint_decoders(args.ckpt, tuple(args.decoder), toy_cache=args.toy_cache,
                                                 toy_preset=args.toy_preset, n=args.n, seed=args.seed)

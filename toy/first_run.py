@@ -25,6 +25,7 @@ base row of one run; mean, sd (ddof 1) and 95 % t-interval over seeds.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -59,9 +60,18 @@ def summarize(answers):
         if differ or answers[s]["n"] != answers[seeds[0]]["n"]:
             raise SystemExit(f"seed {s}'s run differs from seed {seeds[0]}'s in {differ or ['report n']}: a spread "
                              f"needs one recipe; remove the stale run folder or pass the same --extra flags")
+    threads = {answers[s].get("train_threads") for s in seeds}    # floats depend on it: one spread, one count
+    if len(threads) != 1:
+        raise SystemExit(f"the runs used different torch thread counts {sorted(map(str, threads))}: a spread needs "
+                         f"one; remove the runs of the other count (or pass --out to a fresh folder)")
     changes = {k: [answers[s]["final"][k] - answers[s]["base"][k] for s in seeds] for k in toy_report.ROWS}
     summary = {k: {**paired_ci(d), "pos": sum(x > 0 for x in d)} for k, d in changes.items()}
     return recipes[seeds[0]], answers[seeds[0]]["n"], changes, summary
+
+
+def better_count(changes):
+    """{row: [change per seed]} -> {headline row: seeds whose change is in the better direction} (0 is not)."""
+    return {k: sum(d > 0 if toy_report.HIGHER_IS_BETTER[k] else d < 0 for d in changes[k]) for k in toy_report.HEADLINE}
 
 
 def compare_machines(here, other):
@@ -84,41 +94,92 @@ def compare_machines(here, other):
 
 def noise_split(d):
     """{seed: [change at eval seed 1..E]} (E >= 2, the same eval seeds for every seed) -> where a change's spread over
-    seeds comes from (one-way random-effects ANOVA): eval_sd = the pooled sd of one checkpoint's change between eval
-    seeds (the instrument's noise at this n); seed_sd = the sd between training seeds that remains once that noise
-    is taken out of the per-seed means (0 when the noise explains it all); mean over everything; pos[e] = seeds whose
-    change is > 0 at eval seed e."""
+    seeds comes from. The eval seeds are crossed with the training seeds (at one eval seed every run is scored on the
+    same captions and sampling stream, against the same base row), so the model is two-way, without replication:
+    change[s, e] = mean + seed_s + shared_e + run_se (docs/first_run, "Where the spread comes from"). Returned:
+    seed_sd (between training seeds), shared_sd (the eval draw every seed shares at one eval seed), run_sd (one
+    checkpoint's own eval noise, the residual); variance components from the mean squares, negative ones set to 0;
+    mean over everything; pos[e] = seeds whose change is > 0 at eval seed e."""
     v = np.asarray([d[s] for s in sorted(d)], dtype=np.float64)                          # (S, E)
     if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < 2:
         raise ValueError(f"noise_split needs >= 2 seeds x >= 2 eval seeds, got shape {v.shape}")
-    eval_var = float(v.var(axis=1, ddof=1).mean())
-    seed_var = float(v.mean(axis=1).var(ddof=1)) - eval_var / v.shape[1]
-    return {"mean": float(v.mean()), "eval_sd": eval_var ** 0.5, "seed_sd": max(seed_var, 0.0) ** 0.5,
-            "pos": [int(x) for x in (v > 0).sum(axis=0)]}
+    S, E = v.shape
+    rows, cols, grand = v.mean(axis=1), v.mean(axis=0), v.mean()
+    ms_res = float(((v - rows[:, None] - cols[None, :] + grand) ** 2).sum()) / ((S - 1) * (E - 1))
+    seed_var = (E * float(rows.var(ddof=1)) - ms_res) / E       # E[MS_seeds] = E * seed_var + run_var
+    shared_var = (S * float(cols.var(ddof=1)) - ms_res) / S     # E[MS_eval] = S * shared_var + run_var
+    return {"mean": float(grand), "seed_sd": max(seed_var, 0.0) ** 0.5, "shared_sd": max(shared_var, 0.0) ** 0.5,
+            "run_sd": ms_res ** 0.5, "pos": [int(x) for x in (v > 0).sum(axis=0)]}
+
+
+def p_all_better(c, seeds, higher=True, eval_scale=1.0):
+    """P(all `seeds` runs' changes lie in the better direction) under the normal model of noise_split's components
+    c, with the evaluation variances (shared and per run) times eval_scale (n0 / n for n captions instead of n0; 0 =
+    a perfect instrument). The shared draw moves every seed together, so it is integrated out (on a grid of 16,001
+    points over +-8 sd): P = E_b[Phi(+-(mean + b) / sqrt(seed_var + run_var))^seeds], b ~ N(0, shared_var)."""
+    from scipy.stats import norm
+    sign = 1.0 if higher else -1.0
+    sd_one = (c["seed_sd"] ** 2 + eval_scale * c["run_sd"] ** 2) ** 0.5       # one run's own spread given b
+    sd_b = eval_scale ** 0.5 * c["shared_sd"]
+    if sd_one == 0:                                                          # every seed moves with b alone
+        return float(norm.cdf(sign * c["mean"] / sd_b)) if sd_b > 0 else float(sign * c["mean"] > 0)
+    z = np.linspace(-8.0, 8.0, 16001)                                        # b = z * sd_b
+    w = norm.pdf(z)
+    p_one = norm.cdf(sign * (c["mean"] + z * sd_b) / sd_one)
+    return float((w * p_one ** seeds).sum() / w.sum())
 
 
 def rescore(out, seeds, answers, eval_seeds, threads):
     """Base and final rows of every run at each eval seed in eval_seeds (n, sampling and detail as the answer table;
-    train.py's own eval seed 0 comes from answer.json). Rows are cached beside the runs, so a cut-off call continues.
+    train.py's own eval seed 0 comes from answer.json). Rows are cached beside the runs, so a cut-off call continues;
+    a cached row is reused only if it was scored from the same checkpoint file (sha256), recipe, n and eval seed.
     Returns {headline row: {seed: [change per eval seed]}}, eval seed 0 first."""
     torch.set_num_threads(threads)
     conf, n = answers[seeds[0]]["config"], answers[seeds[0]]["n"]
     rows = {}                                                               # (who, eval seed) -> row
     os.makedirs(os.path.join(out, "rescore"), exist_ok=True)
+    ckpts = {s: os.path.join(out, f"s{s}", f"ckpt_{answers[s]['final']['step']:07d}.pt") for s in seeds}
+    sha = {s: file_sha256(ckpts[s]) for s in seeds}
     for e in eval_seeds:
         for who in ["base", *seeds]:
             path = os.path.join(out, "rescore", f"{who if who == 'base' else f's{who}'}-e{e}-n{n}.json")
-            if not os.path.exists(path):
-                ck = None if who == "base" else os.path.join(out, f"s{who}",
-                                                             f"ckpt_{answers[who]['final']['step']:07d}.pt")
-                row = toy_eval.evaluate_toy_checkpoint(ck, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
+            key = {"ckpt_sha256": None if who == "base" else sha[who], "recipe": toy_report.recipe(conf), "n": n,
+                   "eval_seed": e}
+            cached = None
+            if os.path.exists(path):
+                with open(path) as f:
+                    cached = json.load(f)
+            if not cached or cached.get("key") != json.loads(json.dumps(key)):      # missing or stale: score again
+                row = toy_eval.evaluate_toy_checkpoint(None if who == "base" else ckpts[who],
+                                                       toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
                                                        n=n, seed=e, sampling=conf, detail=False)
-                toy_report.write_text(path, json.dumps(row, indent=1) + "\n")
-            with open(path) as f:
-                rows[who, e] = json.load(f)
+                cached = {"key": key, "row": row}
+                toy_report.write_text(path, json.dumps(cached, indent=1) + "\n")
+            rows[who, e] = cached["row"]
     return {k: {s: [answers[s]["final"][k] - answers[s]["base"][k]] +
                    [rows[s, e][k] - rows["base", e][k] for e in eval_seeds] for s in seeds}
             for k in toy_report.HEADLINE}
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_other(folder, seeds):
+    """--compare's input: {seed: answer.json} of the same seeds' runs from another machine."""
+    other = {}
+    for s in seeds:
+        path = os.path.join(folder, f"s{s}", "answer.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"--compare: {path} is missing; copy the other machine's run folders (sS/answer.json "
+                             f"for every seed in --seeds) into {folder}")
+        with open(path) as f:
+            other[s] = json.load(f)
+    return other
 
 
 def main(argv=None):
@@ -136,8 +197,10 @@ def main(argv=None):
                     help="a folder of the same seeds' runs from another machine (OTHER/sS/answer.json): add a table of "
                          "what the change of machine moves")
     args = ap.parse_args(argv)
-    if 0 in args.rescore:
-        ap.error("--rescore: eval seed 0 is the answer table's own; name other seeds")
+    if 0 in args.rescore or len(set(args.rescore)) != len(args.rescore):
+        ap.error("--rescore: name each eval seed once, and not 0 (the answer table's own)")
+    if {"--seed", "--out_dir"} & {f.split("=")[0] for f in args.extra.split()}:
+        ap.error("--extra: --seed and --out_dir are set per run from --seeds and --out; drop them from --extra")
     if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
         ap.error("--seeds: a spread needs at least 2 seeds, each named once")
     args.seeds = sorted(args.seeds)   # the order of summarize()'s columns, so that every label names its own run
@@ -152,15 +215,18 @@ def main(argv=None):
         with open(answer[s]) as f:
             answers[s] = json.load(f)
         ck = toy_eval.read_train_ckpt(os.path.join(args.out, f"s{s}", f"ckpt_{answers[s]['final']['step']:07d}.pt"))
-        answers[s]["config"] = ck["config"]
+        if ck["config"]["seed"] != s:
+            raise SystemExit(f"{args.out}/s{s} holds a run of --seed {ck['config']['seed']}; remove that folder")
+        answers[s]["config"], answers[s]["train_threads"] = ck["config"], ck.get("threads")
     recipe, n, changes, summary = summarize(answers)
+    threads = answers[args.seeds[0]]["train_threads"] or args.threads   # the runs' training threads (checkpoint)
+    other = load_other(args.compare, args.seeds) if args.compare else None   # a bad --compare fails before any write
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown commit"
-    where = f"{args.threads} thread(s) per run, {cpu_name()}, summarized at commit {commit}, {datetime.date.today()}"
-    spread = {"recipe": recipe, "seeds": args.seeds, "n": n, "threads": args.threads, "where": where,
+    where = f"{threads} thread(s) per run, {cpu_name()}, summarized at commit {commit}, {datetime.date.today()}"
+    spread = {"recipe": recipe, "seeds": args.seeds, "n": n, "threads": threads, "where": where,
               "changes": changes, "summary": summary,
               "command": " ".join(["python -m toy.first_run", *(sys.argv[1:] if argv is None else argv)])}
-    toy_report.write_text(args.spread_out, json.dumps(spread, indent=1) + "\n")
     step_s = [json.loads(line).get("step_time_s", 0) for s in args.seeds
               for line in open(os.path.join(args.out, f"s{s}", "metrics.jsonl"))]
     lines = [f"# The first run's seed spread: `python train.py --seed S`, seeds {args.seeds} (n = {len(args.seeds)})",
@@ -173,37 +239,34 @@ def main(argv=None):
         c = summary[k]
         lines.append(f"| {toy_eval.LABELS[k]} | " + " | ".join(f"{d:+.4f}" for d in changes[k]) +
                      f" | {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['pos']}/{len(args.seeds)} |")
-    want = {k: 1 if toy_report.HIGHER_IS_BETTER[k] else -1 for k in toy_report.HEADLINE}
-    held = {k: sum((d > 0) == (want[k] > 0) for d in changes[k]) for k in toy_report.HEADLINE}
+    held = better_count(changes)
     lines += ["", "Headline signs (criterion: the better direction in every seed): " + "; ".join(
-        f"{toy_eval.LABELS[k]} {'up' if want[k] > 0 else 'down'} in {held[k]}/{len(args.seeds)}"
+        f"{toy_eval.LABELS[k]} {'up' if toy_report.HIGHER_IS_BETTER[k] else 'down'} in {held[k]}/{len(args.seeds)}"
         f"{'' if held[k] == len(args.seeds) else ' (MISSES the criterion)'}" for k in toy_report.HEADLINE) + ".",
-              "", f"Median training step: {sorted(step_s)[len(step_s) // 2]:.2f} s ({args.threads} thread(s)); this "
+              "", f"Median training step: {sorted(step_s)[len(step_s) // 2]:.2f} s ({threads} thread(s)); this "
               f"invocation ran {ran} of the {len(args.seeds)} runs (the others were on disk) in "
               f"{(time.time() - t0) / 60:.1f} min, {args.jobs} at a time. Spread file: "
               f"{os.path.relpath(args.spread_out, ROOT)}."]
     if args.rescore:
         t1, es = time.time(), [0, *args.rescore]
         split = {k: noise_split(d) for k, d in rescore(args.out, args.seeds, answers, args.rescore,
-                                                       args.threads).items()}
+                                                       threads).items()}
+        S, scales = len(args.seeds), (1, 0.5, 0.25, 0)
         lines += ["", f"## Where the spread comes from: every run re-scored at eval seeds {es} (n = {n} each)", "",
-                  "eval sd: one checkpoint's change between eval seeds (the instrument's noise, including the base "
-                  "row's own draw, which every seed shares at one eval seed); seed sd: what is left between training "
-                  "seeds once that noise is removed; seeds > 0 at each eval seed. Re-scoring took "
-                  f"{(time.time() - t1) / 60:.1f} min (rows on disk are reused).", "",
-                  "| metric | mean change | eval sd | seed sd | seeds > 0 at eval seeds " + str(es) + " |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {toy_eval.LABELS[k]} | {c['mean']:+.4f} | {c['eval_sd']:.4f} | {c['seed_sd']:.4f} | "
-                  f"{', '.join(f'{p}/{len(args.seeds)}' for p in c['pos'])} |" for k, c in split.items()]
+                  "Two-way random-effects ANOVA over (training seed, eval seed), no replication: change = mean + "
+                  "seed + shared + run. seed sd: between training seeds; shared eval sd: the evaluation draw every "
+                  "seed shares at one eval seed (the captions, the sampling stream, the base row); per-run eval sd: "
+                  "one checkpoint's own evaluation noise. Seeds > 0 at each eval seed. P(all better): the chance "
+                  f"that all {S} seeds' changes lie in the better direction under this normal model, the shared draw "
+                  "integrated out, with the evaluation variances at n, 2n, 4n captions and without evaluation noise. "
+                  f"Re-scoring took {(time.time() - t1) / 60:.1f} min (rows on disk are reused).", "",
+                  "| metric | mean change | seed sd | shared eval sd | per-run eval sd | seeds > 0 at eval seeds "
+                  f"{es} | P(all better) at n = {n}, {2 * n}, {4 * n}, no eval noise |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {toy_eval.LABELS[k]} | {c['mean']:+.4f} | {c['seed_sd']:.4f} | {c['shared_sd']:.4f} | "
+                  f"{c['run_sd']:.4f} | {', '.join(f'{p}/{S}' for p in c['pos'])} | " +
+                  ", ".join(f"{p_all_better(c, S, toy_report.HIGHER_IS_BETTER[k], x):.2f}" for x in scales) + " |"
+                  for k, c in split.items()]
     if args.compare:
-        other = {}
-        for s in args.seeds:
-            path = os.path.join(args.compare, f"s{s}", "answer.json")
-            if not os.path.exists(path):
-                raise SystemExit(f"--compare: {path} is missing; copy the other machine's run folders (sS/answer.json "
-                                 f"for every seed in --seeds) into {args.compare}")
-            with open(path) as f:
-                other[s] = json.load(f)
         rows, same, total = compare_machines(answers, other)
         lines += ["", f"## Another machine: the same seeds' runs in {args.compare}", "",
                   f"Per seed: the change (final - base) here / there; their difference (there - here) over the seeds, "
@@ -215,6 +278,7 @@ def main(argv=None):
                   + f" | {c['diff']['mean']:+.4f} [{c['diff']['lo']:+.4f}, {c['diff']['hi']:+.4f}] | "
                   f"{c['diff']['sd']:.4f} | {summary[k]['sd']:.4f} | {c['pos'][0]}/{len(args.seeds)} / "
                   f"{c['pos'][1]}/{len(args.seeds)} |" for k, c in rows.items()]
+    toy_report.write_text(args.spread_out, json.dumps(spread, indent=1) + "\n")
     toy_report.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return spread

@@ -49,8 +49,10 @@ def recipe(config):
     return {k: v for k, v in config.items() if k not in NOT_RECIPE}
 
 
-def load_spread(config, path=SPREAD_FILE):
-    """-> (the measured spread of this run's recipe, or None, and a line saying which spread the table shows)."""
+def load_spread(config, path=SPREAD_FILE, n=None, step=None):
+    """-> (the measured spread of this run's recipe, or None, and a line saying which spread the table shows). With n
+    and step (the table's captions per split, the checkpoint's step) also None unless the spread was measured at this
+    n and the checkpoint is the run's last (a cut-off run's newest checkpoint is not the measured recipe)."""
     if not os.path.exists(path):
         return None, f"No seed spread: {path} is missing (`python -m toy.first_run` measures it)."
     with open(path) as f:
@@ -60,9 +62,15 @@ def load_spread(config, path=SPREAD_FILE):
     if differ:
         return None, (f"No seed spread for this recipe: it differs from the measured one ({path}) in "
                       f"{', '.join(differ)}.")
+    if n is not None and spread["n"] != n:             # `python -m toy.report --n` off the recipe's report_n
+        return None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
+    if step is not None and step != config["steps"]:
+        return None, (f"No seed spread: this checkpoint is at step {step} of the run's {config['steps']}; the spread "
+                      f"was measured on finished runs.")
     return spread, (f"Seed spread: the change in {len(spread['seeds'])} runs of this recipe, seeds {spread['seeds']} "
-                    f"({spread['where']}): mean [95 % t-interval], and the seeds whose change is > 0. A change is "
-                    f"beyond seed noise where the interval excludes 0. On another CPU, thread count or torch version "
+                    f"({spread['where']}): mean [95 % t-interval], and the seeds whose change is > 0. Where the "
+                    f"interval excludes 0 the recipe's mean change is beyond seed noise; one run's change scatters "
+                    f"around that mean as the per-seed signs show. On another CPU, thread count or torch version "
                     f"the same seed trains along other floats: its change there is another draw from this spread "
                     f"(docs/first_run, amendment 4).")
 
@@ -79,7 +87,7 @@ def answer_table(base, final, n, spread=None):
                 f"{'higher' if HIGHER_IS_BETTER[k] else 'lower'} |")
         if spread:
             c, per_seed = spread["summary"][k], spread["changes"][k]
-            signs = "".join("+" if d > 0 else "-" for d in per_seed)
+            signs = "".join("+" if d > 0 else "-" if d < 0 else "0" for d in per_seed)
             line += f" {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['pos']}/{len(per_seed)} ({signs}) |"
         lines.append(line)
     return lines
@@ -179,9 +187,7 @@ def report(out_dir, ckpt_path, n=256, seed=0, spread_path=SPREAD_FILE):
     base_row = toy_eval.evaluate_toy_checkpoint(None, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
                                                 n=n, seed=seed, sampling=conf, detail=False)
     final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed, detail=False)
-    spread, spread_line = load_spread(conf, spread_path)
-    if spread and spread["n"] != n:                     # `python -m toy.report --n` off the recipe's report_n
-        spread, spread_line = None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
+    spread, spread_line = load_spread(conf, spread_path, n=n, step=final["step"])
     lines = [f"# {conf['method']} on the toy world: base vs step {final['step']} (seed {conf['seed']}, "
              f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n, spread)
     lines += ["", spread_line]

@@ -96,6 +96,13 @@ def main():
     ap.add_argument("--extra", default="", help="extra train.py flags for every run (each must act in every arm: "
                                                 "train.py refuses a flag that does nothing), e.g. '--beta_kl 0.1'")
     args = ap.parse_args()
+    if min(args.jobs, args.evals, args.steps) < 1 or args.threads < 0:
+        ap.error("--jobs, --evals and --steps must be >= 1, --threads >= 0")
+    if args.steps % args.evals:
+        ap.error(f"--evals {args.evals} must divide --steps {args.steps}: the evaluated steps are evenly spaced and "
+                 f"end at the last")
+    if set(FEW_SEEDS) & set(args.methods) and not set(args.few_seeds) <= set(args.seeds):
+        ap.error(f"--few_seeds {args.few_seeds}: each must be one of --seeds {args.seeds}")
     t_start, every = time.time(), max(1, args.steps // args.evals)
     os.makedirs(args.out, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or max(1, (os.cpu_count() or 2) // args.jobs))}
@@ -187,24 +194,38 @@ def run_queue(queue, jobs, env, follow_up):
     When a job with a run (not None) finishes, follow_up(run) -> list of jobs goes to the FRONT of the queue (a
     finished training run's evaluations start next). A failing job stops everything, naming its log. -> jobs run."""
     running, started = [], 0
-    while queue or running:
-        while queue and len(running) < jobs:
-            kind, cmd, log, run = queue.pop(0)
-            print("+", " ".join(cmd), flush=True)
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            running.append((subprocess.Popen(cmd, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT), log, run))
-            started += 1
-        time.sleep(1)
-        for job in list(running):
-            p, log, run = job
-            if p.poll() is None:
-                continue
-            running.remove(job)
-            if p.returncode != 0:
-                raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
-            if run:
-                queue[:0] = follow_up(run)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                kind, cmd, log, run = queue.pop(0)
+                print("+", " ".join(cmd), flush=True)
+                os.makedirs(os.path.dirname(log), exist_ok=True)
+                with open(log, "a") as f:                          # the child keeps its own copy of the handle
+                    running.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), log, run))
+                started += 1
+            time.sleep(1)
+            for job in list(running):
+                p, log, run = job
+                if p.poll() is None:
+                    continue
+                running.remove(job)
+                if p.returncode != 0:
+                    raise SystemExit(f"{' '.join(p.args[1:3])}... failed (exit {p.returncode}); see {log}")
+                if run:
+                    queue[:0] = follow_up(run)
+    finally:   # on a failure (or Ctrl-C) no job outlives the queue: a rerun must not find a second writer in a folder
+        for p, _, _ in running:
+            p.terminate()
+        for p, _, _ in running:
+            p.wait()
     return started
+
+
+def metrics_by_step(run_dir_path):
+    """A run's metrics.jsonl as {step: line}. A step logged twice (by a resume before runtime.Logger cut the log back
+    to the resumed step) keeps its last line, the continuation's."""
+    with open(os.path.join(run_dir_path, "metrics.jsonl")) as f:
+        return {r["step"]: r for r in (json.loads(line) for line in f if line.strip())}
 
 
 def running_mean(x, w=20):
@@ -291,8 +312,8 @@ def write_report(args, base, results):
         cells = ["{:.4f} +- {:.4f}".format(*mean_sd([by_seed[s][args.steps][k] for s in by_seed])) for k in shift_keys]
         kl = "-"
         if not method.endswith(BASE_DEC) and METHODS[method][1] in ("ranke", "grpo"):
-            last = [np.mean([json.loads(line)["policy/kl"] for line in open(os.path.join(run_dir(
-                args.out, method, s), "metrics.jsonl"))][args.steps - 20:args.steps]) for s in by_seed]
+            last = [np.mean([metrics_by_step(run_dir(args.out, method, s))[t]["policy/kl"]
+                             for t in range(max(1, args.steps - 19), args.steps + 1)]) for s in by_seed]
             summary.setdefault(method, {})["policy_kl_last20"] = mean_sd(last)
             kl = "{:.3f} +- {:.3f}".format(*summary[method]["policy_kl_last20"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {kl} |")
@@ -322,8 +343,8 @@ def write_report(args, base, results):
     # reconstruction reward (another scale) and it has no KL term, so it is left out of these two panels
     for ax, (k, label) in zip(axes.flat[len(LABELS):], TRAIN_CURVES.items()):
         for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] in ("ranke", "grpo")):
-            v = np.array([running_mean([json.loads(line)[k] for line in open(os.path.join(
-                run_dir(args.out, method, s), "metrics.jsonl"))][:args.steps]) for s in results[method]])  # (seeds, steps)
+            v = np.array([running_mean([metrics_by_step(run_dir(args.out, method, s))[t][k] for t in
+                                        range(1, args.steps + 1)]) for s in results[method]])   # (seeds, steps)
             m, sd, xs = v.mean(0), v.std(0), np.arange(1, v.shape[1] + 1)
             ax.plot(xs, m, label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
