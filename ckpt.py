@@ -169,9 +169,13 @@ def load_strict(model: torch.nn.Module, state_dict: dict, *, source: str) -> Non
 # Training checkpoints (train.py's out_dir/ckpt_{step:07d}.pt)
 # =================================================================================================================
 def atomic_save(obj, path: str) -> None:
-    """torch.save through `path`.tmp + os.replace: a kill mid-write leaves the previous file at `path` intact."""
+    """torch.save through `path`.tmp + fsync + os.replace: a kill mid-write (or a power loss) leaves the previous
+    file at `path` intact, never a truncated one under the final name."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -70,6 +70,8 @@ def test_compare_machines_known_answers():
     rows, same, total = first_run.compare_machines(here, there)
     assert rows["kid"]["here"] == [0.5, -0.25] and rows["kid"]["other"] == [0.75, -0.25]
     assert rows["kid"]["diff"]["mean"] == pytest.approx(0.125) and rows["kid"]["pos"] == [1, 1]
+    assert rows["kid"]["corr"] == pytest.approx(1.0)                      # two points always lie on a line
+    assert rows["kid"]["sd"] == pytest.approx([0.75 / 2 ** 0.5, 1.0 / 2 ** 0.5])
     assert (same, total) == (2 * 7 + 7, 28)            # every base number, and seed 1's final numbers
     with pytest.raises(SystemExit, match="seeds"):
         first_run.compare_machines(here, answers({0: 0.5, 2: 0.5}))
@@ -191,3 +193,4 @@ def test_first_run_end_to_end(toy_cache, tmp_path):
                     "--compare", str(out)])
     md = (out / "results.md").read_text()
     assert "Numbers equal on both: 28 of 28" in md and "| +0.0000 [+0.0000, +0.0000] | 0.0000 |" in md
+    assert "| +1.00 |" in md                                            # the same runs: correlation 1

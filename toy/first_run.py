@@ -77,7 +77,8 @@ def better_count(changes):
 def compare_machines(here, other):
     """{seed: answer.json} of the same seeds and recipe on two machines -> {row: per-seed changes here and there,
     their difference (there - here) with mean / sd / 95 % interval, seeds > 0 on each}, and how many base / final
-    numbers are exactly equal on both (bit-identical runs would give all of them)."""
+    numbers are exactly equal on both (bit-identical runs would give all of them). Also per row: the seed sd on each
+    machine and the correlation of the per-seed changes across the machines (nan if one side does not vary)."""
     seeds = sorted(here)
     if sorted(other) != seeds:
         raise SystemExit(f"--compare: the other machine has seeds {sorted(other)}, this one {seeds}; name the same")
@@ -86,6 +87,8 @@ def compare_machines(here, other):
         raise SystemExit("--compare: the two machines' runs differ in n or steps; compare the same command's runs")
     b = {k: [other[s]["final"][k] - other[s]["base"][k] for s in seeds] for k in toy_report.ROWS}
     rows = {k: {"here": a[k], "other": b[k], "diff": paired_ci(np.subtract(b[k], a[k])),
+                "sd": [float(np.std(a[k], ddof=1)), float(np.std(b[k], ddof=1))],
+                "corr": float(np.corrcoef(a[k], b[k])[0, 1]) if np.std(a[k]) * np.std(b[k]) > 0 else float("nan"),
                 "pos": [sum(x > 0 for x in a[k]), sum(x > 0 for x in b[k])]} for k in toy_report.ROWS}
     same = sum(here[s][part][k] == other[s][part][k] for s in seeds for part in ("base", "final")
                for k in toy_report.ROWS)
@@ -270,13 +273,15 @@ def main(argv=None):
         rows, same, total = compare_machines(answers, other)
         lines += ["", f"## Another machine: the same seeds' runs in {args.compare}", "",
                   f"Per seed: the change (final - base) here / there; their difference (there - here) over the seeds, "
-                  f"mean [95 % CI] and sd, beside the seed sd here. Numbers equal on both: {same} of {total}.", "",
+                  f"mean [95 % CI] and sd, beside the seed sd here / there and the correlation of the per-seed "
+                  f"changes across the machines. Numbers equal on both: {same} of {total}.", "",
                   "| metric | " + " | ".join(f"seed {s}" for s in args.seeds) +
-                  " | difference mean [95 % CI] | difference sd | seed sd here | > 0 here / there |",
-                  "|---" * (len(args.seeds) + 5) + "|"]
+                  " | difference mean [95 % CI] | difference sd | seed sd here / there | correlation | > 0 here / there |",
+                  "|---" * (len(args.seeds) + 6) + "|"]
         lines += [f"| {toy_eval.LABELS[k]} | " + " | ".join(f"{x:+.4f} / {y:+.4f}" for x, y in zip(c["here"], c["other"]))
                   + f" | {c['diff']['mean']:+.4f} [{c['diff']['lo']:+.4f}, {c['diff']['hi']:+.4f}] | "
-                  f"{c['diff']['sd']:.4f} | {summary[k]['sd']:.4f} | {c['pos'][0]}/{len(args.seeds)} / "
+                  f"{c['diff']['sd']:.4f} | {c['sd'][0]:.4f} / {c['sd'][1]:.4f} | {c['corr']:+.2f} | "
+                  f"{c['pos'][0]}/{len(args.seeds)} / "
                   f"{c['pos'][1]}/{len(args.seeds)} |" for k, c in rows.items()]
     toy_report.write_text(args.spread_out, json.dumps(spread, indent=1) + "\n")
     toy_report.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
