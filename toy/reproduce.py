@@ -101,6 +101,10 @@ def main():
     if args.steps % args.evals:
         ap.error(f"--evals {args.evals} must divide --steps {args.steps}: the evaluated steps are evenly spaced and "
                  f"end at the last")
+    sampling = {"--cfg_scale", "--temperature", "--top_k", "--top_p"} & {f.split("=")[0] for f in args.extra.split()}
+    if sampling:     # the base row (toy.eval on the base models) samples with the default settings
+        ap.error(f"--extra {' '.join(sorted(sampling))}: the runs would sample otherwise than the base row they are "
+                 f"compared with; not supported here (score such runs with python -m toy.eval)")
     if set(FEW_SEEDS) & set(args.methods) and not set(args.few_seeds) <= set(args.seeds):
         ap.error(f"--few_seeds {args.few_seeds}: each must be one of --seeds {args.seeds}")
     t_start, every = time.time(), max(1, args.steps // args.evals)
