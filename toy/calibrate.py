@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from toy.reproduce import EVAL_SEED, ROOT, eval_path, mean_sd, paired_ci, run_queue
+from toy.reproduce import EVAL_SEED, ROOT, eval_path, mean_sd, metrics_by_step, paired_ci, run_queue
 
 METRICS = {"reward": "reward", "clip": "eval CLIP", "check_train": "checker train", "check_heldout": "checker held-out",
            "fid": "toy FID", "kid": "toy KID", "lcs_kl": "LCS KL", "reencode_agree": "re-encode agree.",
@@ -42,10 +42,7 @@ def run_dir(out, lr, seed):
 
 def policy_kl(d, step, window=20):
     """train.py's policy/kl (1/2 (log pi - log pi_ref)^2 per token) averaged over steps (step - window, step]."""
-    rows = {}
-    with open(os.path.join(d, "metrics.jsonl")) as f:      # by step: a step logged twice keeps its last line
-        rows.update((r["step"], r) for r in (json.loads(line) for line in f if line.strip()))
-    v = [r["policy/kl"] for t, r in rows.items() if step - window < t <= step]
+    v = [r["policy/kl"] for t, r in metrics_by_step(d).items() if step - window < t <= step]
     if len(v) != min(window, step):
         raise SystemExit(f"{d}/metrics.jsonl has {len(v)} of the {min(window, step)} steps up to {step}: was the run "
                          f"cut? (delete the run's folder to retrain it)")
