@@ -177,6 +177,12 @@ def atomic_save(obj, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):                # the rename itself, on a POSIX file system
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def list_ckpts(out_dir: str) -> list[str]:

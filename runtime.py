@@ -201,8 +201,9 @@ def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
                          f"--out_dir or the checkpoint's --synthetic value")
     if ck["world_size"] != world:
         raise SystemExit(f"{path} was written by {ck['world_size']} processes; resume with the same count")
+    same = lambda k, a, b: os.path.realpath(a) == os.path.realpath(b) if k == "init_policy" and a and b else a == b
     changed = [f"--{k} {ck['config'][k]!r} -> {v!r}" for k, v in vars(cfg).items()
-               if k in ck["config"] and k not in RESUME_MAY_CHANGE and ck["config"][k] != v]
+               if k in ck["config"] and k not in RESUME_MAY_CHANGE and not same(k, ck["config"][k], v)]
     if changed:      # e.g. a new --init_policy would be overwritten by the checkpoint's policy without a word
         raise SystemExit(f"{path} belongs to another run than these flags describe ({'; '.join(changed)}): resume "
                          f"with the checkpoint's values, or start the new run in another --out_dir")
@@ -220,13 +221,21 @@ def resume(cfg, m, gen, stream, reward_fn, world, rank) -> int:
     return ck["step"]
 
 
+def _step_of(line):
+    """The "step" of one metrics.jsonl line, or None if the line is not a complete JSON record."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return None
+
+
 class Logger:
     """metrics.jsonl (always) and, on request, TensorBoard or Weights & Biases; rank 0 only."""
 
     def __init__(self, cfg, master, start_step=0):
         """start_step: the step the run starts from (0, or the resumed checkpoint's). Lines of later steps in an
         existing metrics.jsonl (logged after that checkpoint, or by an earlier run in this out_dir) are dropped, so
-        every step is logged once."""
+        every step is in metrics.jsonl once (TensorBoard / W&B keep what they were sent)."""
         self.f = self.tb = self.wb = None
         # every metrics line of a synthetic run (random weights, perf/synthetic.py) says so
         self.tag = {"synthetic": cfg.synthetic} if getattr(cfg, "synthetic", "") else {}
@@ -236,7 +245,11 @@ class Logger:
         path = os.path.join(cfg.out_dir, "metrics.jsonl")
         if os.path.exists(path):
             with open(path) as f:
-                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+                lines = [line for line in f if line.strip()]
+            keep = [line for line in lines if _step_of(line) is not None and _step_of(line) <= start_step]
+            torn = sum(_step_of(line) is None for line in lines)
+            if torn:     # a line cut by a kill / full disk: it holds no complete record
+                print(f"[log] {path}: dropped {torn} unreadable line(s) (cut off mid-write)", flush=True)
             with open(path + ".tmp", "w") as f:
                 f.writelines(keep)
             os.replace(path + ".tmp", path)

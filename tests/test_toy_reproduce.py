@@ -55,6 +55,13 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     # the two-stage arm samples the Standard RL run's final policy: same tokens, so the same LCS KL, per seed
     for s in "01":
         assert runs["Two-stage (RL, then decoder)"][s]["2"]["lcs_kl"] == runs["Standard RL (GRPO)"][s]["2"]["lcs_kl"]
+    # the same folder with a longer --steps: the two-stage runs were started from the step-2 policies, and would
+    # have to continue from the step-4 ones; refused before any job starts (train.py would refuse it on resume)
+    longer = [c if c != "2" or cmd[i - 1] != "--steps" else "4" for i, c in enumerate(cmd)]
+    res = subprocess.run(longer, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode != 0 and "was started from" in res.stderr and "Move" in res.stderr, res.stderr[-2000:]
+    assert "+ " not in res.stdout                                        # no job was started
 
 
 def test_run_queue_failure_stops_every_job(tmp_path):

@@ -449,3 +449,19 @@ def test_janus_presets_restate_the_released_micro_step_cadence_per_update():
             runs.append(w.detach().clone())
         torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-9)
         assert (runs[2] - runs[0]).abs().max() > 1e-5         # the unhalved clip at 1.0 would be another run
+
+
+def test_logger_cuts_the_log_back_to_the_starting_step(tmp_path, capsys):
+    """Lines of steps after the starting one (logged after the last checkpoint) and a line cut mid-write go; the
+    kept lines stay as they were, and new steps follow them."""
+    from types import SimpleNamespace
+    from runtime import Logger
+    lines = [json.dumps({"step": t, "reward/mean": float(t)}) + "\n" for t in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 4, "rew')
+    cfg = SimpleNamespace(out_dir=str(tmp_path), synthetic="", logger="none")
+    log = Logger(cfg, True, start_step=2)
+    assert "dropped 1 unreadable line" in capsys.readouterr().out
+    log.write({"step": 3, "reward/mean": 30.0}, 3, SimpleNamespace(set_postfix=lambda d: None))
+    log.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2]) + json.dumps(
+        {"step": 3, "reward/mean": 30.0}) + "\n"

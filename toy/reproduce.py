@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+import ckpt
 from toy import eval as toy_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
@@ -142,6 +143,17 @@ def main():
             (["--lr_decoder", f"{10 * x:g}", "--lr_disc", f"{20 * x:g}"] if kind in ("ranke", "decoder") else [])
 
     seeds_of = {m: [s for s in args.seeds if m not in FEW_SEEDS or s in args.few_seeds] for m in args.methods}
+    # an unfinished two-stage run continues only from the Standard RL policy it started from (train.py refuses
+    # another --init_policy on resume): find a changed one (e.g. a longer --steps) now, before any job starts
+    for seed in seeds_of.get(TWO_STAGE, []):
+        d = run_dir(args.out, TWO_STAGE, seed)
+        have = ckpt.list_ckpts(d)
+        if have and not os.path.exists(os.path.join(d, f"ckpt_{args.steps:07d}.pt")):
+            was = toy_eval.read_train_ckpt(have[-1])["config"]["init_policy"]
+            now = os.path.join(run_dir(args.out, RL, seed), f"ckpt_{args.steps:07d}.pt")
+            if os.path.realpath(was) != os.path.realpath(now):
+                raise SystemExit(f"{d} was started from {was}; with --steps {args.steps} its policy would be {now}. "
+                                 f"Move {d} away to run the two-stage arm again from that policy")
 
     def train_job(method, seed):
         """A run's training job, or its missing evaluations if it is trained. The two-stage arm's second stage
@@ -221,15 +233,31 @@ def run_queue(queue, jobs, env, follow_up):
         for p, _, _ in running:
             p.terminate()
         for p, _, _ in running:
-            p.wait()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     return started
 
 
-def metrics_by_step(run_dir_path):
+def metrics_by_step(run_dir_path, steps=None):
     """A run's metrics.jsonl as {step: line}. A step logged twice (by a resume before runtime.Logger cut the log back
-    to the resumed step) keeps its last line, the continuation's."""
-    with open(os.path.join(run_dir_path, "metrics.jsonl")) as f:
-        return {r["step"]: r for r in (json.loads(line) for line in f if line.strip())}
+    to the resumed step) keeps its last line, the continuation's. With steps: every step 1..steps must be there."""
+    path = os.path.join(run_dir_path, "metrics.jsonl")
+    with open(path) as f:
+        rows = {}
+        for line in f:
+            try:                                  # a line cut mid-write by a kill holds no record: skipped
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[r["step"]] = r
+    missing = [t for t in range(1, (steps or 0) + 1) if t not in rows]
+    if missing:
+        raise SystemExit(f"{path} lacks steps {missing[:5]}{' ...' if len(missing) > 5 else ''} of 1..{steps}: the "
+                         f"run's log is incomplete; retrain it (move its folder away) to get its curves")
+    return rows
 
 
 def running_mean(x, w=20):
@@ -316,8 +344,8 @@ def write_report(args, base, results):
         cells = ["{:.4f} +- {:.4f}".format(*mean_sd([by_seed[s][args.steps][k] for s in by_seed])) for k in shift_keys]
         kl = "-"
         if not method.endswith(BASE_DEC) and METHODS[method][1] in ("ranke", "grpo"):
-            last = [np.mean([metrics_by_step(run_dir(args.out, method, s))[t]["policy/kl"]
-                             for t in range(max(1, args.steps - 19), args.steps + 1)]) for s in by_seed]
+            logs = [metrics_by_step(run_dir(args.out, method, s), args.steps) for s in by_seed]
+            last = [np.mean([m[t]["policy/kl"] for t in range(max(1, args.steps - 19), args.steps + 1)]) for m in logs]
             summary.setdefault(method, {})["policy_kl_last20"] = mean_sd(last)
             kl = "{:.3f} +- {:.3f}".format(*summary[method]["policy_kl_last20"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {kl} |")
@@ -347,8 +375,8 @@ def write_report(args, base, results):
     # reconstruction reward (another scale) and it has no KL term, so it is left out of these two panels
     for ax, (k, label) in zip(axes.flat[len(LABELS):], TRAIN_CURVES.items()):
         for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] in ("ranke", "grpo")):
-            v = np.array([running_mean([metrics_by_step(run_dir(args.out, method, s))[t][k] for t in
-                                        range(1, args.steps + 1)]) for s in results[method]])   # (seeds, steps)
+            logs = [metrics_by_step(run_dir(args.out, method, s), args.steps) for s in results[method]]
+            v = np.array([running_mean([m[t][k] for t in range(1, args.steps + 1)]) for m in logs])   # (seeds, steps)
             m, sd, xs = v.mean(0), v.std(0), np.arange(1, v.shape[1] + 1)
             ax.plot(xs, m, label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
