@@ -366,7 +366,8 @@ def write_report(args, base, results):
                 continue
             steps = sorted(next(iter(by_seed.values())))
             v = np.array([[by_seed[s][t][k] for t in steps] for s in by_seed])      # (seeds, steps)
-            xs, m, sd = [0] + steps, np.r_[base[k], v.mean(0)], np.r_[0, v.std(0)]
+            sd = v.std(0, ddof=1) if len(v) > 1 else np.zeros(v.shape[1])          # as the tables' mean_sd
+            xs, m, sd = [0] + steps, np.r_[base[k], v.mean(0)], np.r_[0, sd]
             ax.plot(xs, m, marker="o", label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
         ax.set_title(label)
@@ -377,7 +378,8 @@ def write_report(args, base, results):
         for method in (m for m in results if not m.endswith(BASE_DEC) and METHODS[m][1] in ("ranke", "grpo")):
             logs = [metrics_by_step(run_dir(args.out, method, s), args.steps) for s in results[method]]
             v = np.array([running_mean([m[t][k] for t in range(1, args.steps + 1)]) for m in logs])   # (seeds, steps)
-            m, sd, xs = v.mean(0), v.std(0), np.arange(1, v.shape[1] + 1)
+            sd = v.std(0, ddof=1) if len(v) > 1 else np.zeros(v.shape[1])          # as the tables' mean_sd
+            m, xs = v.mean(0), np.arange(1, v.shape[1] + 1)
             ax.plot(xs, m, label=method)
             ax.fill_between(xs, m - sd, m + sd, alpha=0.2)
         ax.set_title(label + " (training)")
