@@ -40,6 +40,7 @@ Symbols: B pairs per batch, S image side in pixels, R prompts (grid rows), G ima
 import io
 import json
 import os
+import struct
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -77,12 +78,17 @@ def preprocess(img: Image.Image, size: int) -> torch.Tensor:
     return x.sub(0.5).div(0.5)
 
 
+# what PIL raises for a broken file: OSError / ValueError mostly, SyntaxError for a damaged PNG chunk, EOFError /
+# struct.error for a cut one, DecompressionBombError for an absurd size
+BROKEN_IMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
 def load_image(path: str, size: int) -> torch.Tensor:
     """Image file -> preprocess(...) (3, S, S) in [-1, 1]; a missing or unreadable file names itself."""
     try:
         with Image.open(path) as img:
             return preprocess(img, size)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except BROKEN_IMAGE as e:
         raise OSError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from e
 
 
@@ -243,7 +249,7 @@ class PairDataset:
                 raise OSError("no image member")
             with Image.open(io.BytesIO(p.load_bytes())) as img:
                 x = preprocess(img, self.image_size)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL raises these for broken files
+        except BROKEN_IMAGE as e:                                       # PIL raises these for broken files
             self.bad[i] = "bad_image"
             print(f"[data] skipping {p.name}: unreadable image ({type(e).__name__}: {e})", file=sys.stderr)
             return None

@@ -370,6 +370,17 @@ def hps_prompts(prompts_dir, style):
         return json.load(f)
 
 
+def hps_record_path(image_dir):
+    """Where sample.py keeps a finished HPSv2 run's identity (prompts digest, checkpoint, seed): a hidden file inside
+    the first style folder, since hpsv2 takes every entry of image_dir as a style."""
+    return os.path.join(image_dir, HPS_STYLES[0], ".sampled_with.json")
+
+
+def hps_prompts_sha1(prompts):
+    """{style: [prompt]} -> the digest sample.py records, so scoring can check the images answer these prompts."""
+    return hashlib.sha1(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+
+
 def hps_extras(image_dir):
     """Entries hpsv2 would take as styles (every entry of the folder: hpsv2/evaluation.py:118) besides the 4 styles."""
     return set(os.listdir(image_dir)) - set(HPS_STYLES) if os.path.isdir(image_dir) else set()
@@ -395,9 +406,16 @@ def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="c
     beside the style folders (hpsv2 would fail on it)."""
     check_finished(image_dir)
     refuse_extras(hps_extras(image_dir), image_dir, "hpsv2 (every entry is a style)")
+    by_style = {style: hps_prompts(prompts_dir, style) for style in HPS_STYLES}
+    if os.path.isfile(hps_record_path(image_dir)):     # sampled by sample.py: the images must answer these prompts
+        with open(hps_record_path(image_dir), encoding="utf-8") as f:
+            was = json.load(f).get("prompts_sha1")
+        if was is not None and was != hps_prompts_sha1(by_style):
+            raise ValueError(f"{image_dir} was sampled from other prompts than {prompts_dir}'s ({hps_record_path(image_dir)}"
+                             f" holds their digest): score it with the prompts it was sampled from")
     out, all_scores = {}, []
     for style in HPS_STYLES:
-        prompts, scores = hps_prompts(prompts_dir, style), []
+        prompts, scores = by_style[style], []
         for s in tqdm(range(0, len(prompts), batch_size), desc=f"HPS {style}"):
             files = [os.path.join(image_dir, style, f"{i:05d}.jpg")
                      for i in range(s, min(s + batch_size, len(prompts)))]

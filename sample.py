@@ -38,8 +38,8 @@ from tqdm import tqdm
 import backbones
 import ckpt
 from data import to_uint8, to_uint8_janus
-from eval_fid import (HPS_STYLES, MARKER, cleanfid_files, geneval_counted, hps_extras, hps_prompts, refuse_extras,
-                      tmp_name, write_text)
+from eval_fid import (HPS_STYLES, MARKER, cleanfid_files, geneval_counted, hps_extras, hps_prompts, hps_prompts_sha1,
+                      hps_record_path, refuse_extras, tmp_name, write_text)
 
 BENCHES = ("coco", "geneval", "hps")
 # The [-1,1] -> uint8 conversion of each backbone's released evaluation sampler (they differ by half a level):
@@ -104,7 +104,7 @@ def save_image(array_hwc, path):
 def _record_path(out_dir, bench):
     """Where a finished run keeps its identity: a hidden file no evaluator reads. For HPSv2 it lies inside a style
     folder, since hpsv2 takes every entry of out_dir as a style."""
-    return os.path.join(out_dir, HPS_STYLES[0] if bench == "hps" else "", ".sampled_with.json")
+    return hps_record_path(out_dir) if bench == "hps" else os.path.join(out_dir, ".sampled_with.json")
 
 
 def begin_run(out_dir, identity):
@@ -217,9 +217,10 @@ def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32, run=N
     reads (hpsv2/evaluation.py:33) and the released samplers' format. Resumable; refused as in sample_to_folder,
     and out_dir must hold nothing but the 4 style folders (hpsv2 takes every entry of it as a style)."""
     prompts = {style: hps_prompts(prompts_dir, style) for style in HPS_STYLES}
-    refuse_extras(hps_extras(out_dir) - {MARKER}, out_dir, "hpsv2 (every entry is a style)")
-    begin_run(out_dir, {"bench": "hps", **(run or {}),
-                        "prompts_sha1": hashlib.sha1(json.dumps(prompts, sort_keys=True).encode()).hexdigest()})
+    # the marker, and its temporary file if a kill came while it was written, are this run's own
+    refuse_extras(hps_extras(out_dir) - {MARKER, os.path.basename(tmp_name(MARKER))}, out_dir,
+                  "hpsv2 (every entry is a style)")
+    begin_run(out_dir, {"bench": "hps", **(run or {}), "prompts_sha1": hps_prompts_sha1(prompts)})
     made = 0
     for style in HPS_STYLES:
         d = os.path.join(out_dir, style)
@@ -304,6 +305,9 @@ def main(argv=None):
     bad = [m for m in (ckpt.check_path("--ckpt", a.ckpt), ckpt.check_path("--prompts", a.prompts, kind)) if m]
     if a.n < 1 or a.batch_size < 1:
         bad.append(f"--n {a.n} / --batch_size {a.batch_size}: both must be >= 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # every process would draw every image into the same files
+        bad.append(f"WORLD_SIZE {os.environ['WORLD_SIZE']}: sample.py is one process (no sharding); run it with python, "
+                   f"not torchrun, or one run per --out_dir")
     if bad:
         raise SystemExit("\n".join(bad))
     overrides = {f: getattr(a, f) for f in ("t5_path", "janus_tokenizer", "toy_cache") if getattr(a, f)}

@@ -104,14 +104,26 @@ def test_folder_jsonl_tar_agree(tmp_path):
     assert red.shape == (3, 16, 16) and red[0].min() > 0.9 and red[1].max() < -0.9   # red in [-1, 1]
 
 
+def damaged_png():
+    """A PNG whose second IDAT chunk lost its type: PIL raises SyntaxError (not OSError) while decoding it."""
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    b = bytearray(buf.getvalue())
+    second = b.find(b"IDAT", b.find(b"IDAT") + 4)
+    b[second:second + 4] = b"\0\0\0\0"
+    return bytes(b)
+
+
 def test_bad_samples_skipped_counted_once(tmp_path):
     tar = str(tmp_path / "p.tar")
-    write_tar(tar, [("a", png("red"), "red"), ("b", b"garbage", "broken"), ("c", png("blue"), " ")])
+    write_tar(tar, [("a", png("red"), "red"), ("b", b"garbage", "broken"), ("c", png("blue"), " "),
+                    ("d", damaged_png(), "damaged chunk")])
     stream = PairStream(PairDataset(tar, 8), batch=5, seed=0)
     x, caps = stream.next()
     stream.next()
     assert x.shape == (5, 3, 8, 8) and set(caps) == {"red"}
-    assert stream.stats() == {"skipped_bad_image": 1, "skipped_empty_caption": 1}
+    assert stream.stats() == {"skipped_bad_image": 2, "skipped_empty_caption": 1}
 
 
 def test_no_usable_sample_is_an_error(tmp_path):

@@ -338,6 +338,14 @@ def test_hps_benchmark_layout_and_raw_scale(tmp_path):
     os.rename(img_dir / "photo" / "00001.jpg", img_dir / "photo" / "00001.png")
     with pytest.raises(FileNotFoundError, match="00001.jpg .*older sample.py.*jpg only"):
         ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps)
+    os.rename(img_dir / "photo" / "00001.png", img_dir / "photo" / "00001.jpg")
+    # other prompts than the ones sampled (same counts, so every file is there): refused, not scored
+    other = tmp_path / "other_prompts"
+    other.mkdir()
+    for k, style in enumerate(ef.HPS_STYLES):
+        (other / f"{style}.json").write_text(json.dumps([f"{style} other {i}" for i in range(3 + k % 2)]))
+    with pytest.raises(ValueError, match="sampled from other prompts"):
+        ef.hps_benchmark(str(img_dir), str(other), fake_hps)
     (img_dir / ef.MARKER).write_text("{}")
     with pytest.raises(ValueError, match="unfinished"):
         ef.hps_benchmark(str(img_dir), str(prompts_dir), fake_hps)

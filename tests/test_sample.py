@@ -158,12 +158,16 @@ def test_policy_and_decoder_choice_loads_those_weights(toy_ckpt):
     assert any(not torch.equal(ck["gpt"][k], ck["ema_gpt"][k]) for k in ck["gpt"])     # the choice matters
 
 
-def test_bad_paths_are_named(tmp_path):
+def test_bad_paths_are_named(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--ckpt .*no such file"):
         sample.main(["--ckpt", str(tmp_path / "missing.pt"), "--bench", "coco", "--prompts", str(tmp_path / "x.csv"),
                      "--out_dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--prompts"):
         sample.main(["--ckpt", str(tmp_path / "missing.pt"), "--bench", "hps", "--prompts", str(tmp_path / "none"),
+                     "--out_dir", str(tmp_path / "o")])
+    monkeypatch.setenv("WORLD_SIZE", "2")          # torchrun: every process would write every image
+    with pytest.raises(SystemExit, match="WORLD_SIZE 2: sample.py is one process"):
+        sample.main(["--ckpt", str(tmp_path / "missing.pt"), "--bench", "coco", "--prompts", str(tmp_path / "x.csv"),
                      "--out_dir", str(tmp_path / "o")])
 
 
@@ -360,6 +364,8 @@ def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monke
         sample.sample_hps_benchmark(failing_after(2), str(hps), str(tmp_path / "h"), batch_size=2)
     with pytest.raises(FileNotFoundError, match=f"{eval_fid.MARKER}.json"):
         hpsv2_reads(str(tmp_path / "h"), str(hps))
+    # a kill while the marker itself was written leaves its temporary file beside the styles: resume still works
+    (tmp_path / "h" / f".{eval_fid.MARKER}.tmp").write_text("{")
     assert sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"), batch_size=2) == 9
     assert all(len(v) == 3 for v in hpsv2_reads(str(tmp_path / "h"), str(hps)).values())
 
