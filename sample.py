@@ -296,11 +296,12 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--policy", default="online", choices=("online", "ema"))
     p.add_argument("--decoder", default="online", choices=("online", "ema"))
-    p.add_argument("--seed", type=int, default=42, help="released: 42 (COCO, HPS), 0 (GenEval)")
+    p.add_argument("--seed", type=int, default=None, help="default: the released one, 42 (COCO, HPS), 0 (GenEval)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for f in ("t5_path", "janus_tokenizer", "toy_cache"):
         p.add_argument(f"--{f}", default=None, help=f"override the checkpoint's {f} (files moved to another place)")
     a = p.parse_args(argv)
+    a.seed = (0 if a.bench == "geneval" else 42) if a.seed is None else a.seed
     kind = {"coco": "file", "geneval": "file", "hps": "dir"}[a.bench]
     bad = [m for m in (ckpt.check_path("--ckpt", a.ckpt), ckpt.check_path("--prompts", a.prompts, kind)) if m]
     if a.n < 1 or a.batch_size < 1:

@@ -136,7 +136,9 @@ def test_every_benchmark_from_a_toy_checkpoint_as_the_official_tools_read_it(toy
                         str(tmp_path / "c"), "--n", "6", "--device", "cpu"]) == 0          # resumable: nothing new
 
     assert sample.main(["--ckpt", toy_ckpt, "--bench", "geneval", "--prompts", str(geneval), "--out_dir",
-                        str(tmp_path / "g"), "--device", "cpu", "--seed", "0"]) == 4       # 4 images per prompt
+                        str(tmp_path / "g"), "--device", "cpu"]) == 4                      # 4 images per prompt
+    # without --seed each benchmark samples with its released seed: 42 for COCO (and HPS), 0 for GenEval
+    assert [json.loads((tmp_path / d / ".sampled_with.json").read_text())["seed"] for d in "cg"] == [42, 0]
     assert geneval_reads(str(tmp_path / "g")) == {
         "00000": ({"prompt": "a green cross", "tag": "single_object"}, [f"{k:04d}.png" for k in range(4)])}
 

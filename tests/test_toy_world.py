@@ -98,6 +98,13 @@ def test_checker_counts_objects():
     assert not any(d["count"] for d in det)
 
 
+def test_checker_refuses_non_finite_images():
+    x, caps, _ = scenes_of("train", 4, 3)
+    x[1, 0, 5, 5] = float("nan")                  # one broken pixel: an error, not a silent score of 0
+    with pytest.raises(ValueError, match="NaN"):
+        WORLD.check(x, caps)
+
+
 def test_checker_tolerates_mild_blur_and_noise():
     x, caps = WORLD.sample(160, gen(10))
     noisy = x + 0.15 * torch.randn(x.shape, generator=gen(11))

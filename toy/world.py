@@ -277,6 +277,8 @@ class ToyWorld:
         number of components (any colour) == objects named. Attributes of an object that is not found fail."""
         if images.dim() != 4 or images.shape[0] != len(captions):
             raise ValueError(f"need images (n,3,S,S) and n captions, got {tuple(images.shape)} / {len(captions)}")
+        if not torch.isfinite(images).all():    # NaN pixels would fail every attribute: a silent score of 0
+            raise ValueError("images hold NaN / inf: the decoder output is broken; check the checkpoint")
         cls, lab = self.segment(images)
         out = []
         for i, cap in enumerate(captions):
