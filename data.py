@@ -37,6 +37,7 @@ writes a sample grid).
 Depends on: numpy, torch, PIL (no repository file: copies alone).
 Symbols: B pairs per batch, S image side in pixels, R prompts (grid rows), G images per prompt (grid columns).
 """
+import hashlib
 import io
 import json
 import os
@@ -290,10 +291,18 @@ class PairStream:
     def stats(self):
         return {f"skipped_{k}": v for k, v in self.ds.skipped.items()}
 
+    def _digest(self):
+        """The dataset's pairs in index order (the permutations index them): a resume must see the same list."""
+        return hashlib.sha1("\n".join(p.name for p in self.ds.pairs).encode()).hexdigest()
+
     def state_dict(self):
-        return {"epoch": self.epoch, "pos": self.pos, "bad": dict(self.ds.bad)}
+        return {"epoch": self.epoch, "pos": self.pos, "bad": dict(self.ds.bad), "pairs_sha1": self._digest()}
 
     def load_state_dict(self, s):
+        if s.get("pairs_sha1", self._digest()) != self._digest():      # absent in older checkpoints
+            raise ValueError(f"--data {self.ds.source!r} holds other pairs (or another order) than the run being "
+                             f"resumed saw: its permutation and skipped indices would point at other samples. "
+                             f"Resume with the same files, or start a new --out_dir")
         self.epoch, self.pos = s["epoch"], s["pos"]
         self.ds.bad.update(s["bad"])
         self._perm = self._permutation()

@@ -147,3 +147,7 @@ def test_stream_resumes_exactly(tmp_path):
     assert first + [c.next()[1] for _ in range(3)] == full
     other_rank = PairStream(ds(), batch=3, seed=1, rank=1)
     assert [other_rank.next()[1] for _ in range(5)] != full
+    # the same --data path holding other files: the saved position and skipped indices would mean other samples
+    write_tar(str(tmp_path / "q.tar"), [(str(i), png((i * 20, 0, 0)), f"c{i}") for i in range(8)])
+    with pytest.raises(ValueError, match="other pairs"):
+        PairStream(PairDataset(str(tmp_path / "q.tar"), 8), batch=3, seed=1).load_state_dict(b.state_dict())
