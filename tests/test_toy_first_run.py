@@ -55,6 +55,8 @@ def test_spread_shown_only_for_the_same_recipe(tmp_path):
     spread, line = toy_report.load_spread(conf, path, n=512, step=200)     # a cut-off run's newest checkpoint
     assert spread is None and "step 200 of the run's 250" in line
     assert toy_report.load_spread(conf, path, n=512, step=250)[0] is not None
+    spread, line = toy_report.load_spread(conf, path, n=512, step=250, world_size=2)   # torchrun: 2x the prompts
+    assert spread is None and "2 processes" in line
     spread, line = toy_report.load_spread(conf, str(tmp_path / "missing.json"))
     assert spread is None and "missing" in line
     assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))

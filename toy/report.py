@@ -49,10 +49,12 @@ def recipe(config):
     return {k: v for k, v in config.items() if k not in NOT_RECIPE}
 
 
-def load_spread(config, path=SPREAD_FILE, n=None, step=None):
+def load_spread(config, path=SPREAD_FILE, n=None, step=None, world_size=1):
     """-> (the measured spread of this run's recipe, or None, and a line saying which spread the table shows). With n
     and step (the table's captions per split, the checkpoint's step) also None unless the spread was measured at this
-    n and the checkpoint is the run's last (a cut-off run's newest checkpoint is not the measured recipe)."""
+    n and the checkpoint is the run's last (a cut-off run's newest checkpoint is not the measured recipe). world_size:
+    the run's process count (torchrun); each process draws --batch_prompts prompts, so another count is another
+    recipe, though the config does not show it (the measured runs were single processes unless the file says so)."""
     if not os.path.exists(path):
         return None, f"No seed spread: {path} is missing (`python -m toy.first_run` measures it)."
     with open(path) as f:
@@ -62,6 +64,9 @@ def load_spread(config, path=SPREAD_FILE, n=None, step=None):
     if differ:
         return None, (f"No seed spread for this recipe: it differs from the measured one ({path}) in "
                       f"{', '.join(differ)}.")
+    if world_size != spread.get("world_size", 1):
+        return None, (f"No seed spread: this run trained on {world_size} processes ({world_size} x --batch_prompts "
+                      f"prompts per update); the spread was measured on {spread.get('world_size', 1)}.")
     if n is not None and spread["n"] != n:             # `python -m toy.report --n` off the recipe's report_n
         return None, f"No seed spread at n = {n}: it was measured at n = {spread['n']}."
     if step is not None and step != config["steps"]:
@@ -187,7 +192,8 @@ def report(out_dir, ckpt_path, n=256, seed=0, spread_path=SPREAD_FILE):
     base_row = toy_eval.evaluate_toy_checkpoint(None, toy_cache=conf["toy_cache"], toy_preset=conf["toy_preset"],
                                                 n=n, seed=seed, sampling=conf, detail=False)
     final_row = toy_eval.evaluate_toy_checkpoint(ckpt_path, n=n, seed=seed, detail=False)
-    spread, spread_line = load_spread(conf, spread_path, n=n, step=final["step"])
+    spread, spread_line = load_spread(conf, spread_path, n=n, step=final["step"],
+                                      world_size=final.get("world_size", 1))
     lines = [f"# {conf['method']} on the toy world: base vs step {final['step']} (seed {conf['seed']}, "
              f"{torch.get_num_threads()} threads)", ""] + answer_table(base_row, final_row, n, spread)
     lines += ["", spread_line]
