@@ -18,8 +18,8 @@ Sampler settings come from backbones.EVAL_SETTINGS (LlamaGen: CFG 6, T 1, top-k 
 D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1). `--policy` / `--decoder` pick the
 online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus online + online, LlamaGen HPS
 online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
-run is resumable (existing images are kept; a folder of a run with other prompts, checkpoint or seed is refused) and
-seeded (--seed).
+run is resumable (existing images are kept; a folder of a run with other prompts, checkpoint, seed or batch size is
+refused) and seeded per batch (--seed and the batch's place), so a resumed folder holds an uninterrupted run's images.
 Self-check: tests/test_sample.py samples every benchmark from a 2-step toy and a 2-step tiny-Janus checkpoint.
 Symbols: B prompts per sampling batch, N image tokens, S image side.
 """
@@ -62,14 +62,25 @@ def load_sampler(ckpt_path, *, policy="online", decoder="online", device="cpu", 
     return cfg, text_encoder, gpt.to(device).eval(), vq.to(device).eval(), sample_fn
 
 
+def batch_seed(seed, key):
+    """The seed of one batch's generator: (run seed, the batch's place in the run) -> a 63-bit int."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "little") >> 1
+
+
 def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", settings=None):
-    """captions -> uint8 (B,3,S,S), sampled with the backbone's released evaluation settings and one generator."""
+    """(captions, key) -> uint8 (B,3,S,S), sampled with the backbone's released evaluation settings. Each call draws
+    from its own generator, seeded by batch_seed(seed, key); the writers below pass the batch's place in the run as
+    key, so a batch's images do not depend on the batches drawn before it, and a resumed run writes the images an
+    uninterrupted one would have (same --batch_size, same machine: tests/test_sample.py checks it).
+    # DEVIATION: the released samplers seed once per process (torch.manual_seed(global_seed * world_size + rank),
+    # LlamaGen autoregressive/sample/sample_t2i_ddp.py:35-36), so each image depends on every batch before it and an
+    # interrupted run cannot be continued with the same images."""
     settings = settings or backbones.EVAL_SETTINGS[cfg.backbone]
-    gen = torch.Generator(device).manual_seed(seed)
     convert = TO_UINT8.get(cfg.backbone, to_uint8)
 
     @torch.no_grad()
-    def generate(captions):
+    def generate(captions, key):
+        gen = torch.Generator(device).manual_seed(batch_seed(seed, key))
         cond, mask = (t.to(device) for t in text_encoder(list(captions)))
         tokens = sample_fn(gpt, cond, mask, generator=gen, **settings)                 # (B, N)
         return convert(vq.decode_indices(tokens).float())                               # (B,3,S,S) uint8
@@ -88,6 +99,21 @@ def _clear_tmp(folder):
     for name in os.listdir(folder):
         if name.startswith(".") and name.endswith(".tmp"):
             os.remove(os.path.join(folder, name))
+
+
+def write_blocks(generate, jobs, batch_size, desc, key_prefix="", progress=True):
+    """jobs: [(caption, path)] of the whole run, in order. Generates the blocks of batch_size consecutive jobs that
+    still miss a file, each whole and keyed by its first job's index (so it equals the uninterrupted run's batch), and
+    writes the missing files. -> the number of files written."""
+    todo = {i for i, (_, path) in enumerate(jobs) if not os.path.isfile(path)}
+    starts = [s for s in range(0, len(jobs), batch_size) if todo.intersection(range(s, s + batch_size))]
+    for s in tqdm(starts, desc=desc, disable=not progress):
+        block = jobs[s:s + batch_size]
+        arrays = _check_batch(generate([c for c, _ in block], f"{key_prefix}{s}"), len(block))   # (B, H, W, 3)
+        for i, ((_, path), a) in enumerate(zip(block, arrays), start=s):
+            if i in todo:
+                save_image(a, path)
+    return len(todo)
 
 
 def save_image(array_hwc, path):
@@ -175,13 +201,15 @@ def _check_batch(images, n):
 
 def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=True, run=None):
     """One image per caption: out_dir/images/{idx:06d}.png, then out_dir/captions.txt (one caption per line), the
-    folder LlamaGen's evaluations/t2i/evaluation.py reads as --fake_dir. Resumable: indices whose PNG exists are
-    skipped, only the missing ones are generated (in index order, batch_size at a time). Refused: a caption that is
-    empty or holds a line break, a finished folder of other captions, an unfinished run of other captions or `run`
-    settings, and images under images/ that are not these samples (clean-fid would score them).
-    generate: callable list[str] -> uint8 (B, 3, H, W), sampler settings fixed inside (docs/method.md §11: LlamaGen
-    CFG 6.0, T 1, top-k 1000, top-p 1.0). run: JSON dict that must not change on resume (checkpoint, seed, ...).
-    Returns the number of images generated by this call."""
+    folder LlamaGen's evaluations/t2i/evaluation.py reads as --fake_dir. Resumable: images are drawn in blocks of
+    batch_size consecutive indices; a block with a missing PNG is drawn again whole with its own key and only the
+    missing files are written, so the folder ends as an uninterrupted run's would (write_blocks). Refused: a caption
+    that is empty or holds a line break, a finished folder of other captions, an unfinished run of other captions,
+    batch size or `run` settings, and images under images/ that are not these samples (clean-fid would score them).
+    generate: callable (list[str], key) -> uint8 (B, 3, H, W), sampler settings fixed inside (docs/method.md §11:
+    LlamaGen CFG 6.0, T 1, top-k 1000, top-p 1.0), its randomness a function of key (make_generate). run: JSON dict
+    that must not change on resume (checkpoint, seed, ...).
+    Returns the number of images written by this call."""
     bad = [i for i, c in enumerate(captions) if c.splitlines() != [c]]
     if not captions or bad:
         raise ValueError("captions must be non-empty one-line strings (captions.txt is read back line by line): "
@@ -195,21 +223,16 @@ def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=Tru
                                  "--out_dir")
     paths = [os.path.join(img_dir, f"{i:06d}.png") for i in range(len(captions))]
     refuse_extras(set(cleanfid_files(img_dir)) - set(paths), img_dir, "clean-fid (every image under images/)")
-    begin_run(out_dir, {"bench": "coco", "n": len(captions), **(run or {}),
+    begin_run(out_dir, {"bench": "coco", "n": len(captions), "batch_size": batch_size, **(run or {}),
                         "captions_sha1": hashlib.sha1(text.encode()).hexdigest()})
     os.makedirs(img_dir, exist_ok=True)
     _clear_tmp(img_dir)
-    todo = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
-    for s in tqdm(range(0, len(todo), batch_size), desc="sampling", disable=not progress):
-        idx = todo[s:s + batch_size]
-        arrays = _check_batch(generate([captions[i] for i in idx]), len(idx))       # (B, H, W, 3)
-        for i, a in zip(idx, arrays):
-            save_image(a, paths[i])
+    made = write_blocks(generate, list(zip(captions, paths)), batch_size, "sampling", progress=progress)
     # DEVIATION(RankE@2798acc): captions.txt comes after the images, as in LlamaGen (sample_t2i_ddp.py:186-191);
     # RankE writes it first (janus/sample/sample_t2i_ddp_coco.py:255-262), so a partial folder looked finished.
     write_text(cap_path, text)
     finish_run(out_dir, "coco")
-    return len(todo)
+    return made
 
 
 def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32, run=None):
@@ -220,18 +243,15 @@ def sample_hps_benchmark(generate, prompts_dir, out_dir, *, batch_size=32, run=N
     # the marker, and its temporary file if a kill came while it was written, are this run's own
     refuse_extras(hps_extras(out_dir) - {MARKER, os.path.basename(tmp_name(MARKER))}, out_dir,
                   "hpsv2 (every entry is a style)")
-    begin_run(out_dir, {"bench": "hps", **(run or {}), "prompts_sha1": hps_prompts_sha1(prompts)})
+    begin_run(out_dir, {"bench": "hps", "batch_size": batch_size, **(run or {}),
+                        "prompts_sha1": hps_prompts_sha1(prompts)})
     made = 0
     for style in HPS_STYLES:
         d = os.path.join(out_dir, style)
         os.makedirs(d, exist_ok=True)
         _clear_tmp(d)
-        todo = [i for i in range(len(prompts[style])) if not os.path.isfile(os.path.join(d, f"{i:05d}.jpg"))]
-        for s in tqdm(range(0, len(todo), batch_size), desc=f"HPS {style}"):
-            idx = todo[s:s + batch_size]
-            for i, a in zip(idx, _check_batch(generate([prompts[style][i] for i in idx]), len(idx))):
-                save_image(a, os.path.join(d, f"{i:05d}.jpg"))
-        made += len(todo)
+        jobs = [(p, os.path.join(d, f"{i:05d}.jpg")) for i, p in enumerate(prompts[style])]
+        made += write_blocks(generate, jobs, batch_size, f"HPS {style}", key_prefix=f"{style}/")
     finish_run(out_dir, "hps")
     return made
 
@@ -260,24 +280,21 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
                 if json.load(f) != meta:
                     raise ValueError(f"{path} holds another prompt than prompt {i} of {metadata_jsonl}: sample into "
                                      "a new --out_dir")
-    begin_run(out_dir, {"bench": "geneval", "n_per_prompt": n_per_prompt, **(run or {}),
+    begin_run(out_dir, {"bench": "geneval", "n_per_prompt": n_per_prompt, "batch_size": batch_size, **(run or {}),
                         "metadata_sha1": hashlib.sha1(json.dumps(metas).encode()).hexdigest()})
     for d in dirs:
         os.makedirs(os.path.join(d, "samples"), exist_ok=True)
         _clear_tmp(d)
         _clear_tmp(os.path.join(d, "samples"))
     jobs = [(meta["prompt"], os.path.join(d, "samples", f"{k:04d}.png")) for d, meta in zip(dirs, metas)
-            for k in range(n_per_prompt) if not os.path.isfile(os.path.join(d, "samples", f"{k:04d}.png"))]
-    for s in tqdm(range(0, len(jobs), batch_size), desc="GenEval"):
-        chunk = jobs[s:s + batch_size]
-        for (_, path), a in zip(chunk, _check_batch(generate([p for p, _ in chunk]), len(chunk))):
-            save_image(a, path)
+            for k in range(n_per_prompt)]
+    made = write_blocks(generate, jobs, batch_size, "GenEval")
     # DEVIATION(RankE@2798acc): metadata.jsonl after all images (RankE writes it with a prompt's first image,
     # janus/sample/sample_t2i_ddp_geneval.py:263-269), so GenEval cannot score an unfinished folder.
     for d, meta in zip(dirs, metas):
         write_text(os.path.join(d, "metadata.jsonl"), json.dumps(meta) + "\n")
     finish_run(out_dir, "geneval")
-    return len(jobs)
+    return made
 
 
 

@@ -280,7 +280,7 @@ def test_coco_features_equal_clean_fid_on_a_sample_folder(tmp_path):
     rng = np.random.default_rng(1)
     sizes = [(20, 30), (31, 17), (24, 24), (9, 40)]
 
-    def generate(captions):                                                          # non-square sharp images
+    def generate(captions, key):                                                     # non-square sharp images
         h, w = sizes[len(generate.seen) % len(sizes)]
         generate.seen += captions
         return torch.from_numpy((rng.integers(0, 2, (len(captions), 3, h, w)) * 255).astype(np.uint8))
@@ -314,7 +314,7 @@ def test_hps_benchmark_layout_and_raw_scale(tmp_path):
         (prompts_dir / f"{style}.json").write_text(json.dumps([f"{style} {i}" for i in range(3 + k % 2)]))
     calls = []
     assert sample.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir), batch_size=2) == 14
-    assert sample.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir)) == 0  # resumable
+    assert sample.sample_hps_benchmark(make_generate(calls), str(prompts_dir), str(img_dir), batch_size=2) == 0
     seen = []
 
     def fake_hps(x, prompts):

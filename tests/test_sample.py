@@ -111,7 +111,7 @@ def record_prompts(monkeypatch):
 
     def make_recording(*a, **k):
         generate = make(*a, **k)
-        return lambda captions: seen.extend(captions) or generate(captions)
+        return lambda captions, key: seen.extend(captions) or generate(captions, key)
     monkeypatch.setattr(sample, "make_generate", make_recording)
     return seen
 
@@ -251,7 +251,7 @@ def test_read_captions_is_llamagens_one_caption_per_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------- folder writers
 def make_generate(calls):
-    def generate(captions):
+    def generate(captions, key):
         calls.append(list(captions))
         vals = torch.tensor([len(c) * 10 % 256 for c in captions], dtype=torch.uint8)
         return vals.view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()  # (B,3,8,8) uint8
@@ -263,10 +263,10 @@ def failing_after(calls_ok):
     calls = []
     good = make_generate(calls)
 
-    def generate(captions):
+    def generate(captions, key):
         if len(calls) == calls_ok:
             raise KeyboardInterrupt
-        return good(captions)
+        return good(captions, key)
     return generate
 
 
@@ -285,18 +285,74 @@ def test_sample_to_folder_is_resumable(tmp_path):
     os.remove(tmp_path / "images" / "000005.png")
     calls.clear()
     assert sample.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 2
-    assert calls == [[caps[2], caps[5]]]
+    assert calls == [caps[0:3], caps[3:6]]                  # the blocks that hold them, drawn again whole
     calls.clear()
-    assert sample.sample_to_folder(gen, caps, str(tmp_path), progress=False) == 0 and calls == []
+    assert sample.sample_to_folder(gen, caps, str(tmp_path), batch_size=3, progress=False) == 0 and calls == []
+    with pytest.raises(ValueError, match="another batch_size"):    # other blocks would draw other images
+        sample.sample_to_folder(gen, caps, str(tmp_path), batch_size=4, progress=False)
     assert eval_fid.read_coco_folder(str(tmp_path)) == ([str(tmp_path / "images" / f"{i:06d}.png") for i in range(7)],
                                                         caps)
 
 
+class _Cfg:
+    backbone = "tiny"
+
+
+class _Decoder:
+    """Stand-in VQ: 12 tokens -> a (3, 2, 2) image in [-1, 1]."""
+    @staticmethod
+    def decode_indices(tokens):
+        return tokens.float().view(-1, 3, 2, 2) / 127.5 - 1
+
+
+def random_generate(seed):
+    """sample.make_generate around a stand-in sampler that draws its tokens from the generator it is given."""
+    def sample_fn(gpt, cond, mask, *, generator, **settings):
+        return torch.randint(0, 256, (cond.shape[0], 12), generator=generator)
+    encode = lambda caps: (torch.zeros(len(caps), 1, 1), torch.ones(len(caps), 1, dtype=torch.bool))  # noqa: E731
+    return sample.make_generate(_Cfg(), encode, None, _Decoder(), sample_fn, seed=seed)
+
+
+def folder_bytes(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files if not f.startswith(".")}
+
+
+def test_a_resumed_run_writes_the_uninterrupted_runs_images(tmp_path, monkeypatch):
+    caps = [f"caption {i}" for i in range(8)]
+    sample.sample_to_folder(random_generate(5), caps, str(tmp_path / "whole"), batch_size=3, progress=False)
+    whole = folder_bytes(tmp_path / "whole")
+    real_replace = os.replace
+
+    def killed_at(name):                     # a kill while the 5th image (mid-block) is renamed into place
+        def replace(src, dst):
+            if str(dst).endswith(name):
+                raise KeyboardInterrupt
+            real_replace(src, dst)
+        return replace
+    monkeypatch.setattr(os, "replace", killed_at("000004.png"))
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_to_folder(random_generate(5), caps, str(tmp_path / "cut"), batch_size=3, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(os.listdir(tmp_path / "cut" / "images")) == 4 + 1                       # 4 images + a .tmp
+    assert sample.sample_to_folder(random_generate(5), caps, str(tmp_path / "cut"), batch_size=3,
+                                   progress=False) == 4
+    assert folder_bytes(tmp_path / "cut") == whole                                       # every byte
+    # each image depends on the seed and its block, not on the blocks drawn before it
+    sample.sample_to_folder(random_generate(5), caps[3:6], str(tmp_path / "one"), batch_size=3, progress=False)
+    assert folder_bytes(tmp_path / "one")["images/000000.png"] != whole["images/000003.png"]   # another block key
+    other = sample.sample_to_folder(random_generate(6), caps, str(tmp_path / "seed6"), batch_size=3, progress=False)
+    assert other == 8 and folder_bytes(tmp_path / "seed6")["images/000000.png"] != whole["images/000000.png"]
+    gen = random_generate(5)
+    assert torch.equal(gen(caps[:3], "0"), gen(caps[:3], "0")) and not torch.equal(gen(caps[:3], "0"),
+                                                                                   gen(caps[:3], "3"))
+
+
 def test_generate_output_and_captions_are_validated(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        sample.sample_to_folder(lambda c: torch.zeros(len(c), 3, 8, 8), ["a"], str(tmp_path), progress=False)
+        sample.sample_to_folder(lambda c, key: torch.zeros(len(c), 3, 8, 8), ["a"], str(tmp_path), progress=False)
     with pytest.raises(ValueError, match=r"\(2, 3, H, W\)"):
-        sample.sample_to_folder(lambda c: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a", "b"], str(tmp_path / "2"),
+        sample.sample_to_folder(lambda c, key: torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a", "b"], str(tmp_path / "2"),
                                 progress=False)
     with pytest.raises(ValueError, match="caption 1 is 'b\\\\nc'"):
         sample.sample_to_folder(make_generate([]), ["a", "b\nc"], str(tmp_path / "3"), progress=False)
@@ -312,7 +368,8 @@ def test_sample_geneval_layout(tmp_path):
     read = geneval_reads(str(tmp_path / "out"))
     assert read == {"00000": ({"tag": "single_object", "prompt": "a cat"}, ["0000.png", "0001.png"]),
                     "00001": ({"tag": "single_object", "prompt": "a dog"}, ["0000.png", "0001.png"])}
-    assert sample.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2) == 0
+    assert sample.sample_geneval(make_generate(calls), str(meta), str(tmp_path / "out"), n_per_prompt=2,
+                                 batch_size=3) == 0
 
 
 def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monkeypatch):
@@ -340,10 +397,10 @@ def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monke
     with pytest.raises(ValueError, match="unfinished"):
         eval_fid.read_coco_folder(str(coco))
     with pytest.raises(ValueError, match="unfinished run with another seed"):           # resume with other settings
-        sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False, run={"seed": 1})
+        sample.sample_to_folder(make_generate([]), caps, str(coco), batch_size=2, progress=False, run={"seed": 1})
     with pytest.raises(ValueError, match="unfinished run with another captions_sha1, n"):
-        sample.sample_to_folder(make_generate([]), caps[:3], str(coco), progress=False)
-    assert sample.sample_to_folder(make_generate([]), caps, str(coco), progress=False) == 4
+        sample.sample_to_folder(make_generate([]), caps[:3], str(coco), batch_size=2, progress=False)
+    assert sample.sample_to_folder(make_generate([]), caps, str(coco), batch_size=2, progress=False) == 4
     assert leftover_files(coco) == [] and len(llamagen_reads(str(coco))) == 5 and cleanfid_reads(str(coco)) == 5
 
     # GenEval: every prompt folder exists from the start, metadata.jsonl only at the end -> GenEval stops on it
@@ -354,7 +411,7 @@ def test_interrupted_runs_are_refused_by_every_reader_and_resume(tmp_path, monke
     assert sorted(os.listdir(tmp_path / "g")) == ["00000", "00001", "00002", eval_fid.MARKER]
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
         geneval_reads(str(tmp_path / "g"))
-    assert sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=2) == 4
+    assert sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"), n_per_prompt=2, batch_size=2) == 4
     assert [len(v[1]) for v in geneval_reads(str(tmp_path / "g")).values()] == [2, 2, 2]
 
     # HPSv2: the marker beside the styles makes hpsv2 fail instead of scoring the styles it finds
