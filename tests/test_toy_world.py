@@ -193,10 +193,24 @@ def test_build_is_reproducible(built, tmp_path):
 
 
 def test_cache_key_is_stable():
-    """The key hashes the config values only (no module or class name), so renaming toy.py -> toy/world.py kept every
-    existing .cache/toy/<key> folder valid. A deliberate recipe change bumps TOY_VERSION and updates these values."""
-    assert config_key(ToyConfig()) == "0df3e76cbbbf4176"
-    assert config_key(ToyConfig.tiny()) == "1b997f0abfb8ec5f"
+    """The key hashes values only (no module or class name), so renaming toy.py -> toy/world.py kept every existing
+    .cache/toy/<key> folder valid. A deliberate recipe change bumps TOY_VERSION and updates these values (and
+    toy/assets/manifest.json's config_key)."""
+    assert config_key(ToyConfig()) == "2b58afbdb970a03e"
+    assert config_key(ToyConfig.tiny()) == "19cdeb064910684a"
+
+
+def test_an_edited_world_table_gets_its_own_models(monkeypatch):
+    """The shipped base models learnt these tables (HELDOUT: the pairs the generator never saw), so editing one must
+    not load them: the key changes, and load_toy then builds (or finds) other models."""
+    from toy import world
+    key = config_key(ToyConfig())
+    assert world.load_toy.__module__ == "toy.world" and world.shipped_manifest()["config_key"] == key
+    monkeypatch.setattr(world, "HELDOUT", (("red", "circle"),) + HELDOUT[1:])
+    assert config_key(ToyConfig()) != key
+    monkeypatch.setattr(world, "HELDOUT", HELDOUT)
+    monkeypatch.setattr(world, "MIN_AREA", world.MIN_AREA + 1)
+    assert config_key(ToyConfig()) != key
 
 
 @pytest.mark.slow

@@ -358,11 +358,20 @@ class ToyConfig:
         return cls(**{**small, **kw})
 
 
+def world_definition():
+    """The attribute tables the scenes, captions and checker are drawn from (top of this file). The base models learn
+    them (HELDOUT decides which pairs the generator never sees), so they are part of the cache key: an edited table
+    gets its own models instead of the shipped ones."""
+    return dict(colours=COLOURS, background=BACKGROUND, radius=RADIUS, min_area=MIN_AREA, shapes=SHAPES, sizes=SIZES,
+                size_split=SIZE_SPLIT, positions=POSITIONS, relations=RELATIONS, heldout=HELDOUT)
+
+
 def config_key(cfg):
-    """16-hex hash of everything the artifacts depend on (config minus eval-only fields, sibling configs)."""
+    """16-hex hash of everything the artifacts depend on (config minus eval-only fields, sibling configs, the world's
+    attribute tables)."""
     d = {k: v for k, v in asdict(cfg).items() if k not in ("cfg_scale", "n_eval")}
-    blob = json.dumps([TOY_VERSION, d, asdict(VQ_CONFIGS["toy"]), asdict(GPT_CONFIGS["toy"]), CLIP_ARCHS],
-                      sort_keys=True, default=str)
+    blob = json.dumps([TOY_VERSION, d, asdict(VQ_CONFIGS["toy"]), asdict(GPT_CONFIGS["toy"]), CLIP_ARCHS,
+                       world_definition()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
