@@ -42,7 +42,8 @@ __all__ = ["noisy_context", "positionwise_sample", "positionwise_logprobs", "rec
 # Released hyperparameters: docs/method.md §12.3; its T2I column (LlamaGen GPT-XL, 256 px, VA-Pi
 # train_t2i_grpo_8gpu.sh:66-99) is train.py's PRESETS["llamagen_xl_vapi"]. Fixed rather than flags: the k3 KL
 # estimator, plain softmax position-wise sampling (T 1, no top-k / top-p), AdamW betas (0.9, 0.999); the advantage
-# clip at 5 (--adv-clip-max) is left out: it never binds, |A| <= sqrt(G - 1) for z-scored groups of G = 8.
+# clip at 5 (--adv-clip-max) is left out: it never binds, |A| <= (G - 1) / sqrt(G) = 2.47 for groups of G = 8
+# z-scored with the unbiased std (ranke.group_advantages).
 # DEVIATION: advantages via ranke.group_advantages, (r - mean) / std with groups of std <= 1e-4 set to 0;
 # VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise).
 # DEVIATION: train.py decays every policy parameter; VA-pi's trainers skip those whose name has "norm" (§12.2).
