@@ -1,6 +1,7 @@
-"""Plumbing for train.py: the run / system flags (RunConfig) and the dataclass-to-flags parser, processes and devices
-(torchrun), BatchNorm-buffer averaging, run checkpoints with a cross-rank weight check, resume, and logging. Nothing
-in this file is part of the method; train.py holds the algorithm and its flags (docs/method.md §3).
+"""Plumbing for train.py: the run / system flags (RunConfig), the dataclass-to-flags parser and the flag checks (RULES,
+SCOPES), processes and devices (torchrun), BatchNorm-buffer averaging, run checkpoints with a cross-rank weight check,
+--init_policy, resume, and logging. Nothing in this file is part of the method; train.py holds the algorithm and its
+flags (docs/method.md §3).
 
 Self-check:  python runtime.py   (writes a checkpoint of a small module to a temp dir, resumes it, compares bits)
 
@@ -107,6 +108,67 @@ def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("back
     return cfg, given
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Flag checks of train.parse_config, which reports every violation at once. Allowed values: (requirement, test, flags).
+RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "grad_accum", "ckpt_every", "keep_ckpts",
+                                    "ppo_epochs", "ema_gpt_every")),
+         (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
+         ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
+         ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
+         ("in [0, 1]", lambda v: 0 <= v <= 1, ("vapi_xi", "ema_gpt_decay", "ema_vq_decay")),
+         (">= 0", lambda v: v >= 0, ("sample_every", "logp_chunk", "disc_start", "top_k", "lr_gpt", "lr_decoder",
+                                    "lr_disc", "weight_decay", "grad_clip", "beta_kl", "clip_eps", "lambda_gan",
+                                    "lambda_reward", "lambda_recon", "lambda_consist", "disc_weight", "vapi_ce",
+                                    "vapi_kl"))]
+
+
+def check_values(cfg) -> list:
+    """One message per flag value outside its allowed range (RULES, --report_n, --rank_k)."""
+    bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
+    if cfg.report_n < 0 or cfg.report_n in (1, 2):
+        bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 3 (KID's unbiased estimate, feature covariance)")
+    if not 1 <= cfg.rank_k <= cfg.group_size:
+        bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    return bad
+
+
+# Flags that act only in some runs (docs/method.md §15; the world / backbone flags: backbones.WORLD_SCOPES). Given on
+# the command line in a run where they do nothing, they are an error, unless they restate the value the run has anyway
+# (so one flag list can serve several methods) or switch off what the run does not do (OFF_VALUES).
+POLICY_METHODS, DECODER_METHODS = ("ranke", "grpo"), ("ranke", "decoder")
+OFF_VALUES = {"sample_every": 0, "report_n": 0}
+SCOPES = [  # (flags, applies(cfg), what they act on)
+    (("cfg_scale", "temperature", "top_k", "top_p", "sample_every"), lambda c: c.method != "vapi",
+     "the autoregressive rollouts and their sample grids, which --method vapi does not draw"),
+    (("lr_gpt", "grad_ckpt"), lambda c: c.method != "decoder", "the policy update, which --method decoder never makes"),
+    (("beta_kl", "kl_ref", "kl_estimator", "ppo_epochs", "logp_cfg", "logp_chunk", "ema_gpt_decay", "ema_gpt_every"),
+     lambda c: c.method in POLICY_METHODS, "the policy step of --method ranke / grpo"),
+    (("kl_ref", "kl_estimator"), lambda c: c.beta_kl > 0, "the KL term, which --beta_kl 0 removes"),
+    (("clip_eps",), lambda c: c.method in POLICY_METHODS and c.ppo_epochs > 1,
+     "the PPO clip, which binds only from a second epoch (--ppo_epochs > 1; one epoch has rho == 1, D7)"),
+    (("lr_decoder", "lr_disc", "rank_k", "rank_mode", "lambda_gan", "lambda_reward", "lambda_recon", "lambda_consist",
+      "disc_start", "disc_weight", "ema_vq_decay"), lambda c: c.method in DECODER_METHODS,
+     "the decoder and discriminator steps of --method ranke / decoder"),
+    (("tau_start", "tau_end", "tau_frac", "total_steps"),
+     lambda c: c.method in DECODER_METHODS and c.rank_mode == "reward" and c.rank_k > 1,
+     "the rank-weight temperature, which acts only with --rank_k > 1 and --rank_mode reward (K = 1: w == 1, D2)"),
+    (("vapi_xi", "vapi_ce", "vapi_kl"), lambda c: c.method == "vapi", "VA-pi (--method vapi)")]
+
+
+def check_scopes(cfg, given, defaults, scopes) -> list:
+    """One message per flag given (`given`) that does nothing in this run (`scopes`), unless a default or OFF value."""
+    idle = {}
+    for flags, applies, what in scopes:
+        for f in flags:
+            v = getattr(cfg, f)
+            if f in given and v != defaults[f] and v != OFF_VALUES.get(f) and not applies(cfg) and f not in idle:
+                idle[f] = f"--{f} {v}: does nothing in this run; it acts on {what}. Drop --{f}"
+    if not idle:
+        return []
+    return [*idle.values(), f"(this run: --backbone {cfg.backbone} --method {cfg.method}, "
+            f"{'--data ' + cfg.data if cfg.data else 'no --data'}{', --synthetic' if cfg.synthetic else ''})"]
+
+
 def setup_distributed(cfg):
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process. Returns rank, world size,
     device and an autocast factory (bf16 on CUDA when --bf16; weights stay fp32)."""
@@ -179,6 +241,20 @@ def save_checkpoint(cfg, m, step, gen, stream, reward_fn, world, rank):
         ckpt.atomic_save(ck, os.path.join(cfg.out_dir, f"ckpt_{step:07d}.pt"))
         for old in ckpt.list_ckpts(cfg.out_dir)[:-cfg.keep_ckpts]:
             os.remove(old)
+
+
+def load_init_policy(cfg):
+    """--init_policy: the train.py checkpoint whose policy this run starts from ("" = none), read before any model is
+    built; a bad file, or a policy of another --backbone, exits with a message naming the fix."""
+    try:
+        init_ckpt = cfg.init_policy and ckpt.load_ckpt(cfg.init_policy, flag="--init_policy", need=("gpt", "config"),
+                                                       what="a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt)")
+    except ckpt.CkptError as e:
+        raise SystemExit(str(e))
+    if init_ckpt and init_ckpt["config"].get("backbone") != cfg.backbone:
+        raise SystemExit(f"--init_policy {cfg.init_policy!r} holds a --backbone {init_ckpt['config'].get('backbone')} "
+                         f"policy; this run is --backbone {cfg.backbone}: pass a checkpoint of the same backbone")
+    return init_ckpt
 
 
 # flags a resumed run may change: its length and what it writes where, and the files the frozen parts load from (a
@@ -282,8 +358,6 @@ def peak_memory_gb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1024 ** 3
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024 ** 3
-
-
 
 
 def teardown(world):

@@ -11,7 +11,7 @@
 The algorithm (docs/method.md §3). Each numbered step is one function below, in this order; main()'s loop calls
 them in this order. Per rank and iteration, with B (image, caption) pairs per micro-batch (--grad_accum of them):
   1. ROLLOUT   rollout()         B x G token grids from the online policy with CFG; their per-token log-probs under
-                                 the frozen reference policy (and the online "old" one if --ppo_epochs > 1) (§4.2, §4.6).
+                                 the frozen reference policy (and the online "old" one if --ppo_epochs > 1), §4.2, §4.6.
   2. REWARD    score_rollouts()  decode with the EMA decoder, score, group-normalised advantages (§4.1, §7).
   3. POLICY    policy_step()     clipped surrogate + beta * KL, one AdamW step (§4.3); policy EMA every 10 steps.
   4. DISC      disc_step()       hinge step, real images vs reconstructions of real images, from disc_start (§6).
@@ -22,7 +22,8 @@ them in this order. Per rank and iteration, with B (image, caption) pairs per mi
   --init_policy CKPT: the two-stage control, decoder steps on the rollouts of a finished standard-RL policy)
   --method vapi (VA-pi, §12): vapi_step() replaces 1-5: teacher-forced, noisy context, reconstruction reward.
 What a backbone provides (models, tokenizer, reward, data) is in backbones.py; plumbing (the run / system flags,
-processes, checkpoints, resume, logging) in runtime.py; the memory estimator (--dry_run) in perf/synthetic.py.
+the flag-check tables RULES / SCOPES, processes, checkpoints, --init_policy, resume, logging) in runtime.py; the
+memory estimator (--dry_run) in perf/synthetic.py.
 
 Symbols: B prompts per rank, G samples per prompt, N image tokens, K top-K kept per prompt, S image side,
 T caption slots, D caption feature width, V codebook size.
@@ -37,7 +38,6 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-import ckpt
 import ranke
 import vapi
 import vq as vqlib
@@ -45,8 +45,10 @@ import backbones
 from backbones import WORLD_SCOPES, Backbone, check_paths
 from data import save_grid
 from perf import synthetic
-from runtime import (Logger, RunConfig, allreduce_grads, average_buffers, parse_dataclass_flags, peak_memory_gb,
-                     resume, save_checkpoint, setup_distributed, teardown)
+from runtime import (SCOPES, Logger, RunConfig, allreduce_grads, average_buffers, check_scopes, check_values,
+                     load_init_policy, parse_dataclass_flags, peak_memory_gb, resume, save_checkpoint,
+                     setup_distributed, teardown)
+from runtime import DECODER_METHODS, POLICY_METHODS  # noqa: F401  (the methods with steps 3 / 4-5; tests use them)
 
 
 def seam(cfg):
@@ -166,41 +168,6 @@ PRESETS["janus_pro_1b_hps"] = {**PRESETS["janus_pro_1b_clip"], "out_dir": "runs/
                                "reward": "hpsv2"}
 
 
-# Allowed values: (requirement, test, flags). parse_config reports every violation at once.
-RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "grad_accum", "ckpt_every", "keep_ckpts",
-                                    "ppo_epochs", "ema_gpt_every")),
-         (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
-         ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
-         ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
-         ("in [0, 1]", lambda v: 0 <= v <= 1, ("vapi_xi", "ema_gpt_decay", "ema_vq_decay")),
-         (">= 0", lambda v: v >= 0, ("sample_every", "logp_chunk", "disc_start", "top_k", "lr_gpt", "lr_decoder",
-                                    "lr_disc", "weight_decay", "grad_clip", "beta_kl", "clip_eps", "lambda_gan",
-                                    "lambda_reward", "lambda_recon", "lambda_consist", "disc_weight", "vapi_ce",
-                                    "vapi_kl"))]
-
-
-# Flags that act only in some runs (docs/method.md §15). Given on the command line in a run where they do nothing,
-# they are an error, unless they restate the value the run has anyway (so one flag list can serve several methods)
-# or switch off what the run does not do (OFF_VALUES).
-POLICY_METHODS, DECODER_METHODS, OFF_VALUES = ("ranke", "grpo"), ("ranke", "decoder"), {"sample_every": 0, "report_n": 0}
-SCOPES = [  # (flags, applies(cfg), what they act on)
-    (("cfg_scale", "temperature", "top_k", "top_p", "sample_every"), lambda c: c.method != "vapi",
-     "the autoregressive rollouts and their sample grids, which --method vapi does not draw"),
-    (("lr_gpt", "grad_ckpt"), lambda c: c.method != "decoder", "the policy update, which --method decoder never makes"),
-    (("beta_kl", "kl_ref", "kl_estimator", "ppo_epochs", "logp_cfg", "logp_chunk", "ema_gpt_decay", "ema_gpt_every"),
-     lambda c: c.method in POLICY_METHODS, "the policy step of --method ranke / grpo"),
-    (("kl_ref", "kl_estimator"), lambda c: c.beta_kl > 0, "the KL term, which --beta_kl 0 removes"),
-    (("clip_eps",), lambda c: c.method in POLICY_METHODS and c.ppo_epochs > 1,
-     "the PPO clip, which binds only from a second epoch (--ppo_epochs > 1; one epoch has rho == 1, D7)"),
-    (("lr_decoder", "lr_disc", "rank_k", "rank_mode", "lambda_gan", "lambda_reward", "lambda_recon", "lambda_consist",
-      "disc_start", "disc_weight", "ema_vq_decay"), lambda c: c.method in DECODER_METHODS,
-     "the decoder and discriminator steps of --method ranke / decoder"),
-    (("tau_start", "tau_end", "tau_frac", "total_steps"),
-     lambda c: c.method in DECODER_METHODS and c.rank_mode == "reward" and c.rank_k > 1,
-     "the rank-weight temperature, which acts only with --rank_k > 1 and --rank_mode reward (K = 1: w == 1, D2)"),
-    (("vapi_xi", "vapi_ce", "vapi_kl"), lambda c: c.method == "vapi", "VA-pi (--method vapi)"), *WORLD_SCOPES]
-
-
 def default_preset(backbone=None, reward=None, method=None) -> str:
     """The released run a backbone / reward / method starts from (docs/method.md §8); None = the Config default."""
     backbone, reward, method = backbone or Config.backbone, reward or Config.reward, method or Config.method
@@ -217,29 +184,19 @@ def parse_config(argv=None) -> Config:
     flags that would do nothing in this run exit at once, every bad flag named."""
     cfg, given = parse_dataclass_flags(Config, PRESETS, argv, default_preset,
                                        preset_keys=("backbone", "reward", "method"))
-    bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
-    if cfg.report_n < 0 or cfg.report_n in (1, 2):
-        bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 3 (KID's unbiased estimate, feature covariance)")
-    if not 1 <= cfg.rank_k <= cfg.group_size:
-        bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    bad = check_values(cfg)                                         # runtime.RULES: allowed ranges
     own = default_preset(cfg.backbone, cfg.reward, cfg.method)
     if own != cfg.preset:     # only with --preset: a preset's values belong to its backbone, reward and method
-        bad.append(f"--preset {cfg.preset}: the values of another backbone / reward / method than this run's (--backbone "
-                   f"{cfg.backbone} --reward {cfg.reward} --method {cfg.method}); use --preset {own}, or drop --preset")
+        bad.append(f"--preset {cfg.preset}: the values of another backbone / reward / method than this run's "
+                   f"(--backbone {cfg.backbone} --reward {cfg.reward} --method {cfg.method}); use --preset {own}, or "
+                   f"drop --preset")
     side = seam(cfg).image_side(cfg)    # derived: the side the tokenizer decodes
     if "image_size" in given and cfg.image_size != side:
         bad.append(f"--image_size {cfg.image_size}: the image side follows from the backbone ({side} px here); drop "
                    f"--image_size")
     cfg.image_size = side
-    defaults, idle = {**asdict(Config()), **PRESETS[cfg.preset]}, {}
-    for flags, applies, what in SCOPES:
-        for f in flags:
-            v = getattr(cfg, f)
-            if f in given and v != defaults[f] and v != OFF_VALUES.get(f) and not applies(cfg) and f not in idle:
-                idle[f] = f"--{f} {v}: does nothing in this run; it acts on {what}. Drop --{f}"
-    if idle:
-        bad += [*idle.values(), f"(this run: --backbone {cfg.backbone} --method {cfg.method}, "
-                f"{'--data ' + cfg.data if cfg.data else 'no --data'}{', --synthetic' if cfg.synthetic else ''})"]
+    # flags that do nothing in this run (runtime.SCOPES: the method's; backbones.WORLD_SCOPES: the world's)
+    bad += check_scopes(cfg, given, {**asdict(Config()), **PRESETS[cfg.preset]}, [*SCOPES, *WORLD_SCOPES])
     if bad:
         raise SystemExit("bad flag values:\n  " + "\n  ".join(bad))
     return cfg
@@ -473,14 +430,7 @@ def main(cfg: Config):
     bad = check_paths(cfg)
     if bad:
         raise SystemExit("bad paths (nothing was loaded):\n  " + "\n  ".join(bad))
-    try:                            # read first: a bad --init_policy fails before the models are built
-        init_ckpt = cfg.init_policy and ckpt.load_ckpt(cfg.init_policy, flag="--init_policy", need=("gpt", "config"),
-                                                       what="a train.py checkpoint (OUT_DIR/ckpt_NNNNNNN.pt)")
-    except ckpt.CkptError as e:
-        raise SystemExit(str(e))
-    if init_ckpt and init_ckpt["config"].get("backbone") != cfg.backbone:
-        raise SystemExit(f"--init_policy {cfg.init_policy!r} holds a --backbone {init_ckpt['config'].get('backbone')} "
-                         f"policy; this run is --backbone {cfg.backbone}: pass a checkpoint of the same backbone")
+    init_ckpt = load_init_policy(cfg)   # read first: a bad --init_policy fails before the models are built
     rank, world, device, autocast = setup_distributed(cfg)
     master = rank == 0
     if master:
