@@ -113,11 +113,11 @@ def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("back
 RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "grad_accum", "ckpt_every", "keep_ckpts",
                                     "ppo_epochs", "ema_gpt_every")),
          (">= 2 (advantages are normalised within each prompt's group)", lambda v: v >= 2, ("group_size",)),
-         ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end")),
+         ("> 0", lambda v: v > 0, ("temperature", "cfg_scale", "tau_start", "tau_end", "tau_frac", "clip_eps")),
          ("in (0, 1]", lambda v: 0 < v <= 1, ("top_p",)),
          ("in [0, 1]", lambda v: 0 <= v <= 1, ("vapi_xi", "ema_gpt_decay", "ema_vq_decay")),
          (">= 0", lambda v: v >= 0, ("sample_every", "logp_chunk", "disc_start", "top_k", "lr_gpt", "lr_decoder",
-                                    "lr_disc", "weight_decay", "grad_clip", "beta_kl", "clip_eps", "lambda_gan",
+                                    "lr_disc", "weight_decay", "grad_clip", "beta_kl", "lambda_gan",
                                     "lambda_reward", "lambda_recon", "lambda_consist", "disc_weight", "vapi_ce",
                                     "vapi_kl"))]
 

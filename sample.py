@@ -324,8 +324,8 @@ def main(argv=None):
     if a.n < 1 or a.batch_size < 1:
         bad.append(f"--n {a.n} / --batch_size {a.batch_size}: both must be >= 1")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # every process would draw every image into the same files
-        bad.append(f"WORLD_SIZE {os.environ['WORLD_SIZE']}: sample.py is one process (no sharding); run it with python, "
-                   f"not torchrun, or one run per --out_dir")
+        bad.append(f"WORLD_SIZE {os.environ['WORLD_SIZE']}: sample.py is one process (no sharding); run it with "
+                   f"python, not torchrun, or one run per --out_dir")
     if bad:
         raise SystemExit("\n".join(bad))
     overrides = {f: getattr(a, f) for f in ("t5_path", "janus_tokenizer", "toy_cache") if getattr(a, f)}

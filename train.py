@@ -13,7 +13,7 @@ them in this order. Per rank and iteration, with B (image, caption) pairs per mi
   1. ROLLOUT   rollout()         B x G token grids from the online policy with CFG; their per-token log-probs under
                                  the frozen reference policy (and the online "old" one if --ppo_epochs > 1), §4.2, §4.6.
   2. REWARD    score_rollouts()  decode with the EMA decoder, score, group-normalised advantages (§4.1, §7).
-  3. POLICY    policy_step()     clipped surrogate + beta * KL, one AdamW step (§4.3); policy EMA every 10 steps.
+  3. POLICY    policy_step()     clipped surrogate + beta * KL, one AdamW step (§4.3); policy EMA every 10 of them.
   4. DISC      disc_step()       hinge step, real images vs reconstructions of real images, from disc_start (§6).
   5. DECODER   decoder_step()    on the same rollouts: top-K by reward, rank weights; GT reconstruction, Rank-GAN,
                                  EMA consistency, reward backprop; AdamW on decoder + post_quant_conv (§5);
@@ -48,7 +48,7 @@ from perf import synthetic
 from runtime import (SCOPES, Logger, RunConfig, allreduce_grads, average_buffers, check_scopes, check_values,
                      load_init_policy, parse_dataclass_flags, peak_memory_gb, resume, save_checkpoint,
                      setup_distributed, teardown)
-from runtime import DECODER_METHODS, POLICY_METHODS  # noqa: F401  (the methods with steps 3 / 4-5; tests use them)
+from runtime import DECODER_METHODS, POLICY_METHODS  # the methods with steps 3 / 4-5 (tests use both)
 
 
 def seam(cfg):
@@ -275,8 +275,9 @@ def add_stats(stats, new, weight, prefix=""):
 
 
 def rollout(cfg, bb, m, b, gen, autocast):
-    """1. ROLLOUT (docs/method.md §4.6, §4.2): tokens (B*G,N) from the online policy with CFG, and their per-token
-    log-probs (B*G,N) under the reference policy (and, for --ppo_epochs > 1, the online "old" one). No gradient."""
+    """1. ROLLOUT (docs/method.md §4.6, §4.2): tokens (B*G,N) from the online policy with CFG, and, for the policy
+    step, their per-token log-probs (B*G,N) under the reference policy (and, for --ppo_epochs > 1, the online "old"
+    one). No gradient."""
     t0 = time.time()
     logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
     kl_model = m.ema_gpt if cfg.kl_ref == "ema" else m.ref_gpt
@@ -286,9 +287,10 @@ def rollout(cfg, bb, m, b, gen, autocast):
         # DEVIATION (D7): with one PPO epoch the released "old" log-probs are the same network's teacher-forced
         # log-probs, i.e. the policy step's own forward, detached (rho == 1). That forward is reused there instead
         # of running it twice; with --ppo_epochs > 1 the old log-probs are computed here, before any update.
-        b.logp_old = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float() \
-            if cfg.ppo_epochs > 1 else None
-        b.logp_ref = bb.logprobs(kl_model, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
+        if cfg.method in POLICY_METHODS:                        # --method decoder trains no policy: no log-probs
+            b.logp_old = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float() \
+                if cfg.ppo_epochs > 1 else None
+            b.logp_ref = bb.logprobs(kl_model, b.cond_g, b.mask_g, b.tokens, cfg_scale=logp_scale).float()
     return {"rollout_img_per_s": b.tokens.shape[0] / (time.time() - t0)}
 
 
@@ -303,12 +305,13 @@ def score_rollouts(cfg, bb, m, b):
             **{f"reward/{k}": v for k, v in info.items()}, **{f"adv/{k}": v for k, v in s.items()}}
 
 
-def policy_step(cfg, bb, m, batches, world, autocast):
+def policy_step(cfg, bb, m, batches, step, world, autocast):
     """3. POLICY (docs/method.md §4.3): L_GPT = L_pg + beta * L_KL over all tokens of the update, gradients
-    accumulated over micro-batches and row chunks of --logp_chunk rows, then one AdamW step per PPO epoch."""
+    accumulated over micro-batches and row chunks of --logp_chunk rows, then one AdamW step per PPO epoch; the policy
+    EMA after every --ema_gpt_every-th of those AdamW steps (§4.7)."""
     logp_scale = cfg.cfg_scale if cfg.logp_cfg == "guided" else 1.0
     rows = sum(b.tokens.shape[0] for b in batches)
-    for _ in range(cfg.ppo_epochs):                             # stats: those of the last epoch
+    for epoch in range(cfg.ppo_epochs):                         # stats: those of the last epoch
         stats = {}
         for b in batches:
             for i in range(0, b.tokens.shape[0], cfg.logp_chunk or b.tokens.shape[0]):
@@ -322,6 +325,8 @@ def policy_step(cfg, bb, m, batches, world, autocast):
                 (loss * frac).backward()
                 add_stats(stats, s, frac, "policy/")
         stats["grad_norm/gpt"] = optimizer_step(m.opt_gpt, world, cfg.grad_clip)
+        if (step * cfg.ppo_epochs + epoch + 1) % cfg.ema_gpt_every == 0:    # counts AdamW steps, as released
+            ranke.ema_update(m.ema_gpt, m.gpt, cfg.ema_gpt_decay)                                 # §4.7
     return stats
 
 
@@ -461,9 +466,7 @@ def main(cfg: Config):
         if cfg.method == "vapi":
             stats.update(vapi_step(cfg, bb, m, batches, gen, world, autocast))
         if cfg.method in ("ranke", "grpo"):
-            stats.update(policy_step(cfg, bb, m, batches, world, autocast))                        # 3. POLICY
-            if (step + 1) % cfg.ema_gpt_every == 0:
-                ranke.ema_update(m.ema_gpt, m.gpt, cfg.ema_gpt_decay)                             # §4.7
+            stats.update(policy_step(cfg, bb, m, batches, step, world, autocast))                  # 3. POLICY
         if cfg.method in ("ranke", "decoder"):
             for b in batches:
                 with torch.no_grad():                               # frozen encoder + codebook, fp32

@@ -91,7 +91,7 @@ def main(argv=None):
               ("rollout", lambda: train.rollout(cfg, bb, m, b, gen, autocast), B * G),
               (" sample", sample, B * G), (" logp", logp, B * G),
               ("reward", lambda: train.score_rollouts(cfg, bb, m, b), B * G),
-              ("policy", lambda: train.policy_step(cfg, bb, m, [b], 1, autocast), B * G),
+              ("policy", lambda: train.policy_step(cfg, bb, m, [b], 0, 1, autocast), B * G),
               ("gt_enc", gt_latents, B),
               ("disc", lambda: train.disc_step(cfg, m, [b], 1, autocast), B),
               ("decoder", lambda: train.decoder_step(cfg, bb, m, [b], cfg.disc_start, 1, autocast), B * G)]

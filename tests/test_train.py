@@ -189,6 +189,34 @@ def test_dry_run_llamagen_xl_counts(capsys):
     assert sum(est.values()) > 20 * 1024 ** 3
 
 
+@pytest.mark.slow
+def test_policy_ema_counts_adamw_steps_and_decoder_runs_skip_log_probs(toy_cache, tmp_path, monkeypatch):
+    # §4.7: the policy EMA follows every --ema_gpt_every-th policy AdamW step, and --ppo_epochs 2 makes two per
+    # iteration (the released trainer counts them inside its epoch loop): 3 iterations x 2 epochs / 2 = 3 pulls
+    import policy
+    import ranke
+    pulls, ema = [], ranke.ema_update
+    monkeypatch.setattr(ranke, "ema_update", lambda target, *a: pulls.append(type(target).__name__) or
+                        ema(target, *a))
+    run(toy_cache, tmp_path / "g", "--method", "grpo", "--steps", "3", "--ppo_epochs", "2", "--clip_eps", "0.2",
+        "--ema_gpt_every", "2")
+    assert pulls == ["GPT"] * 3
+    # --method decoder trains no policy: its rollouts need no reference (or old) log-probs
+    calls, logprobs = [], policy.token_logprobs
+    monkeypatch.setattr(policy, "token_logprobs", lambda *a, **k: calls.append(1) or logprobs(*a, **k))
+    run(toy_cache, tmp_path / "d", "--method", "decoder", "--steps", "1")
+    assert calls == []
+    run(toy_cache, tmp_path / "r", "--method", "ranke", "--steps", "1")
+    assert len(calls) == 2                                    # the reference forward and the policy step's own
+
+
+def test_out_of_range_schedule_and_clip_values_exit_at_parse_time():
+    for flags, name in ((["--rank_k", "8", "--tau_frac", "0"], "--tau_frac"),
+                        (["--ppo_epochs", "2", "--clip_eps", "0"], "--clip_eps")):
+        with pytest.raises(SystemExit, match=name):
+            train.parse_config(flags)
+
+
 def test_config_flags_and_presets():
     cfg = train.parse_config(["--method", "decoder", "--rank_k", "8", "--bf16", "false"])
     assert cfg.method == "decoder" and cfg.rank_k == 8 and cfg.bf16 is False
@@ -366,7 +394,7 @@ def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypat
         with torch.no_grad():
             b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
         batches = split_batch(b, parts, G) if parts > 1 else [b]
-        train.policy_step(cfg, bb, m, batches, 1, autocast)
+        train.policy_step(cfg, bb, m, batches, 0, 1, autocast)
         train.decoder_step(cfg, bb, m, batches, 0, 1, autocast)
         tokens.append(b.tokens)
     assert torch.equal(tokens[0], tokens[1])                                # the same rollouts went in

@@ -155,7 +155,8 @@ def save_curves(path, metrics_path, window=20):
     with open(metrics_path) as f:
         recs = [json.loads(line) for line in f if line.strip()]
     panels = [("reward/mean", "training reward (rollouts, EMA decoder)"), ("policy/kl", "policy KL to the reference"),
-              ("decoder/gt_loss", "decoder: GT reconstruction loss"), ("decoder/consist_loss", "decoder: EMA consistency"),
+              ("decoder/gt_loss", "decoder: GT reconstruction loss"),
+              ("decoder/consist_loss", "decoder: EMA consistency"),
               ("decoder/rankgan_loss", "decoder: Rank-GAN loss"), ("step_time_s", "seconds per step")]
     panels = [(k, t) for k, t in panels if any(k in r for r in recs)]
     rows = (len(panels) + 2) // 3                                    # three panels per row
