@@ -83,9 +83,11 @@ def sample_gpt(model: policy.GPT, cond, cond_mask, *, cfg_scale=1.0, temperature
     rot = list(zip(torch.stack([c, c, torch.ones_like(c)], 1)[:, :, None], torch.stack([s, s, 0 * s], 1)[:, :, None]))
     # query p attends keys k0..p (causality = that slice); mask (R,1,1,L-k0) masks the text pads (bool) ...
     mask, k0 = torch.cat([m, m.new_ones(R, N - 1)], 1)[:, None, None], 0
-    if h.dtype == torch.float32:  # ... or, fp32 only, a text summary: text keys are 0 (RoPE rows 0), so a query scores
-        # 0 on each of its nv text keys: ONE key (slot T-1, k = 0) with their mean v and additive score log nv does the
-        # same. DEVIATION: exact algebra, other rounding; halves attention reads (bf16 would round log nv coarsely).
+    # ... or, with fp32 caches only, a text summary: text keys are 0 (RoPE rows 0), so a query scores 0 on each of its
+    # nv text keys: ONE key (slot T-1, k = 0) with their mean v and additive score log nv does the same. DEVIATION:
+    # exact algebra, other rounding; halves attention reads. The test is on the caches, not on h: the prefill ends in
+    # an fp32 RMSNorm, so h is fp32 under autocast too, where the bf16 caches would round log nv by up to 1.5 %.
+    if kv_caches[0].dtype == torch.float32:
         nv = m.sum(1)                                                                 # (R,) valid text slots
         for kv in kv_caches:
             kv[1, :, :, T - 1] = (kv[1, :, :, :T] * m[:, None, :, None]).sum(2) / nv[:, None, None]   # (R,H,hd)
@@ -127,6 +129,7 @@ def _janus_step(model: janus.JanusGen, weights, tok, cos, sin, mask, caches, p, 
     sin 0; rotate_half's sign folded into sin)."""
     (layers, (emb, w1, b1, w2, b2), head, final_norm), cfg, B = weights, model.cfg, tok.shape[0]
     e = F.linear(F.gelu(F.linear(F.embedding(tok, emb), w1, b1)), w2, b2)                     # (B,dim) embed_image
+    e = e.to(final_norm.dtype)               # the residual stream's dtype, as janus.sample (bf16 out of autocast)
     h = torch.cat([e] * (caches[0].shape[1] // B))                                   # (R,dim): cond, null rows
     R, H, hd = h.shape[0], cfg.n_head, cfg.head_dim
     for (wq, wk, wv, wo, wg, wu, wd, n1, n2), kv in zip(layers, caches):

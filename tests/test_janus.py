@@ -157,8 +157,24 @@ def test_sample_under_bf16_autocast(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         t = janus.sample(model, ids, mask, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(0))
         lp = janus.token_logprobs(model, ids, mask, t)
-        assert sample_janus(model, ids, mask, cfg_scale=5.0, top_k=20).shape == t.shape    # other bf16 rounding
+        fast = sample_janus(model, ids, mask, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fast, t)            # the same dtypes on the way (the image embedding cast to fp32 as in forward)
     assert t.shape == (2, CFG.image_tokens) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
+
+
+def test_fast_sampler_equals_the_readable_one_under_bf16_autocast():
+    # a deeper model with 64 image tokens, where a bf16 image embedding in the fast step's residual stream (forward
+    # and janus.sample cast it to fp32) changed tokens
+    cfg = dataclasses.replace(CFG, n_layer=4, image_tokens=64)
+    model, g = janus.JanusGen(cfg).eval(), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith("norm.weight") else 0.0, 0.15, generator=g)
+    ids = torch.tensor([[PAD, PAD, BOS, 7, 8, BOI], [BOS, 3, 4, 5, 6, BOI]] * 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = janus.sample(model, ids, ids != PAD, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(1))
+        got = sample_janus(model, ids, ids != PAD, cfg_scale=5.0, top_k=20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
 
 
 # ---- parity with transformers' JanusForConditionalGeneration --------------------------------------------------------
