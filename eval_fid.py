@@ -386,22 +386,19 @@ def hps_extras(image_dir):
     return set(os.listdir(image_dir)) - set(HPS_STYLES) if os.path.isdir(image_dir) else set()
 
 
-def hps_pil_preprocess(img, size=224):
-    """HPS preprocess_val on PIL: bicubic resize of the short side to size, centre crop -> float (3,S,S) in [0,1]."""
-    img = img.convert("RGB")
-    w, h = img.size
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    a = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1)
+def hps_preprocess(img, size=224):
+    """HPS preprocess_val minus its normalisation (the reward adds it): ToTensor, then a bicubic antialiased resize of
+    the short side to size and a centre crop, both on the float tensor (hpsv2/src/open_clip/transform.py:141-157), so
+    neither rounds nor clamps -> float (3,S,S) in [0,1] up to the bicubic overshoot."""
+    a = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)      # (3,H,W)
+    return rewards.resize_short_side_center_crop(a[None], size)[0]
 
 
 @torch.no_grad()
 def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="cpu"):
     """HPS v2.1 on the HPDv2 benchmark: {style: mean raw score, "average": mean over all images} (not x100).
-    reward_fn: rewards.make_reward("hpsv2"); images go through the official PIL preprocessing first, so the
-    reward's tensor resize/crop is the identity and the scores match the PIL-based hpsv2 package. Reads what hpsv2
+    reward_fn: rewards.make_reward("hpsv2"); each image goes through hps_preprocess first (the official
+    preprocessing, image by image), so the reward's own resize/crop is then the identity. Reads what hpsv2
     reads, {style}/{idx:05d}.jpg; refuses an unfinished run, a missing image (hpsv2 would skip it) and a stray entry
     beside the style folders (hpsv2 would fail on it)."""
     check_finished(image_dir)
@@ -411,8 +408,9 @@ def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="c
         with open(hps_record_path(image_dir), encoding="utf-8") as f:
             was = json.load(f).get("prompts_sha1")
         if was is not None and was != hps_prompts_sha1(by_style):
-            raise ValueError(f"{image_dir} was sampled from other prompts than {prompts_dir}'s ({hps_record_path(image_dir)}"
-                             f" holds their digest): score it with the prompts it was sampled from")
+            raise ValueError(f"{image_dir} was sampled from other prompts than {prompts_dir}'s "
+                             f"({hps_record_path(image_dir)} holds their digest): score it with the prompts it was "
+                             f"sampled from")
     out, all_scores = {}, []
     for style in HPS_STYLES:
         prompts, scores = by_style[style], []
@@ -424,7 +422,8 @@ def hps_benchmark(image_dir, prompts_dir, reward_fn, *, batch_size=20, device="c
                 old = " (a .png of an older sample.py is there: hpsv2 reads .jpg only, re-sample)" if os.path.isfile(
                     missing[0][:-4] + ".png") else ""
                 raise FileNotFoundError(f"missing {missing[0]}{old}: run sample.py --bench hps with the same flags")
-            x = torch.stack([hps_pil_preprocess(Image.open(p)) for p in files]).to(device)
+            x = torch.stack([hps_preprocess(Image.open(p)) for p in files]).to(device)               # (b,3,224,224)
+            # DEVIATION: fp32 scores; hpsv2.evaluate runs the model under CUDA fp16 autocast (evaluation.py:138)
             scores.append(reward_fn(x, prompts[s:s + len(files)])[0].double().cpu() / 100.0)  # raw HPS, not x100
         scores = torch.cat(scores)
         out[style] = float(scores.mean())

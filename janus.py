@@ -279,7 +279,7 @@ def _prepare(model: JanusGen, ids, mask, cfg_scale, temperature=1.0, top_k=0, to
     """Checks + the CFG batch. DEVIATION(RankE@2798acc): rows [cond; null] halves (as transformers' Janus generate),
     not interleaved (trainer.py:468-469); rows never interact, so the tokens are the same."""
     _check_inputs(model.cfg, ids, mask)
-    check_settings(temperature, top_k, top_p)
+    check_settings(cfg_scale, temperature, top_k, top_p)
     dev = model.gen_embed.weight.device
     ids, mask = ids.to(dev), mask.to(dev)
     if cfg_scale == 1.0:

@@ -241,7 +241,7 @@ def _prepare(model: GPT, cond, cond_mask, cfg_scale, temperature=1.0, top_k=0, t
     _check_inputs(model.cfg, cond, cond_mask)
     if sampling and model.training:
         raise RuntimeError("sampling needs model.eval(): in train mode the dropouts would perturb the rollouts")
-    check_settings(temperature, top_k, top_p)
+    check_settings(cfg_scale, temperature, top_k, top_p)
     cond, cond_mask = cond.to(model.output.weight.device), cond_mask.to(model.output.weight.device)
     if cfg_scale == 1.0:
         return cond, cond_mask

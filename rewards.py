@@ -40,10 +40,12 @@ RESIZE_MODES = ("bilinear", "bicubic", "bicubic_crop")
 
 
 def resize_short_side_center_crop(x, size):
-    """Tensor twin of torchvision Resize(size, BICUBIC) + CenterCrop(size) on a PIL image (HPS preprocess_val).
+    """torchvision Resize(size, BICUBIC) + CenterCrop(size) on a float tensor, as HPS's preprocess_val runs them
+    after ToTensor (hpsv2/src/open_clip/transform.py:141-157): no rounding, no clamp.
 
     x (B,3,H,W) float -> (B,3,size,size). The short side goes to `size`, the long side to int(size*long/short)
-    (torchvision's rounding); antialias=True because PIL's bicubic filter widens its support when shrinking.
+    (torchvision's rounding); antialias=True, torchvision's default for tensors (PIL's bicubic filter, which it
+    follows, widens its support when shrinking).
     """
     h, w = x.shape[-2:]
     if h <= w:

@@ -1,5 +1,6 @@
 """Tests for eval_fid.py (CPU, offline, fake generators / extractors; folders written by sample.py's writers,
 clean-fid's own reader and resizer as the reference).  Run: pytest -q tests/test_eval_fid.py"""
+import io
 import json
 import os
 
@@ -372,8 +373,15 @@ def test_cli_writes_scores_beside_the_folder(tmp_path, monkeypatch):
                  "--inception", str(tmp_path / "none.pt")])
 
 
-def test_hps_pil_preprocess_crops_centre():
+def test_hps_preprocess_crops_centre_and_equals_the_official_one():
     a = np.zeros((300, 400, 3), np.uint8)
     a[:, 50:350] = 255  # the central 300 columns survive the crop
-    x = ef.hps_pil_preprocess(Image.fromarray(a))
+    x = ef.hps_preprocess(Image.fromarray(a))
     assert x.shape == (3, 224, 224) and x[:, :, 2:-2].min() > 0.99
+    from torchvision import transforms as T       # HPS preprocess_val minus Normalize, on a JPEG at quality 100
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, format="JPEG", quality=100)
+    img = Image.open(buf)
+    want = T.Compose([T.ToTensor(), T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])(img)
+    torch.testing.assert_close(ef.hps_preprocess(img), want, atol=1e-5, rtol=0)

@@ -99,7 +99,8 @@ def test_check_finite_and_settings():
     for bad in ([[float("nan"), 0.0]], [[inf, 0.0]], [[-inf, -inf]]):
         with pytest.raises(FloatingPointError, match="x: non-finite logits"):
             check_finite(torch.tensor(bad), "x")
-    check_settings(0.0, 0, 1.0)
-    for t, k, p in ((-1.0, 0, 1.0), (1.0, -1, 1.0), (1.0, 0, 0.0), (1.0, 0, 1.5)):
-        with pytest.raises(ValueError, match="temperature >= 0"):
-            check_settings(t, k, p)
+    check_settings(1.0, 0.0, 0, 1.0)
+    for s, t, k, p in ((0.5, 1.0, 0, 1.0), (1.0, -1.0, 0, 1.0), (1.0, 1.0, -1, 1.0), (1.0, 1.0, 0, 0.0),
+                       (1.0, 1.0, 0, 1.5)):
+        with pytest.raises(ValueError, match="cfg_scale >= 1"):
+            check_settings(s, t, k, p)
