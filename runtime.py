@@ -124,12 +124,17 @@ RULES = [(">= 1", lambda v: v >= 1, ("steps", "total_steps", "batch_prompts", "g
 
 
 def check_values(cfg) -> list:
-    """One message per flag value outside its allowed range (RULES, --report_n, --rank_k)."""
+    """One message per flag value outside its allowed range (RULES, --report_n, --rank_k), and runs not built."""
     bad = [f"--{f} {getattr(cfg, f)}: must be {req}" for req, ok, fs in RULES for f in fs if not ok(getattr(cfg, f))]
     if cfg.report_n < 0 or cfg.report_n in (1, 2):
         bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 3 (KID's unbiased estimate, feature covariance)")
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    if cfg.backbone == "janus_pro_1b" and cfg.method == "vapi" and cfg.janus_config == "janus_pro_1b":
+        bad.append("--backbone janus_pro_1b --method vapi: the released Janus VA-pi run (AlexNet LPIPS of the lpips "
+                   "package, weight decay 1e-4; docs/method.md §12) is not built here: this would run LlamaGen's VGG "
+                   "LPIPS with the Janus RankE preset. Run VA-pi with --backbone llamagen_xl (--janus_config tiny "
+                   "only tests the plumbing)")
     return bad
 
 

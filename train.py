@@ -365,6 +365,7 @@ def decoder_step(cfg, bb, m, batches, step, world, autocast):
         with autocast():
             x_rec = m.vq.decode(b.z_gt).float()                                                  # (B,3,S,S)
             d_rec = m.disc(x_rec).float() if use_gan else None
+        # DEVIATION: LPIPS here in fp32; released LlamaGen ran its loss module under bf16 autocast (docs/method.md §5.2)
         l_gt, s = ranke.gt_recon_loss(b.x_gt, x_rec, d_rec, m.vq.last_layer, bb.perceptual, use_gan=use_gan,
                                       disc_weight=cfg.disc_weight)                           # §5.2 item 1
         (cfg.lambda_recon * l_gt / n).backward()

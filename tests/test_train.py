@@ -212,7 +212,9 @@ def test_policy_ema_counts_adamw_steps_and_decoder_runs_skip_log_probs(toy_cache
 
 def test_out_of_range_schedule_and_clip_values_exit_at_parse_time():
     for flags, name in ((["--rank_k", "8", "--tau_frac", "0"], "--tau_frac"),
-                        (["--ppo_epochs", "2", "--clip_eps", "0"], "--clip_eps")):
+                        (["--ppo_epochs", "2", "--clip_eps", "0"], "--clip_eps"),
+                        (["--cfg_scale", "0.5"], "--cfg_scale"),              # released samplers guide only above 1
+                        (["--backbone", "janus_pro_1b", "--method", "vapi"], "AlexNet LPIPS")):   # not built
         with pytest.raises(SystemExit, match=name):
             train.parse_config(flags)
 

@@ -140,6 +140,16 @@ def test_non_square_grid(tiny):
         tiny.encode(_images(1, 15))
 
 
+def test_encode_indices_ignores_autocast(tiny):
+    # docs/method.md §5.1: GT tokens come from the fp32 encoder; under bf16 autocast the plain encode moves ~2 % of
+    # the nearest codes on this model
+    x = _images(4, 64)
+    want = tiny.encode_indices(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(tiny.encode(x)[2], want)                # what the guard prevents
+        assert torch.equal(tiny.encode_indices(x), want)
+
+
 def test_straight_through_gradient_reaches_encoder_not_codebook():
     m = vq.VQModel(vq.VQ_CONFIGS["tiny"])
     x_rec, loss = m(_images(2, 16))
