@@ -240,7 +240,7 @@ class PairDataset:
         if i in self.bad:
             return None
         p = self.pairs[i]
-        caption = " ".join(p.caption.split())
+        caption = p.caption.strip()    # as RankE (dataset/sft_dataset.py, ScalingPreprocessor): inner spaces kept
         if not caption:
             self.bad[i] = "empty_caption"
             print(f"[data] skipping {p.name}: empty caption", file=sys.stderr)

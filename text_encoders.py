@@ -168,6 +168,13 @@ class JanusTextEncoder:
         if bad:
             raise ValueError(f"JanusTextEncoder: tokenizer {self.path!r} does not match the JanusGenConfig ("
                              + "; ".join(bad) + f"); {BOI} must encode to the single id boi_id")
+        probe = "a photo of a red cat"        # words must stay words (the failure below glues them together)
+        back = tok.decode(tok.encode(probe, add_special_tokens=False), clean_up_tokenization_spaces=False)
+        if back.split() != probe.split():
+            raise ValueError(f"JanusTextEncoder: tokenizer {self.path!r} turns {probe!r} into {back!r}: it loaded as "
+                             f"another tokenizer type (some transformers 5.x releases read Janus's byte-level BPE as "
+                             f"a SentencePiece LlamaTokenizer and drop whitespace); install another transformers "
+                             f"version (this one: {transformers.__version__})")
         self.tokenizer = tok
 
     def __call__(self, captions):

@@ -102,6 +102,9 @@ def test_folder_jsonl_tar_agree(tmp_path):
         assert torch.equal(a[0], b[0]) and a[1] == b[1]
     red = got[0][0][0]
     assert red.shape == (3, 16, 16) and red[0].min() > 0.9 and red[1].max() < -0.9   # red in [-1, 1]
+    # captions are stripped as RankE's loader strips them; inner spaces and line breaks reach the text encoder
+    write_tar(str(tmp_path / "w.tar"), [("0", png("red"), " a  red\nimage \n")])
+    assert PairDataset(str(tmp_path / "w.tar"), image_size=16).get(0)[1] == "a  red\nimage"
 
 
 def damaged_png():

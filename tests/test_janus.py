@@ -340,6 +340,20 @@ def test_text_encoder_template_left_padding_and_special_ids(files):
     assert SPECIALS[text_encoders.PAD] == PAD
 
 
+def test_text_encoder_refuses_a_tokenizer_that_glues_words(files, tmp_path):
+    # the failure of some transformers 5.x releases on Janus's byte-level BPE: words lose their spaces, while BOS,
+    # pad and <begin_of_image> still check out
+    from tokenizers import Tokenizer, decoders
+    import shutil
+    d = tmp_path / "glued"
+    shutil.copytree(files["original"][1], d)
+    tk = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tk.decoder = decoders.Fuse()                                  # decode concatenates the tokens
+    tk.save(str(d / "tokenizer.json"))
+    with pytest.raises(ValueError, match="turns 'a photo of a red cat' into 'aphotoofaredcat'"):
+        text_encoders.JanusTextEncoder(str(d), CFG)(["a red cat"])
+
+
 def test_text_encoder_offline_without_files_says_what_to_download(tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"                  # tests/conftest.py
     enc = text_encoders.JanusTextEncoder(str(tmp_path / "nowhere"), CFG)
