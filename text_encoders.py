@@ -89,7 +89,7 @@ class T5TextEncoder:
                 raise cannot_load("T5TextEncoder", self.path, e,
                                   "Put the HF files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli "
                                   "download google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a "
-                                  "machine with network, and pass that directory as path_or_name.") from e
+                                  "machine with network, and pass that directory (--t5_path).") from e
         batch = self.tokenizer([clean_caption(c) for c in captions], max_length=self.max_len, padding="max_length",
                                truncation=True, add_special_tokens=True, return_tensors="pt")   # right padding, </s>
         ids, am = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)        # (B,T)
