@@ -86,5 +86,5 @@ def test_t5_offline_fails_fast_and_informatively():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "ERR" in r.stdout, r.stdout + r.stderr
-    assert "--local-dir" in r.stdout and "path_or_name" in r.stdout
+    assert "--local-dir" in r.stdout and "--t5_path" in r.stdout
     assert float(r.stdout.split()[1]) < 10 and time.time() - t0 < 60
