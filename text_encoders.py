@@ -4,12 +4,13 @@ Concept (arXiv 2605.21195 conditions LlamaGen on FLAN-T5-XL caption features; do
 the policy (policy.py) reads T caption slots. One text convention everywhere (D11): the L valid feature vectors of a
 caption fill the LAST L slots, pads first and zeroed, mask True on valid slots. Two encoders produce it:
 T5TextEncoder (FLAN-T5-XL, the real backbone, loaded lazily from a local directory or the hub) and WordTextEncoder
-(seeded word vectors + positions, no parameters: the toy world's stand-in). clean_caption is the light caption
-cleaner applied before T5 (a documented deviation below). Janus-Pro-1B reads token ids instead (its LLM embeds them):
-JanusTextEncoder wraps each caption in the chat template and left-pads -> (ids int64 (B,T), mask bool (B,T)).
+(seeded word vectors + positions, no parameters: the toy world's stand-in). clean_caption is LlamaGen's caption
+cleaning before T5 (PixArt's cleaner twice, ftfy + bs4; exact). Janus-Pro-1B reads token ids instead (its LLM embeds
+them): JanusTextEncoder wraps each caption in the chat template and left-pads -> (ids int64 (B,T), mask bool (B,T)).
 
 Run the self-check (CPU, < 1 s): python text_encoders.py   Tests: pytest -q tests/test_text_encoders.py
-Copy alone: imports torch (and transformers when T5 is first called), no repository file.
+Copy alone: imports torch (transformers when T5 is first called, ftfy + bs4 when clean_caption is), no repository
+file.
 Symbols: B captions, T caption slots (max_len = the policy's cls_token_num), D feature width (caption_dim),
 L valid slots of a caption.
 Follows: FoundationVision/LlamaGen@ce98ec4 language/t5.py, autoregressive/sample/sample_t2i.py:92-106,
@@ -23,6 +24,7 @@ import math
 import re
 import string
 import urllib.parse
+import warnings
 
 import torch
 
@@ -42,17 +44,67 @@ def left_align(feats: torch.Tensor, mask: torch.Tensor):
 
 
 def clean_caption(text: str) -> str:
-    """Light caption cleaner. DEVIATION: LlamaGen applies PixArt's clean_caption twice (language/t5.py:81-201; needs
-    ftfy + bs4). This keeps its main steps without those dependencies (lowercase, URL-unquote, URLs, HTML tags and
-    entities, @handles, CJK ranges, dash / quote normalisation, whitespace); it is idempotent, so once is enough."""
-    t = urllib.parse.unquote_plus(str(text)).strip().lower()
-    t = re.sub(r"\b(?:https?:|www\.)\S+|@[\w\d]+\b", " ", t)           # URLs, @handles
-    t = re.sub(r"<[^>]*>", " ", html.unescape(html.unescape(t)))        # HTML entities and tags
-    t = re.sub(r"[\u31c0-\u9fff]", " ", t)                              # CJK ranges
-    t = re.sub(r"[\u2010-\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d]", "-", t)   # dashes
-    t = re.sub(r"[\u2018\u2019\u201a\u201b\u2032`\u00b4]", "'", t)                  # quotes
-    t = re.sub(r"[\u201c\u201d\u201e\u201f\u00ab\u00bb\u2033]", '"', t)
-    return re.sub(r"\s+", " ", t).strip()
+    """Caption -> the text LlamaGen's T5Embedder.text_preprocessing hands to the T5 tokenizer: PixArt's caption
+    cleaner, run TWICE (the second pass sees the first pass's output). Lowercases and strips. Needs ftfy and
+    beautifulsoup4 (imported on the first call). Follows LlamaGen language/t5.py:81-201 (same as RankE's t5.py);
+    each rule below is upstream's, in upstream's order, quirks included. Quirks kept on purpose: the second URL rule
+    matches "www:" (not "www."); lowercasing comes before the HTML / ftfy decoding, so what those decode keeps its
+    case until the second pass; the whitespace is not stripped before the outer-quote rule (upstream discards that
+    strip's result)."""
+    import ftfy
+    from bs4 import BeautifulSoup
+
+    url_tail = r"|[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b\/?(?!@)))"
+    t = str(text)
+    for _ in range(2):
+        t = urllib.parse.unquote_plus(t).strip().lower()
+        t = t.replace("<person>", "person")                                      # before the HTML rule
+        t = re.sub(r"\b((?:https?:(?:\/{1,3}|[a-zA-Z0-9%])" + url_tail, "", t)   # URLs and bare domains
+        t = re.sub(r"\b((?:www:(?:\/{1,3}|[a-zA-Z0-9%])" + url_tail, "", t)
+        with warnings.catch_warnings():        # bs4 warns when a caption looks like a file name or URL; output same
+            warnings.simplefilter("ignore")
+            t = BeautifulSoup(t, features="html.parser").text                   # HTML tags out, entities decoded
+        t = re.sub(r"@[\w\d]+\b", "", t)                                         # @handles
+        t = re.sub(r"[\u31c0-\u9fff]+", "", t)      # CJK strokes .. unified ideographs (upstream: 7 adjacent ranges)
+        t = re.sub(r"[\u002D\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030\u30A0"
+                   r"\uFE31\uFE32\uFE58\uFE63\uFF0D]+", "-", t)                   # any run of dashes -> one "-"
+        t = re.sub(r"[`\u00b4\u00ab\u00bb\u201c\u201d\u00a8]", '"', t)          # ` ´ « » “ ” ¨ -> "
+        t = re.sub(r"[\u2018\u2019]", "'", t)                                    # ‘ ’ -> '
+        t = re.sub(r"&quot;?", "", t)
+        t = re.sub(r"&amp", "", t)
+        t = re.sub(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", " ", t)               # IPv4 addresses
+        t = re.sub(r"\d:\d\d\s+$", "", t)                                        # trailing article ids
+        t = re.sub(r"\\n", " ", t)                                               # a literal backslash-n
+        t = re.sub(r"#\d{1,3}\b", "", t)                                         # #123
+        t = re.sub(r"#\d{5,}\b", "", t)                                          # #12345...
+        t = re.sub(r"\b\d{6,}\b", "", t)                                         # 123456...
+        t = re.sub(r"[\S]+\.(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)", "", t)  # file names
+        t = re.sub(r"[\"\']{2,}", '"', t)                                        # runs of quotes -> "
+        t = re.sub(r"[\.]{2,}", " ", t)                                          # ".." and longer -> space
+        t = re.sub(r"[#®•©™&@·º½¾¿¡§~\)\(\]\[\}\{\|\\\/\*]{1,}", " ", t)        # bad punctuation -> space
+        t = re.sub(r"\s+\.\s+", " ", t)                                          # a lone " . "
+        if len(re.findall(r"(?:\-|\_)", t)) > 3:                                 # this-is-my-cute-cat
+            t = re.sub(r"(?:\-|\_)", " ", t)
+        t = html.unescape(html.unescape(ftfy.fix_text(t))).strip()               # upstream's basic_clean
+        t = re.sub(r"\b[a-zA-Z]{1,3}\d{3,15}\b", "", t)                          # jc6640
+        t = re.sub(r"\b[a-zA-Z]+\d+[a-zA-Z]+\b", "", t)                          # jc6640vc
+        t = re.sub(r"\b\d+[a-zA-Z]+\d+\b", "", t)                                # 6640vc231
+        t = re.sub(r"(worldwide\s+)?(free\s+)?shipping", "", t)
+        t = re.sub(r"(free\s)?download(\sfree)?", "", t)
+        t = re.sub(r"\bclick\b\s(?:for|on)\s\w+", "", t)
+        t = re.sub(r"\b(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)(\simage[s]?)?", "", t)
+        t = re.sub(r"\bpage\s+\d+\b", "", t)
+        t = re.sub(r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b", " ", t)        # j2d1a2a...
+        t = re.sub(r"\b\d+\.?\d*[x\u0445\u00d7]\d+\.?\d*\b", "", t)              # 10x20 (x, Cyrillic \u0445, \u00d7)
+        t = re.sub(r"\b\s+\:\s+", ": ", t)
+        t = re.sub(r"(\D[,\./])\b", r"\1 ", t)                                   # space after , . / inside words
+        t = re.sub(r"\s+", " ", t)                     # NOT stripped here (upstream's strip result is discarded)
+        t = re.sub(r"^[\"\']([\w\W]+)[\"\']$", r"\1", t)                         # outer quotes (only if no edge space)
+        t = re.sub(r"^[\'\_,\-\:;]", "", t)
+        t = re.sub(r"[\'\_,\-\:\-\+]$", "", t)
+        t = re.sub(r"^\.\S+$", "", t)
+        t = t.strip()
+    return t
 
 
 # The T5 encoders' sizes (what `backbones.MODELS` names; perf/synthetic.py builds them with random weights; a real run

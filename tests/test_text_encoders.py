@@ -1,8 +1,9 @@
-"""text_encoders.py: left alignment (D11), the toy word encoder, the light caption cleaner, FLAN-T5 on a tiny local
-model, and the offline hub failing fast. CPU, offline.
+"""text_encoders.py: left alignment (D11), the toy word encoder, the caption cleaner (LlamaGen's, exact), FLAN-T5 on
+a tiny local model, and the offline hub failing fast. CPU, offline.
 
 Run: pytest -q tests/test_text_encoders.py
 """
+import ast
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 
+import text_encoders
 from text_encoders import T5TextEncoder, WordTextEncoder, clean_caption, left_align
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "big"]
@@ -46,10 +48,57 @@ def test_word_text_encoder():
         enc(["a red circle on the left a big blue square"])
 
 
-def test_clean_caption_light():
-    raw = "  Visit https://x.com/a?b=1 <b>BIG</b> Cat &amp; @bob \u201cnow\u201d "
-    assert clean_caption(raw) == 'visit big cat & "now"'
-    assert clean_caption(clean_caption("A\u2014B  c")) == "a-b c"
+# (raw caption, what LlamaGen's T5Embedder.text_preprocessing returns): outputs of upstream's own code
+# (language/t5.py:81-201, both passes, ftfy 6.3.1, beautifulsoup4 4.15.0), written down here as literals.
+LLAMAGEN_CLEANED = [
+    ("  Visit https://x.com/a?b=1 <b>BIG</b> Cat &amp; @bob \u201cnow\u201d ", 'visit ?b=1 big cat "now"'),
+    ("A wooden shelf..", "a wooden shelf"),                             # ".." -> space
+    ("Smith & Sons bakery", "smith sons bakery"),                       # & @ # ( ) [ ] ... -> space
+    ("an elephant/", "an elephant"),
+    ("at 3 p.m. on a street", "at 3 p. m. on a street"),                # space after , . / inside words
+    ("a dog,a cat.and a/b", "a dog, a cat. and a b"),
+    ("1,000 people", "1,000 people"),                                   # not after a digit
+    ("a <person> riding a horse", "a person riding a horse"),           # LlamaGen's <person> rule
+    ("%3Cperson%3E on a+bench", "person on a bench"),                   # URL-unquoted first
+    ("#1 fan\u00ae (blue) [red] {x} a|b \\ c * d ~ e", "fan blue red x a b c d e"),
+    ("this-is-my-cute-cat", "this is my cute cat"),                     # > 3 '-' / '_': all become spaces
+    ("a well-known dog", "a well-known dog"),
+    ("`quoted\u00b4 \u00abword\u00bb \u2018it\u2019s\u2019", "quoted\" \"word\" 'it's"),   # ` and \u00b4 -> "
+    ("A\u2014B  c", "a-b c"),
+    ("Caf\u00c3\u00a9 &amp;amp; &quot;x&quot;", 'caf\u00e3 ; "x"'),  # lowercased before ftfy sees the mojibake
+    ("\u4e2d\u6587 cat", "cat"),                                       # CJK removed
+    ("emoji \U0001F600 cat", "emoji \U0001F600 cat"),
+    ("server 192.168.0.1 photo.jpg of a cat", "server of a cat"),      # IP addresses, file names
+    ("free shipping worldwide download free", "worldwide"),
+    ("click for details page 12 png images", ""),
+    ("jc6640 jc6640vc 6640vc231 j2d1a2a", ""),
+    ("a 1920x1080 wallpaper", "a wallpaper"),
+    ("#12345 tag and 1234567 id", "tag and id"),
+    ("key : value", "key: value"),
+    ("'a cat'", "a cat"),
+    ('"""AUSVERKAUFT"""', "ausverkauft"),
+    (".hidden", ""),
+    ("line\\nbreak", "line break"),                                    # a literal backslash-n
+    ("a . b", "a b"),
+    # the second pass matters for these (one pass gives '<person>', '<b>bold< b>', 'a . b', 'Abc'):
+    ("&lt;person&gt;", "person"),
+    ("&lt;b&gt;bold&lt;/b&gt;", "bold< b>"),
+    ("a .b", "a b"),
+    ("&#x41;BC", "abc"),
+]
+
+
+@pytest.mark.parametrize("raw,cleaned", LLAMAGEN_CLEANED)
+def test_clean_caption_equals_llamagen(raw, cleaned):
+    assert clean_caption(raw) == cleaned
+
+
+def test_clean_caption_imports_lazily():
+    """`import text_encoders` stays light: ftfy and bs4 are imported inside clean_caption, not at module level."""
+    tree = ast.parse(open(text_encoders.__file__, encoding="utf-8").read())
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {"ftfy", "bs4"} & top
 
 
 def test_t5_encoder_with_a_tiny_local_model(tmp_path):
