@@ -115,10 +115,11 @@ def real_floor(tokens_a, tokens_b, K, eps=1e-10):
 # in as tensors: data.image_batches loads files with the training preprocessing.
 
 @torch.no_grad()
-def histogram_from_images(encode_indices, batches, K):
+def histogram_from_images(encode_indices, batches, K, *, device=None):
     """p_GT: VQ-encode real images and pool their token ids (docs/method.md §10 step 1).
 
-    encode_indices: callable (B,3,H,W) in [-1,1] -> (B, N) int64 (vq.VQModel.encode_indices);
+    encode_indices: callable (B,3,H,W) in [-1,1] -> (B, N) int64 (vq.VQModel.encode_indices); device: where the
+    encoder is (each batch is moved there; data.image_batches yields CPU tensors);
     batches: an iterable of (B, 3, H, W) float tensors in [-1, 1]. For image FILES use
     data.image_batches(paths, S, batch_size): the training preprocessing (data.preprocess), so p_GT is measured on
     the images the model trains on (this file stays free of image I/O and copies alone).
@@ -127,7 +128,7 @@ def histogram_from_images(encode_indices, batches, K):
     if isinstance(batches, (list, tuple)) and batches and isinstance(batches[0], str):
         raise TypeError("histogram_from_images takes tensor batches, not file paths: pass "
                         "data.image_batches(paths, image_size, batch_size) (data.py, the training preprocessing)")
-    all_tokens = [encode_indices(x).cpu() for x in batches]  # each (B, N)
+    all_tokens = [encode_indices(x if device is None else x.to(device)).cpu() for x in batches]  # each (B, N)
     if not all_tokens:
         raise ValueError("histogram_from_images: no images given")
     tokens = torch.cat(all_tokens)

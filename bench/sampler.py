@@ -87,6 +87,7 @@ def bench_xl(args, device):
     cond, mask = random_cond(cfg, args.xl_batch, device)
     kw = dict(cfg_scale=6.0, top_k=1000, top_p=1.0, temperature=1.0)
     sample_gpt(model, cond[:4], mask[:4], generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up
+    torch.cuda.reset_peak_memory_stats()                     # the sampler's peak, not the model build's
     _, t = timed(sample_gpt, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
                  **kw)
     print(f"[cuda] GPT-XL t2i bf16, {args.xl_batch} prompts x 256 tokens, CFG 6 ({2 * args.xl_batch} rows), "

@@ -310,12 +310,18 @@ def full_counts(backbone: str = "llamagen_xl") -> dict:
 
 
 # ---- --dry_run: the configured models on the meta device, a peak-memory estimate ------------------------------
-def saved_activation_bytes(fn) -> int:
-    """Bytes autograd saves for backward while fn() runs: on meta tensors this measures without computing."""
-    total = [0]
+def saved_activation_bytes(fn, modules=()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while fn() runs, the parameters of `modules` left
+    out (they are counted once as weights; a ViT saves each weight again per matmul): on meta tensors this measures
+    without computing."""
+    params = {p.untyped_storage()._cdata for m in modules for p in m.parameters()}
+    seen, total = set(), [0]
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        sid = t.untyped_storage()._cdata
+        if sid not in params and sid not in seen:
+            seen.add(sid)
+            total[0] += t.untyped_storage().nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
@@ -354,8 +360,21 @@ def dry_run(cfg):
     n = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
     n_gpt, n_dec, n_vq, n_disc = n(gpt.parameters()), n(vq.decoder_parameters()), n(vq.parameters()), n(disc.parameters())
     vq.requires_grad_(True)
-    gpt_act = saved_activation_bytes(lambda: logprobs(gpt, cond, mask, tok)) * act
-    dec_act = saved_activation_bytes(lambda: vq.decode(z)) * act
+    gpt_act = saved_activation_bytes(lambda: logprobs(gpt, cond, mask, tok), [gpt]) * act
+    dec_act = saved_activation_bytes(lambda: vq.decode(z), [vq]) * act
+    # the decoder step also backpropagates through the networks its losses call (train.decoder_step): PatchGAN under
+    # autocast, LPIPS and the reward model in fp32 (outside autocast) on the selected images
+    reward_act = lpips_act = disc_act = 0
+    if xl or jan:
+        S, n_sel = int(N ** 0.5) * 2 ** (len(vcfg.ch_mult) - 1), max(B, B * cfg.rank_k)     # image side, images
+        with torch.device("meta"):
+            x = torch.empty(n_sel, 3, S, S, requires_grad=True)
+            x224 = torch.empty(B * cfg.rank_k, 3, 224, 224, requires_grad=True)
+            lp, reward_net = lpips(0).requires_grad_(False), clip_model(cfg.reward, "full", 0).requires_grad_(False)
+        lpips_act = saved_activation_bytes(lambda: lp(x, x), [lp])
+        reward_act = saved_activation_bytes(lambda: reward_net.encode_image(x224), [reward_net]) if cfg.lambda_reward \
+            else 0
+        disc_act = saved_activation_bytes(lambda: disc(x), [disc]) * act
     est = {
         "policy weights+grads+AdamW (fp32, 16 B/param)": 16 * n_gpt,
         "reference policy (fp32, frozen)": 4 * n_gpt,
@@ -366,10 +385,15 @@ def dry_run(cfg):
         f"decoder activations ({z.shape[0]} images per backward pass)": dec_act,
         "discriminator + AdamW": 16 * n_disc,
     }
+    if xl or jan:
+        est[f"decoder step: LPIPS (fp32), PatchGAN and reward (fp32) activations on {z.shape[0]} images"] = \
+            lpips_act + disc_act + reward_act
     if xl:
         est["FLAN-T5-XL encoder (bf16, 1.22B params)"] = 2 * 1.22e9
     if xl or jan:   # Janus encodes its own prompts; its understanding tower is not loaded (docs/method.md §17.1)
-        est["reward CLIP ViT-L-14 (fp32, 427.6M) + LPIPS VGG16 features (14.7M)"] = 4 * (427.6e6 + 14.7e6)
+        arch, n_reward = CLIP_ARCH[cfg.reward][0], FULL_COUNTS[cfg.reward]
+        est[f"reward {cfg.reward} {arch} (fp32, {n_reward / 1e6:.1f}M) + LPIPS VGG16 features "
+            f"({FULL_COUNTS['lpips'] / 1e6:.1f}M)"] = 4 * (n_reward + FULL_COUNTS["lpips"])
     print(f"[dry_run] backbone={cfg.backbone}  policy {n_gpt:,} params  VQ {n_vq:,} (decoder+post_quant_conv "
           f"trainable {n_dec:,})  discriminator {n_disc:,}  batch {B} prompts x G={cfg.group_size} per micro-batch "
           f"(x grad_accum {getattr(cfg, 'grad_accum', 1)} per update)")
@@ -402,5 +426,5 @@ if __name__ == "__main__":
     assert torch.equal(a.next()[0], b.next()[0]), "the stream is not a function of its seed"
     # the dry run of the released LlamaGen-XL batch (train.py --backbone llamagen_xl --dry_run prints the same)
     est = dry_run(SimpleNamespace(backbone="llamagen_xl", grad_ckpt=True, bf16=True, batch_prompts=4, group_size=8,
-                                  logp_chunk=0, rank_k=1))
+                                  logp_chunk=0, rank_k=1, reward="clip", lambda_reward=0.01))
     assert 20 * 1024 ** 3 < sum(est.values()) < 80 * 1024 ** 3, "implausible estimate for the released batch"

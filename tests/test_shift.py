@@ -129,6 +129,10 @@ def test_helpers_from_images_and_sampler(tmp_path):
         histogram_from_images(encode_indices, paths, K)
     h2, _ = histogram_from_images(encode_indices, [torch.full((3, 3, 16, 16), -1.0)], K)
     assert h2[0] == 1.0
+    seen = []                                             # device=: each batch is moved to the encoder's device
+    histogram_from_images(lambda x: seen.append(x.device) or torch.zeros(len(x), 4, dtype=torch.long),
+                          [torch.zeros(1, 3, 16, 16)], K, device=torch.device("meta"))
+    assert seen == [torch.device("meta")]
 
     calls = []
 

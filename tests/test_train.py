@@ -187,6 +187,10 @@ def test_dry_run_llamagen_xl_counts(capsys):
     out = capsys.readouterr().out
     assert "777,678,080" in out and "42,452,099" in out      # policy; decoder + post_quant_conv (docs/method.md §6)
     assert sum(est.values()) > 20 * 1024 ** 3
+    hps = synthetic.dry_run(train.parse_config(["--backbone", "llamagen_xl", "--reward", "hpsv2", "--dry_run"]))
+    row = lambda e, name: next(v for k, v in e.items() if k.startswith(name))   # noqa: E731
+    assert row(hps, "reward ") - row(est, "reward ") == 4 * (986_109_441 - 427_616_513)   # ViT-H-14, not ViT-L-14
+    assert row(hps, "decoder step:") > row(est, "decoder step:") > 0     # the loss networks' activations count
 
 
 @pytest.mark.slow
