@@ -203,6 +203,7 @@ def check_paths(cfg) -> list:
             bad.append(f"--data: --backbone {cfg.backbone} decodes {image_side(cfg)}-px images and needs (image, "
                        "caption) pairs (folder, .jsonl, .tar); without --data only 32-px tokenizers fit the toy world")
     else:
+        ckpt.offline_if_unreachable()           # no network: hub lookups answer from the cache at once
         flag, path = reward_path(cfg)
         try:                                    # the active reward's weights: local file, hub cache or open_clip's
             if needs_reward(cfg):

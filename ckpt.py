@@ -7,6 +7,7 @@ Concept: none of RankE's maths lives here; this is what every entry point needs 
       Namespace} wrapper, strips DDP / torch.compile prefixes, drops runtime buffers (KV caches, RoPE tables, masks);
   load_strict(model, state_dict, source=...)   strict load preceded by a readable key / shape comparison;
   resolve(hf://...)                            hub path -> local file (huggingface_hub cache), fails fast offline;
+  offline_if_unreachable()                     an unreachable hub switches the process to offline mode (one probe);
   cached_download(path, url, hint)             a local file, the torch-hub cache, or a download of url;
   atomic_save / list_ckpts / load_latest_ckpt  train.py's checkpoints ckpt_*.pt: written through a temp file and
       os.replace (a kill mid-write keeps the previous one), resumed from the newest READABLE one;
@@ -66,6 +67,62 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_probe: dict = {}   # this process's one probe of the hub: {"why": None (reachable) or the reason it is not}
+
+
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """None when a TCP connection to the endpoint's host opens within `timeout` s, else the reason. In a daemon
+    thread, because a name lookup (getaddrinfo) ignores socket timeouts."""
+    import socket
+    import threading
+    import urllib.parse
+    url = urllib.parse.urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    out: list = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            out.append(None)
+        except OSError as e:
+            out.append(f"cannot reach {host}:{port} ({type(e).__name__}: {e})")
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return out[0] if out else f"no answer from {host}:{port} within {timeout:g} s"
+
+
+def offline_if_unreachable(timeout: float = 3.0) -> bool:
+    """True when this process is offline for the Hugging Face Hub. When HF_HUB_OFFLINE is not set and the hub
+    cannot be reached, switch to offline mode (the environment variable and huggingface_hub's constant, which
+    huggingface_hub, open_clip and transformers read at each call), so that every hub lookup answers from the local
+    cache at once instead of retrying for 20-50 s and failing anyway. No probe behind a proxy (a direct connection
+    says nothing there); one probe per process; entry points call this before their first hub lookup."""
+    if hub_offline():
+        return True
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return False
+    if "why" not in _probe:
+        try:
+            from huggingface_hub import constants
+            endpoint = constants.ENDPOINT
+        except ImportError:
+            endpoint = "https://huggingface.co"
+        _probe["why"] = _unreachable(endpoint, timeout)
+    if _probe["why"] is None:
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+    print(f"[hub] {_probe['why']}: offline mode, Hugging Face files come from the local cache only "
+          f"(set HF_HUB_OFFLINE=1 to skip this check)", file=sys.stderr, flush=True)
+    return True
+
+
 def _hub_cache_dir() -> str:
     try:
         from huggingface_hub import constants
@@ -84,6 +141,7 @@ def resolve(path_or_hub: str, *, flag: str | None = None) -> str:
     url = _hub_url(repo_id, filename)
     try:
         from huggingface_hub import hf_hub_download
+        offline_if_unreachable()            # an unreachable hub: the cache answers at once (no 20-50 s of retries)
         return hf_hub_download(repo_id, filename)
     except Exception as e:  # offline (LocalEntryNotFoundError), no route, 404, gated, ...: chained, not swallowed
         raise FileNotFoundError(
@@ -284,9 +342,9 @@ def _check_hub(flag: str, value: str) -> str | None:
         return f"{flag} {value!r}: not a usable hub file name ({e}); pass hf://owner/repo/filename or a local path"
     if isinstance(hit, str) and os.path.isfile(hit):
         return None
-    if hub_offline():
-        return (f"{flag} {value!r}: not in the local Hugging Face cache ({_hub_cache_dir()}) and HF_HUB_OFFLINE is "
-                f"set, so it cannot be downloaded. Download {url} elsewhere and pass its local path ({flag} "
+    if offline_if_unreachable():
+        return (f"{flag} {value!r}: not in the local Hugging Face cache ({_hub_cache_dir()}) and offline "
+                f"(HF_HUB_OFFLINE, or the hub is unreachable), so it cannot be downloaded. Download {url} elsewhere and pass its local path ({flag} "
                 f"/path/{base}), or fill the cache (huggingface-cli download {repo_id} {filename}) on a machine "
                 f"with network access and copy that cache here")
     return None   # online: the loader downloads it (and fails fast with instructions if that is impossible)

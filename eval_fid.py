@@ -25,7 +25,8 @@ COCO:   python eval_fid.py coco --fake_dir out/coco --ref_dir coco2014 --incepti
 HPSv2:  python eval_fid.py hps --image_dir out/hps --prompts_dir hpsv2_benchmark_prompts [--hps HPS_v2.1_compressed.pt]
 Toy:    python -m toy.eval --ckpt CKPT [--decoder online|ema|base]
 Tests:  pytest tests/test_eval_fid.py
-Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models).
+Depends on: numpy, scipy, PIL, tqdm, torch; sibling rewards.py (the CLIP-score and HPS v2.1 models); the command
+line also ckpt.py (its hub probe).
 Symbols: M images, B batch, F feature width (2048 Inception), S eval resolution.
 """
 import argparse
@@ -502,6 +503,8 @@ def main(argv=None):
             refuse_extras(hps_extras(args.image_dir), args.image_dir, "hpsv2 (every entry is a style)")
     except (OSError, ValueError) as e:
         raise SystemExit(str(e))
+    from ckpt import offline_if_unreachable   # the command line only: the functions above need no ckpt.py
+    offline_if_unreachable()                   # no network: the CLIP / HPS hub files answer from the cache at once
     if args.cmd == "coco":
         clip_fn = None if args.no_clip else make_clip_score(args.clip)
         res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),

@@ -329,6 +329,7 @@ def main(argv=None):
     if bad:
         raise SystemExit("\n".join(bad))
     overrides = {f: getattr(a, f) for f in ("t5_path", "janus_tokenizer", "toy_cache") if getattr(a, f)}
+    ckpt.offline_if_unreachable()   # no network: T5 / tokenizer hub ids answer from the cache at once
     try:
         captions = read_captions(a.prompts, a.n) if a.bench == "coco" else None
         cfg, te, gpt, vq, fn = load_sampler(a.ckpt, policy=a.policy, decoder=a.decoder, device=a.device,

@@ -95,7 +95,64 @@ def test_check_path_hub_never_downloads(tmp_path, monkeypatch):
     assert "not a folder" in ckpt.check_path("--out", "hf://a/b/c", "dir")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(ckpt, "_probe", {"why": None})                                  # the hub answers
     assert ckpt.check_path("--gpt_ckpt", "hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt") is None  # online: later
+
+
+def _hub_at(monkeypatch, endpoint):
+    """Online by the settings (no HF_HUB_OFFLINE, no proxy), with the hub at `endpoint`, not probed yet."""
+    import huggingface_hub.constants as c
+    for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") + ckpt._PROXY_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "ENDPOINT", endpoint)
+    monkeypatch.setattr(ckpt, "_probe", {})
+    return c
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as s:           # bind, read the port, close: nothing listens there afterwards
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_hub_switches_to_offline(monkeypatch, tmp_path, capsys):
+    """No network and no HF_HUB_OFFLINE: huggingface_hub would retry for 20-50 s before failing. One probe switches
+    the process to offline mode, so the hub path fails at once with the instructions (and a cached file works)."""
+    import huggingface_hub
+    c = _hub_at(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    _fake_hub_cache(tmp_path, "peizesun/llamagen_t2i", "vq_ds16_t2i.pt")
+    calls = []
+    real_download = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(c.HF_HUB_OFFLINE)
+                        or real_download(*a, **k))
+    with pytest.raises(FileNotFoundError, match=r"could not fetch hf://peizesun/llamagen_t2i/t2i_XL_stage1_256\.pt"):
+        ckpt.resolve("hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt")
+    assert calls == [True]                               # the download ran in offline mode (cache only, no retries)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and ckpt.hub_offline()
+    assert "cannot reach 127.0.0.1" in capsys.readouterr().err
+    assert ckpt.resolve("hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt").startswith(str(tmp_path))   # cache still works
+    msg = ckpt.check_path("--gpt_ckpt", "hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt")
+    assert msg and "hub is unreachable" in msg
+
+
+def test_reachable_hub_or_proxy_stays_online(monkeypatch):
+    """A hub that answers leaves the process online; behind a proxy nothing is probed (a direct connection would
+    fail there while the proxy works); the probe runs once per process."""
+    import socket
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        c = _hub_at(monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert ckpt.offline_if_unreachable() is False and c.HF_HUB_OFFLINE is False
+        assert ckpt._probe == {"why": None}
+    monkeypatch.setattr(ckpt, "_unreachable", lambda *a: pytest.fail("probed twice"))
+    assert ckpt.offline_if_unreachable() is False                                   # the one probe's answer
+    c = _hub_at(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert ckpt.offline_if_unreachable() is False and "HF_HUB_OFFLINE" not in os.environ
 
 
 def test_cached_download_offline_names_the_file(tmp_path, monkeypatch):
