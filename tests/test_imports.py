@@ -54,6 +54,7 @@ ALLOWED = {
     ("policy", "sampling"): (False, "the samplers and token_logprobs use the shared step rule (CFG, top-k/p, draw)"),
     ("janus", "sampling"): (False, "the samplers and token_logprobs use the shared step rule (CFG, top-k/p, draw)"),
     ("eval_fid", "rewards"): (False, "the CLIP score and HPS v2.1 models are rewards.py's open_clip loaders"),
+    ("eval_fid", "ckpt"): (False, "its command line probes the hub (ckpt.offline_if_unreachable) before loading weights"),
     ("vapi", "ranke"): (True, "the self-check trains with ranke.group_advantages / ranke.policy_loss"),
 }
 
