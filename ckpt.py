@@ -95,9 +95,9 @@ def _unreachable(endpoint: str, timeout: float) -> str | None:
 
 def offline_if_unreachable(timeout: float = 3.0) -> bool:
     """True when this process is offline for the Hugging Face Hub. When HF_HUB_OFFLINE is not set and the hub
-    cannot be reached, switch to offline mode (the environment variable and huggingface_hub's constant, which
-    huggingface_hub, open_clip and transformers read at each call), so that every hub lookup answers from the local
-    cache at once instead of retrying for 20-50 s and failing anyway. No probe behind a proxy (a direct connection
+    cannot be reached, switch to offline mode (huggingface_hub's constant, which huggingface_hub, open_clip and
+    transformers read at each call), so that every hub lookup answers from the local cache at once instead of
+    retrying for 20-50 s and failing anyway. No probe behind a proxy (a direct connection
     says nothing there); one probe per process; entry points call this before their first hub lookup."""
     if hub_offline():
         return True
@@ -112,12 +112,11 @@ def offline_if_unreachable(timeout: float = 3.0) -> bool:
         _probe["why"] = _unreachable(endpoint, timeout)
     if _probe["why"] is None:
         return False
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
+    try:   # huggingface_hub's constant only, not the environment: other hosts (torch hub downloads) may still answer
         from huggingface_hub import constants
         constants.HF_HUB_OFFLINE = True
     except ImportError:
-        pass
+        return True   # no huggingface_hub: no hub lookup can happen, nothing to switch
     print(f"[hub] {_probe['why']}: offline mode, Hugging Face files come from the local cache only "
           f"(set HF_HUB_OFFLINE=1 to skip this check)", file=sys.stderr, flush=True)
     return True
@@ -160,7 +159,7 @@ def cached_download(path: str | None, url: str, hint: str) -> str:
     if os.path.isfile(cached):
         return cached
     hint = f"{hint} Or put it at {cached}."
-    if hub_offline():
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:   # the user's switch (not a probe of another host)
         raise FileNotFoundError(f"offline (HF_HUB_OFFLINE=1). {hint}")
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)

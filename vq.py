@@ -316,10 +316,12 @@ class LPIPS(nn.Module):
                 self.add_module(f"lin{k}", nn.Module())
                 getattr(self, f"lin{k}").model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(ch, 1, 1, bias=False))
         vgg_path = _fetch(vgg_path, VGG16_URL, "the torchvision VGG16 ImageNet state_dict")
-        sd = {k: v for k, v in read_state_dict(vgg_path).items() if k.startswith("features.")}  # no classifier
+        sd = {k: v for k, v in read_state_dict(vgg_path, flag="--lpips_vgg").items()
+              if k.startswith("features.")}  # no classifier
         lin_path = _fetch(lin_path, LPIPS_LIN_URL, "LlamaGen's LPIPS head tokenizer/tokenizer_image/cache/vgg.pth")
         lins = [f"lin{k}" for k in range(5)]
-        for names, sd, src in ((["features"], sd, vgg_path), (lins, read_state_dict(lin_path), lin_path)):
+        for names, sd, src in ((["features"], sd, vgg_path),
+                               (lins, read_state_dict(lin_path, flag="--lpips_lin"), lin_path)):
             holder = nn.Module()  # a view holding just the submodules this file fills (shared, not copied)
             for n in names:
                 holder.add_module(n, getattr(self, n))

@@ -131,7 +131,13 @@ def test_unreachable_hub_switches_to_offline(monkeypatch, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=r"could not fetch hf://peizesun/llamagen_t2i/t2i_XL_stage1_256\.pt"):
         ckpt.resolve("hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt")
     assert calls == [True]                               # the download ran in offline mode (cache only, no retries)
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and ckpt.hub_offline()
+    assert ckpt.hub_offline() and "HF_HUB_OFFLINE" not in os.environ   # other hosts stay allowed:
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, **k: fetched.append(url)
+                        or open(dst, "wb").close())
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    ckpt.cached_download(None, "https://download.pytorch.org/models/x.pth", "x.pth is missing.")
+    assert fetched == ["https://download.pytorch.org/models/x.pth"]     # the torch-hub download still runs
     assert "cannot reach 127.0.0.1" in capsys.readouterr().err
     assert ckpt.resolve("hf://peizesun/llamagen_t2i/vq_ds16_t2i.pt").startswith(str(tmp_path))   # cache still works
     msg = ckpt.check_path("--gpt_ckpt", "hf://peizesun/llamagen_t2i/t2i_XL_stage1_256.pt")

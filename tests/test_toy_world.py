@@ -105,6 +105,17 @@ def test_checker_refuses_non_finite_images():
         WORLD.check(x, caps)
 
 
+def test_checker_refuses_wrong_size_or_01_range():
+    """The checker's geometry is 32 x 32 in [-1, 1]: another size is an error naming it (not a bare reshape error), and
+    images in [0, 1] (no pixel below 0, where the background is -0.84) are refused, not scored near 0."""
+    x, caps, _ = scenes_of("train", 4, 3)
+    with pytest.raises(ValueError, match=r"need images \(n,3,32,32\).*\(4, 3, 64, 64\)"):
+        WORLD.check(x.repeat_interleave(2, -1).repeat_interleave(2, -2), caps)
+    with pytest.raises(ValueError, match=r"\[-1, 1\] images.*2 \* x01 - 1"):
+        WORLD.check((x + 1) / 2, caps)
+    assert torch.equal(WORLD.check(x, caps), torch.ones(4))                  # the same scenes in [-1, 1] pass
+
+
 def test_checker_tolerates_mild_blur_and_noise():
     x, caps = WORLD.sample(160, gen(10))
     noisy = x + 0.15 * torch.randn(x.shape, generator=gen(11))
@@ -122,6 +133,19 @@ def test_parse_format_roundtrip_and_bad_captions():
             WORLD.parse(bad)
     with pytest.raises(ValueError, match="split"):
         WORLD.sample(2, gen(0), "test")
+
+
+def test_parse_refuses_bad_captions_under_python_O():
+    """The template checks are explicit ValueErrors, not asserts, which `python -O` would drop (it then parsed
+    'one red circle above two blue square' as a two-object caption)."""
+    import subprocess
+    import sys
+    code = ("from toy.world import ToyWorld\nw = ToyWorld()\n"
+            "for c in ['one red circle above two blue square', 'the small red circle on the left']:\n"
+            "    try:\n        print('parsed', w.parse(c))\n    except ValueError:\n        print('refused')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-O", "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["refused", "refused"], out.stdout
 
 
 def test_clip_tokenizer_puts_eot_at_the_largest_id():
@@ -220,7 +244,7 @@ def test_config_change_gives_a_new_key_and_a_rebuild(built):
     assert config_key(ToyConfig.tiny(cfg_scale=9.0)) == config_key(tiny)      # eval-only fields do not count
     other = ToyConfig.tiny(vq_steps=tiny.vq_steps + 1)
     assert config_key(other) != config_key(tiny)
-    with pytest.raises(FileNotFoundError, match="no valid"):
+    with pytest.raises(FileNotFoundError, match=r"toy models: no \S+\.pt; restore"):
         load_toy(other, cache, build=False, progress=False)
     b2 = load_toy(other, cache, progress=False)
     assert b2.cache_path != b.cache_path and os.path.exists(os.path.join(b2.cache_path, "gpt.pt"))
@@ -233,8 +257,10 @@ def test_corrupt_cache_file_is_rebuilt_not_used(built, name, caplog):
     path = os.path.join(b.cache_path, name + ".pt")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)                                # a partial write
-    with pytest.raises(FileNotFoundError, match="no valid"):
-        load_toy(ToyConfig.tiny(), cache, build=False, progress=False)       # never silently used
+    with caplog.at_level(logging.WARNING, logger="toy"):
+        with pytest.raises(FileNotFoundError, match=f"{name}.pt: checksum mismatch"):
+            load_toy(ToyConfig.tiny(), cache, build=False, progress=False)   # never silently used, the reason named
+    assert not any("rebuilding" in r.getMessage() for r in caplog.records)   # nothing is rebuilt here
     with caplog.at_level(logging.WARNING, logger="toy"):
         load_toy(ToyConfig.tiny(), cache, progress=False)
     assert any("checksum mismatch" in r.getMessage() and name + ".pt" in r.getMessage() for r in caplog.records)

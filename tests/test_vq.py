@@ -329,6 +329,16 @@ def test_lpips_properties(lpips_files):
     assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
 
 
+def test_lpips_hub_paths_name_their_own_flags(lpips_files):
+    """An hf:// LPIPS file that cannot be fetched is reported with its own flag (the message is guessed from the file
+    name otherwise, and said --gpt_ckpt)."""
+    vgg_path, lin_path, _, _ = lpips_files
+    with pytest.raises(FileNotFoundError, match=r"--lpips_vgg /path/vgg16\.pth"):
+        vq.LPIPS(vgg_path="hf://someone/lpips/vgg16.pth", lin_path=lin_path)
+    with pytest.raises(FileNotFoundError, match=r"--lpips_lin /path/vgg\.pth"):
+        vq.LPIPS(vgg_path=vgg_path, lin_path="hf://someone/lpips/vgg.pth")
+
+
 def test_lpips_missing_files_are_named(lpips_files, tmp_path):
     vgg_path, _, _, _ = lpips_files
     with pytest.raises(FileNotFoundError, match="nope.pth"):

@@ -150,9 +150,12 @@ def _cached(folder, name, model, train, deps, build):
                 return model.eval(), sha
         except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
             problem = f"unreadable ({type(e).__name__}: {e})"
+        if not build:
+            raise FileNotFoundError(f"toy models: {path}: {problem}; restore the shipped files (`git checkout "
+                                    "toy/assets`) or remake them with `python -m toy.world --rebuild`")
         log.warning("toy cache: %s: %s; rebuilding it", path, problem)
     if not build:
-        raise FileNotFoundError(f"toy models: no valid {path}; restore the shipped files (`git checkout toy/assets`) "
+        raise FileNotFoundError(f"toy models: no {path}; restore the shipped files (`git checkout toy/assets`) "
                                 "or remake them with `python -m toy.world --rebuild`")
     t0 = time.time()
     model.train()
@@ -269,7 +272,10 @@ def train_gpt(gpt, vq, text_encoder, world, cfg, g, progress):
 
 def train_clip(clip, tokenizer, world, cfg, g, progress, name):
     """Symmetric InfoNCE (CLIP) on scenes of every pair, plus one hard negative per image (its caption with one
-    attribute changed) as an extra image->text candidate; duplicate captions in a batch are not negatives."""
+    attribute changed) as an extra image->text candidate. Duplicate captions among the B in-batch captions are not
+    negatives; a hard negative that happens to equal another image's caption (about 14 % of images per batch at
+    B 128) or a caption that says the same in other words stays one. The shipped CLIPs were trained so, and changing
+    it rebuilds every toy asset and moves every toy number (docs/method.md, toy world)."""
     B = cfg.clip_batch
 
     def step(_):
@@ -278,8 +284,8 @@ def train_clip(clip, tokenizer, world, cfg, g, progress, name):
         img = F.normalize(clip.encode_image(x), dim=-1)                              # (B, E); input = (x01-.5)/.5
         txt = F.normalize(clip.encode_text(tokenizer(caps + negs)), dim=-1)          # (2B, E)
         logits = clip.logit_scale.exp() * img @ txt.T                                # (B, 2B)
-        first = {c: i for i, c in enumerate(caps)}
-        cid = torch.tensor([first[c] for c in caps])                                 # caption identity
+        last = {c: i for i, c in enumerate(caps)}                                    # one index per caption
+        cid = torch.tensor([last[c] for c in caps])                                  # caption identity
         dup = (cid[:, None] == cid[None]) & ~torch.eye(B, dtype=torch.bool)          # same caption, other image
         logits = torch.cat([logits[:, :B].masked_fill(dup, -1e4), logits[:, B:]], 1)
         y = torch.arange(B)

@@ -18,17 +18,18 @@ every split="heldout" scene has one. The evaluators (CLIPs, feature CNN) see all
 far more than the generator.
 
 Run:    python -m toy.world [--preset tiny] [--cache_dir .cache/toy] [--out grid.png]
-        first call builds and caches the base models (820 s measured on an idle 2-core CPU, 2 threads;
-        --preset tiny: seconds), later calls load them in 0.3 s; then prints the quality table and writes a sample
-        grid PNG. The trained weights depend on the torch thread count (float reduction order), which the cache key
-        does not include: builds with 1 and 2 threads give different, equally trained models (docs/experiments.md,
-        "The toy world").
+        the default configuration loads the shipped base models (toy/assets/, checksum-verified); any other is built
+        once into the cache (820 s measured on an idle 2-core CPU, 2 threads; --preset tiny: seconds) and loaded in
+        0.3 s later; then prints the quality table and writes a sample grid PNG. Built weights depend on the torch
+        thread count (float reduction order), which the cache key does not include: builds with 1 and 2 threads give
+        different, equally trained models (docs/experiments.md, "The toy world").
 Tests:  pytest tests/test_toy_world.py
 Use:    b = load_toy(ToyConfig()); x, caps = b.world.sample(8, torch.Generator().manual_seed(0)); b.world.check(x, caps)
 Cache:  cache_dir/<config_key(cfg)>/{feat,vq,gpt,clip_reward,clip_eval}.pt + .json (sha256, upstream sha256s);
-        a missing, truncated, corrupt or stale file is rebuilt with a logged warning, never used.
-Depends on: torch; siblings vq.py, policy.py, rewards.py, data.py (save_grid), toy/models.py (the models and their
-training recipes). Part of the toy wing (toy/): it imports concept files, no concept file imports it.
+        a missing, truncated, corrupt or stale file is rebuilt with a logged warning, never used (a shipped one is
+        an error naming the file and the problem).
+Depends on: torch; siblings vq.py, policy.py, rewards.py, text_encoders.py, data.py (save_grid), toy/models.py (the
+models and their training recipes). Part of the toy wing (toy/): it imports concept files, no concept file imports it.
 Evaluation of trained checkpoints on this world: toy/eval.py.
 Symbols: n scenes, S = 32 image side, C = 6 colours, N = 64 image tokens, K = 256 codes, T = 16 caption slots,
 D = 64 caption width, F = 256 feature width; coordinates (x, y) in pixels, y down; images in [-1, 1] unless "01".
@@ -183,15 +184,15 @@ class ToyWorld:
         """Inverse of format(); a caption outside the two templates is a ValueError naming it."""
         w, c, s = caption.split(), self.colours, self.shapes
         try:
-            if len(w) >= 5 and w[1] in SIZES:                       # "a {size} {colour} {shape} {position}"
+            if len(w) >= 5 and w[1] in SIZES and w[0] == "a":       # "a {size} {colour} {shape} {position}"
                 pos = [p for p, _ in POSITIONS.values()].index(" ".join(w[4:]))
-                assert w[0] == "a"
                 return dict(n=1, objs=[(c.index(w[2]), s.index(w[3]))], size=list(SIZES).index(w[1]), pos=pos,
                             rel=0)
-            assert w[0] == "a" and w[-3] == "a"                      # "a {c} {s} {relation} a {c} {s}"
+            if w[0] != "a" or w[-3] != "a":                          # "a {c} {s} {relation} a {c} {s}"
+                raise ValueError(caption)                            # (not an assert: python -O would drop it)
             return dict(n=2, objs=[(c.index(w[1]), s.index(w[2])), (c.index(w[-2]), s.index(w[-1]))], size=0,
                         pos=0, rel=RELATIONS.index(" ".join(w[3:-3])))
-        except (ValueError, AssertionError, IndexError):
+        except (ValueError, IndexError):
             raise ValueError(f"{caption!r} is not a toy-world caption; expected e.g. 'a small red circle on the "
                              "left' or 'a red circle above a blue square'") from None
 
@@ -275,10 +276,14 @@ class ToyWorld:
         exists; shape = the best-IoU shape drawn in its bounding box; size = bbox extent vs SIZE_SPLIT; position =
         the anchor nearest the bbox centre; relation = sign of the bbox-centre offset on the dominant axis; count =
         number of components (any colour) == objects named. Attributes of an object that is not found fail."""
-        if images.dim() != 4 or images.shape[0] != len(captions):
-            raise ValueError(f"need images (n,3,S,S) and n captions, got {tuple(images.shape)} / {len(captions)}")
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, self.S, self.S) or images.shape[0] != len(captions):
+            raise ValueError(f"need images (n,3,{self.S},{self.S}) and n captions, got {tuple(images.shape)} / "
+                             f"{len(captions)}")
         if not torch.isfinite(images).all():    # NaN pixels would fail every attribute: a silent score of 0
             raise ValueError("images hold NaN / inf: the decoder output is broken; check the checkpoint")
+        if images.numel() and images.amin() >= 0:   # the background is -0.84 in [-1,1]; a [0,1] image has none
+            raise ValueError("images hold no pixel below 0: the checker takes [-1, 1] images (the toy background is "
+                             "about -0.84); for images x01 in [0, 1] pass 2 * x01 - 1")
         cls, lab = self.segment(images)
         out = []
         for i, cap in enumerate(captions):
@@ -494,6 +499,7 @@ if __name__ == "__main__":
     table, grid = evaluate(bundle, cfg.n_eval, cfg.cfg_scale, torch.Generator().manual_seed(12345))
     print_table(table, cfg.n_eval)
     out = args.out or os.path.join(args.cache_dir if bundle.cache_path == SHIPPED else bundle.cache_path, "samples.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # the shipped models create no cache folder
     x = torch.cat(list(grid.values()))                                    # (R*8, 3, 32, 32), one row per label
     save_grid(out, x.repeat_interleave(2, -1).repeat_interleave(2, -2), list(grid), G=8)   # x2 nearest upscale
     print(f"sample grid: {out}")
