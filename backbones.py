@@ -30,7 +30,7 @@ import policy
 import rewards
 import text_encoders
 import vq as vqlib
-from data import PairDataset, PairStream, WorldStream
+from data import PairDataset, PairStream, WorldStream, check_source
 from perf import fast_sample  # the samplers the loop uses: the same tokens as policy.sample / janus.sample, faster
 from runtime import check_synthetic
 
@@ -195,7 +195,7 @@ def check_paths(cfg) -> list:
                 cfg.data and f"--data {cfg.data!r} with --synthetic: a synthetic run draws its own captions and "
                              "images; drop --data (or --synthetic)"]
         return [b for b in bad if b]
-    bad += [ckpt.check_path("--data", p, "file_or_dir") for p in cfg.data.split(",") if p]
+    bad += check_source(cfg.data) if cfg.data else []    # layout, existence, tar format: nothing indexed
     if uses_toy_world(cfg):
         bad.append(f"--toy_cache {cfg.toy_cache!r} is a file; pass a directory" if os.path.isfile(cfg.toy_cache)
                    else None)

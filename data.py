@@ -19,24 +19,27 @@ output bit for bit (tests/test_data.py). LlamaGen's own `center_crop_arr` (docs/
 the short side >= 2S, long side rounded instead of truncated, crop offset floored) gives slightly different
 pixels even below 2S (e.g. a 151x100 image -> 97x64 there, 96x64 here); RankE trains with the torchvision transform.
 
-Bad samples (unreadable image, empty caption, image missing its caption) are skipped and counted, never
-turned into black images (DEVIATION from the released loader, which substitutes a zero tensor or an empty
+Bad samples (image bytes PIL cannot decode, empty caption, image missing its caption) are skipped and counted,
+never turned into black images (DEVIATION from the released loader, which substitutes a zero tensor or an empty
 caption; a zero tensor is a grey "real" image the discriminator then learns from). A source with no usable
-sample is an error.
+sample is an error, and so is a failed READ of the bytes (a moved tar, a storage hiccup): that is no property of
+the sample, so it is raised, not remembered as bad for the rest of the run. `check_source` is the cheap check of a
+`--data` value (layout, existence, tar format; nothing indexed) that train.py runs before any model loads.
 
-Randomness is explicit: `PairStream` draws a per-epoch permutation from (seed, rank, epoch) and remembers its
+Randomness is explicit: `PairStream` draws a per-epoch permutation from sha256(seed, rank, epoch) and remembers its
 position, so `state_dict()` / `load_state_dict()` resume the exact stream.
 
 Images out: `to_uint8` (clamp(127.5 x + 128, 0, 255), the LlamaGen / RankE evaluation convention, docs/method.md
 §11) is the [-1,1] -> uint8 conversion; `to_uint8_janus` (half a level darker) is the released Janus samplers' one,
-used for Janus evaluation images only (sample.py); `save_grid` writes one PNG row per prompt (train.py's samples, the
-toy world's quality grid) with the captions in a .txt beside it.
+used for Janus evaluation images only (sample.py); both refuse NaN / inf (else black images); `save_grid` writes one
+PNG row per prompt (train.py's samples, the toy world's quality grid) with the captions in a .txt beside it.
 
 Self-check: `python data.py` (writes a small tar with one corrupt image and one empty caption, reads it back,
 writes a sample grid).
 Depends on: numpy, torch, PIL (no repository file: copies alone).
 Symbols: B pairs per batch, S image side in pixels, R prompts (grid rows), G images per prompt (grid columns).
 """
+import functools
 import hashlib
 import io
 import json
@@ -45,6 +48,7 @@ import struct
 import sys
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,34 +110,43 @@ def image_batches(paths, size: int, batch_size: int = 32):
 # ---------------------------------------------------------------------------------------------------------------
 # Images out: the [-1,1] -> uint8 conversions and the sample grid
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """x as float32; NaN / inf refused (clamp keeps NaN, the uint8 cast makes it 0: black images, scored)."""
+    x = x.detach().float()
+    if n := int((~torch.isfinite(x)).sum()):
+        raise ValueError(f"decoder output holds {n} NaN/inf values (of {x.numel()}): the checkpoint has diverged or "
+                         "the decoder ran in a dtype that overflowed; use an earlier checkpoint, or decode in float32")
+    return x
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Decoder output in [-1, 1] (any shape, e.g. (B,3,H,W)) -> uint8: clamp(127.5 x + 128, 0, 255), truncated
-    (the LlamaGen / RankE evaluation convention, docs/method.md §11)."""
-    return (127.5 * x.detach().float() + 128.0).clamp(0, 255).to(torch.uint8)
+    (the LlamaGen / RankE evaluation convention, docs/method.md §11). NaN / inf: ValueError."""
+    return (127.5 * _finite(x) + 128.0).clamp(0, 255).to(torch.uint8)
 
 
 def to_uint8_janus(x: torch.Tensor) -> torch.Tensor:
     """Janus decoder output in [-1, 1] -> uint8 as the released Janus samplers convert it: clip((x + 1) / 2 * 255, 0,
     255) truncated, i.e. floor(127.5 x + 127.5), half a level below to_uint8. Same float32 operations in the same
-    order, so the same bytes (Follows RankE janus/sample/sample_t2i_ddp_coco.py:211-212)."""
-    return ((x.detach().float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
+    order, so the same bytes (Follows RankE janus/sample/sample_t2i_ddp_coco.py:211-212). NaN / inf: ValueError."""
+    return ((_finite(x) + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(path: str, images: torch.Tensor, captions, G: int) -> None:
-    """images (R*G, 3, S, S) in [-1, 1], prompt-major (row r = images r*G .. r*G+G-1) -> PNG at `path` with one
+    """images (R*G, 3, H, W) in [-1, 1], prompt-major (row r = images r*G .. r*G+G-1) -> PNG at `path` with one
     row of G images per prompt; captions (R*G strings, one per image, or R, one per row) -> the R row captions in
     a .txt beside it (same name, .txt). Both files are written through a temp file + os.replace."""
     if images.dim() != 4 or images.shape[1] != 3 or G < 1 or images.shape[0] % G:
-        raise ValueError(f"save_grid: images must be (R*G, 3, S, S) with G={G} dividing the count, got "
+        raise ValueError(f"save_grid: images must be (R*G, 3, H, W) with G={G} dividing the count, got "
                          f"{tuple(images.shape)}")
-    R, S = images.shape[0] // G, images.shape[-1]
+    R, H, W = images.shape[0] // G, images.shape[2], images.shape[3]
     captions = list(captions)
     if len(captions) == R * G:
         captions = captions[::G]                                  # one per row: the first of each group
     elif len(captions) != R:
         raise ValueError(f"save_grid: {len(captions)} captions for {R} rows of {G} images; pass R*G or R captions")
-    u8 = to_uint8(images).cpu()                                                      # (R*G, 3, S, W)
-    grid = u8.view(R, G, 3, S, u8.shape[-1]).permute(0, 3, 1, 4, 2).reshape(R * S, -1, 3)  # (R*S, G*W, 3)
+    u8 = to_uint8(images).cpu()                                                      # (R*G, 3, H, W)
+    grid = u8.view(R, G, 3, H, W).permute(0, 3, 1, 4, 2).reshape(R * H, G * W, 3)     # (R*H, G*W, 3)
     tmp = path + ".tmp"
     Image.fromarray(np.ascontiguousarray(grid.numpy())).save(tmp, format="PNG")
     os.replace(tmp, path)
@@ -146,35 +159,69 @@ def save_grid(path: str, images: torch.Tensor, captions, G: int) -> None:
 @dataclass
 class Pair:
     """One raw sample: a way to get the image bytes, and the caption text."""
-    load_bytes: object   # () -> bytes
+    load_bytes: object   # () -> bytes, or None (a tar key without an image member)
     caption: str
     name: str
+    where: str           # the file load_bytes reads (the tar, or the image), named when reading it fails
+
+
+def _read(path: str, offset: int = 0, size: int = -1) -> bytes:
+    with open(path, "rb") as f:          # closed at once (no ResourceWarning, no handle kept per sample)
+        f.seek(offset)
+        return f.read(size)
+
+
+def _part_problem(part: str) -> str | None:
+    """Why one comma-separated --data part is unusable, with the fix (None: usable). Reads a tar's first header only."""
+    layouts = "pass a folder of a.jpg + a.txt, a .jsonl file or an uncompressed .tar (layouts: data.py's docstring)"
+    if not part.strip():
+        return "an empty comma-separated part (a stray or doubled comma); remove it"
+    if not os.path.exists(part):
+        return "no such file or folder; expected a folder, a .jsonl file or a .tar file that exists"
+    if os.path.isdir(part):
+        has_image = any(f.lower().endswith(IMAGE_EXTS) for _, _, files in os.walk(part) for f in files)
+        return None if has_image else f"a folder with no image ({' '.join(IMAGE_EXTS)}) under it; {layouts}"
+    if not part.endswith((".jsonl", ".tar")):
+        return f"neither a folder nor a .jsonl / .tar file; {layouts}"
+    if not os.access(part, os.R_OK) or os.path.getsize(part) == 0:
+        return "not readable (permissions) or empty (0 bytes: an interrupted copy); fix it or pass another path"
+    if part.endswith(".tar"):
+        try:              # mode "r:" (no decompression) reads the first header only
+            tarfile.open(part, "r:").close()
+        except tarfile.ReadError:    # plain tarfile.open would decompress; the lazy reader's byte ranges would not
+            return ("compressed tar: decompress it (the lazy reader needs an uncompressed tar), e.g. `gzip -dc` / "
+                    "`xz -dc`" if tarfile.is_tarfile(part) else
+                    "not a tar archive (damaged, or another format named .tar); re-create or re-download it")
+    return None
+
+
+def check_source(source: str) -> list[str]:
+    """The cheap check of a --data value (nothing indexed): one message per bad comma-separated part, naming --data,
+    the part and the fix; [] when all look usable. train.py runs it before any model loads (backbones.check_paths)."""
+    parts = source.split(",")
+    return [f"--data {p!r}{f' (in {source!r})' if len(parts) > 1 else ''}: {why}"
+            for p in parts if (why := _part_problem(p))]
 
 
 def _index_tar(path: str) -> list[Pair]:
     # Group members by key (the name up to the first dot of the basename, as WebDataset does).
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    with tarfile.open(path) as tf:
-        for m in tf.getmembers():
-            if not m.isfile():
-                continue
-            d, base = os.path.split(m.name)
-            key, _, ext = base.partition(".")
-            groups.setdefault(os.path.join(d, key), {})["." + ext.lower()] = m
-        pairs = []
-        for key, members in sorted(groups.items()):
-            img = next((members[e] for e in IMAGE_EXTS if e in members), None)
-            txt = tf.extractfile(members[".txt"]).read().decode("utf-8", "replace") if ".txt" in members else ""
-            if img is None:
-                pairs.append(Pair(None, txt, key))
-                continue
-            offset, size = img.offset_data, img.size   # read lazily by byte range: no extraction to disk
-
-            def load(path=path, offset=offset, size=size):
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    return f.read(size)
-            pairs.append(Pair(load, txt, key))
+    try:
+        with tarfile.open(path, "r:") as tf:         # uncompressed only: offset_data must be an offset of the file
+            for m in tf.getmembers():
+                if not m.isfile():
+                    continue
+                d, base = os.path.split(m.name)
+                key, _, ext = base.partition(".")
+                groups.setdefault(os.path.join(d, key), {})["." + ext.lower()] = m
+            pairs = []
+            for key, members in sorted(groups.items()):
+                img = next((members[e] for e in IMAGE_EXTS if e in members), None)
+                txt = tf.extractfile(members[".txt"]).read().decode("utf-8", "replace") if ".txt" in members else ""
+                load = None if img is None else functools.partial(_read, path, img.offset_data, img.size)
+                pairs.append(Pair(load, txt, key, path))      # read lazily by byte range: no extraction
+    except tarfile.ReadError as e:                                   # a damaged header past the first one
+        raise ValueError(f"--data {path!r}: not readable as a tar ({e}); re-create or re-download it") from e
     return pairs
 
 
@@ -186,9 +233,9 @@ def _index_folder(root: str) -> list[Pair]:
             if ext.lower() not in IMAGE_EXTS:
                 continue
             txt = os.path.join(d, stem + ".txt")
-            cap = open(txt, encoding="utf-8", errors="replace").read() if os.path.exists(txt) else ""
+            cap = Path(txt).read_text("utf-8", "replace") if os.path.exists(txt) else ""   # closes the file
             p = os.path.join(d, f)
-            pairs.append(Pair(lambda p=p: open(p, "rb").read(), cap, p))
+            pairs.append(Pair(functools.partial(_read, p), cap, p, p))
     return pairs
 
 
@@ -203,8 +250,11 @@ def _index_jsonl(path: str) -> list[Pair]:
                 p, cap = rec["image"], rec.get("caption", "")
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{i + 1}: expected {{'image': ..., 'caption': ...}} per line ({e})") from e
+            if not isinstance(p, str) or not p or not isinstance(cap, str):   # else a bare error at the first read
+                raise ValueError(f"{path}:{i + 1}: expected a non-empty string 'image' (a path) and a string "
+                                 f"'caption', got image {p!r:.60} and caption {cap!r:.60}: fix that line")
             p = p if os.path.isabs(p) else os.path.join(base, p)
-            pairs.append(Pair(lambda p=p: open(p, "rb").read(), cap, p))
+            pairs.append(Pair(functools.partial(_read, p), cap, p, p))
     return pairs
 
 
@@ -214,16 +264,13 @@ class PairDataset:
     def __init__(self, source: str, image_size: int):
         if not isinstance(image_size, int) or image_size < 1:   # else every image would be "bad" in get()
             raise ValueError(f"--image_size must be a positive int, got {image_size!r}")
+        if bad := check_source(source):
+            missing = any(p.strip() and not os.path.exists(p) for p in source.split(","))
+            raise (FileNotFoundError if missing else ValueError)("\n".join(bad))
         self.source, self.image_size, self.pairs = source, image_size, []
         for part in source.split(","):
-            if os.path.isdir(part):
-                self.pairs += _index_folder(part)
-            elif part.endswith(".jsonl"):
-                self.pairs += _index_jsonl(part)
-            elif part.endswith(".tar") and os.path.isfile(part):
-                self.pairs += _index_tar(part)
-            else:
-                raise FileNotFoundError(f"--data {part!r}: expected a folder, a .jsonl file or a .tar file that exists")
+            index = _index_folder if os.path.isdir(part) else _index_jsonl if part.endswith(".jsonl") else _index_tar
+            self.pairs += index(part)
         if not self.pairs:
             raise ValueError(f"--data {source!r} holds no (image, caption) pairs; see data.py's docstring for layouts")
         self.bad: dict[int, str] = {}   # index -> reason; each bad sample is logged and counted once
@@ -245,12 +292,18 @@ class PairDataset:
             self.bad[i] = "empty_caption"
             print(f"[data] skipping {p.name}: empty caption", file=sys.stderr)
             return None
-        try:
-            if p.load_bytes is None:
+        try:          # READING the bytes: a failure is the storage's (moved, unmounted, I/O error), not the sample's
+            raw = None if p.load_bytes is None else p.load_bytes()
+        except OSError as e:
+            raise OSError(f"--data: cannot read sample {p.name} from {p.where!r} ({type(e).__name__}: {e}); not a bad "
+                          "sample: restore the file and resume, or if it is gone for good remove it (or its jsonl "
+                          "line) from --data") from e
+        try:          # DECODING them: what PIL raises here (OSError included: a truncated file) is a bad image
+            if raw is None:
                 raise OSError("no image member")
-            with Image.open(io.BytesIO(p.load_bytes())) as img:
+            with Image.open(io.BytesIO(raw)) as img:
                 x = preprocess(img, self.image_size)
-        except BROKEN_IMAGE as e:                                       # PIL raises these for broken files
+        except BROKEN_IMAGE as e:
             self.bad[i] = "bad_image"
             print(f"[data] skipping {p.name}: unreadable image ({type(e).__name__}: {e})", file=sys.stderr)
             return None
@@ -260,7 +313,7 @@ class PairDataset:
 class PairStream:
     """Endless shuffled batches of B good pairs for one rank, resumable exactly.
 
-    Each epoch is a permutation drawn from Generator(seed + 1000003 * rank + epoch); `pos` is the next index.
+    Each epoch is a permutation drawn from a generator seeded by sha256(seed, rank, epoch); `pos` is the next index.
     """
 
     def __init__(self, dataset: PairDataset, batch: int, seed: int, rank: int = 0):
@@ -269,7 +322,9 @@ class PairStream:
         self._perm = self._permutation()
 
     def _permutation(self):
-        g = torch.Generator().manual_seed(self.seed + 1000003 * self.rank + self.epoch)
+        # a hash, not a sum: with seed + epoch, --seed s+1 epoch e replayed --seed s epoch e+1
+        key = hashlib.sha256(f"{self.seed},{self.rank},{self.epoch}".encode()).digest()[:8]
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)       # 63 bits
         return torch.randperm(len(self.ds), generator=g)
 
     def next(self):
@@ -356,5 +411,5 @@ if __name__ == "__main__":
         print("captions", caps, "skipped", stream.ds.skipped)   # 2 good pairs repeat; 1 bad image, 1 empty caption
         grid = os.path.join(d, "grid.png")
         save_grid(grid, x, caps, G=2)                            # 2 rows of 2
-        print("grid", Image.open(grid).size, "row captions", open(grid[:-4] + ".txt").read().split("\n")[:2],
+        print("grid", Image.open(grid).size, "row captions", _read(grid[:-4] + ".txt").decode().split("\n")[:2],
               "| to_uint8(-1, 0, 1) =", to_uint8(torch.tensor([-1.0, 0.0, 1.0])).tolist())

@@ -1,18 +1,25 @@
 """data.py: the three source layouts, the one preprocessing (= the released RankE torchvision transform),
-skip-and-count, exact resume, to_uint8 and save_grid.
+skip-and-count (decode failures only; read failures raise), exact resume, per-epoch orders that do not repeat across
+seeds, the cheap --data check, to_uint8 (NaN refused) and save_grid.
 
 Run: pytest -q tests/test_data.py
 """
+import gc
+import gzip
 import io
 import json
+import lzma
 import os
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from data import PairDataset, PairStream, image_batches, load_image, preprocess, save_grid, to_uint8, write_tar
+import data
+from data import (PairDataset, PairStream, check_source, image_batches, load_image, preprocess, save_grid, to_uint8,
+                  to_uint8_janus, write_tar)
 
 
 def png(color, size=(40, 30)):
@@ -154,3 +161,131 @@ def test_stream_resumes_exactly(tmp_path):
     write_tar(str(tmp_path / "q.tar"), [(str(i), png((i * 20, 0, 0)), f"c{i}") for i in range(8)])
     with pytest.raises(ValueError, match="other pairs"):
         PairStream(PairDataset(str(tmp_path / "q.tar"), 8), batch=3, seed=1).load_state_dict(b.state_dict())
+
+
+def test_nan_or_inf_decoder_output_is_refused_not_black():
+    """clamp keeps NaN and the uint8 cast makes it 0: a diverged decoder would write black images into sample grids
+    (and, through sample.py, evaluation folders). Both conversions and save_grid name the problem instead."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(2, 3, 4, 4)
+        x[1, 2, 3, 0] = bad
+        for convert in (to_uint8, to_uint8_janus):
+            with pytest.raises(ValueError, match="holds 1 NaN/inf values .*diverged"):
+                convert(x)
+            with pytest.raises(ValueError, match="NaN/inf"):
+                convert(x.half())
+    with pytest.raises(ValueError, match="NaN/inf"):
+        save_grid("never_written.png", torch.full((1, 3, 4, 4), float("nan")), ["a"], G=1)
+    assert not os.path.exists("never_written.png")
+
+
+def test_save_grid_non_square_images(tmp_path):
+    """The grid takes H and W separately (it read the side from the width only: a bare reshape error, or rows cut
+    wrong, for a non-square image)."""
+    R, G, H, W = 2, 3, 4, 6
+    vals = torch.linspace(-1, 1, R * G)
+    images = vals.view(-1, 1, 1, 1).expand(R * G, 3, H, W).contiguous()
+    for h, w, imgs in ((H, W, images), (W, H, images.transpose(2, 3))):
+        save_grid(str(tmp_path / "g.png"), imgs, ["r0", "r1"], G)
+        grid = np.asarray(Image.open(tmp_path / "g.png"))
+        assert grid.shape == (R * h, G * w, 3)
+        for r in range(R):
+            for j in range(G):
+                assert (grid[r * h:(r + 1) * h, j * w:(j + 1) * w] == int(to_uint8(vals[r * G + j]))).all()
+
+
+@pytest.mark.parametrize("rec", [{"image": "a.png", "caption": None}, {"image": "a.png", "caption": 7},
+                                 {"image": "a.png", "caption": ["a red image"]}, {"image": 12, "caption": "x"},
+                                 {"image": None, "caption": "x"}, {"image": "", "caption": "x"}])
+def test_jsonl_wrong_types_are_named_at_indexing(tmp_path, rec):
+    """A caption or image that is not a string is refused when the jsonl is indexed, naming file and line (it crashed
+    later, at the first read of that sample, with a bare AttributeError / TypeError)."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    good = json.dumps({"image": "a.png", "caption": "a red image"})
+    (tmp_path / "p.jsonl").write_text(good + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match=r"p\.jsonl:2: expected a non-empty string 'image'.*fix that line"):
+        PairDataset(str(tmp_path / "p.jsonl"), 8)
+
+
+def truncated_png():
+    """A PNG cut in its pixel data: PIL raises OSError ("image file is truncated") while DECODING it."""
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    return buf.getvalue()[:len(buf.getvalue()) // 2]
+
+
+def test_read_failure_raises_and_is_not_remembered_as_bad(tmp_path):
+    """An OSError while READING the bytes (the tar moved, storage failed) is no property of the sample: it is raised
+    naming the tar, and not put into the stream's saved bad indices (which a resumed run skipped for ever); an OSError
+    PIL raises while DECODING read bytes (a truncated image) is still a skipped, counted bad image."""
+    tar = str(tmp_path / "p.tar")
+    write_tar(tar, [("a", png("red"), "red"), ("t", truncated_png(), "truncated"), ("b", png("blue"), "blue")])
+    stream = PairStream(PairDataset(tar, 8), batch=4, seed=0)
+    assert set(stream.next()[1]) == {"red", "blue"} and stream.stats()["skipped_bad_image"] == 1
+    os.rename(tar, tar + ".moved")
+    with pytest.raises(OSError, match=f"cannot read sample . from '{tar}'.*restore the file"):
+        stream.next()
+    os.rename(tar + ".moved", tar)
+    assert list(stream.state_dict()["bad"].values()) == ["bad_image"]           # the truncated image only
+    assert len(stream.next()[0]) == 4                                           # readable again: the run goes on
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
+def test_compressed_tar_is_refused_naming_the_fix(tmp_path, compress):
+    """tarfile.open decompresses silently, but the lazy reader reads byte ranges of the file itself: every image of
+    a compressed .tar read as corrupt. It is refused up front, saying to decompress it."""
+    write_tar(str(tmp_path / "plain.tar"), [("a", png("red"), "red")])
+    (tmp_path / "p.tar").write_bytes(compress((tmp_path / "plain.tar").read_bytes()))
+    with pytest.raises(ValueError, match="compressed tar: decompress it"):
+        PairDataset(str(tmp_path / "p.tar"), 8)
+
+
+def test_data_values_are_checked_cheaply(tmp_path):
+    """check_source (what backbones.check_paths runs before any model loads: tests/test_train.py) gives each bad
+    --data part one message naming --data, the value and the fix; check_paths accepted any existing path and skipped
+    empty comma parts, so PairDataset refused them only after the big models had loaded. A tar damaged past the
+    check's first header is named too."""
+    write_tar(str(tmp_path / "good.tar"), [("k", png("red"), "a red image")])
+    (tmp_path / "junk.tar").write_bytes(b"not a tar file" * 50)
+    (tmp_path / "gz.tar").write_bytes(gzip.compress((tmp_path / "good.tar").read_bytes()))
+    (tmp_path / "captions.txt").write_text("a red image\n")
+    (tmp_path / "empty").mkdir()
+    good = str(tmp_path / "good.tar")
+    for value, why in ((good + ",", "empty comma-separated part"), (str(tmp_path / "junk.tar"), "not a tar"),
+                       (str(tmp_path / "gz.tar"), "decompress it"), (str(tmp_path / "captions.txt"), "neither"),
+                       (str(tmp_path / "empty"), "no image"), (str(tmp_path / "nope.jsonl"), "no such file")):
+        bad = check_source(value)
+        assert len(bad) == 1 and bad[0].startswith("--data ") and why in bad[0] and value.rstrip(",") in bad[0], bad
+        with pytest.raises((ValueError, FileNotFoundError), match=why):
+            PairDataset(value, 8)                                      # the same check, the same words
+    assert check_source(good) == [] and len(check_source(f"{good},{tmp_path / 'empty'},")) == 2
+    with pytest.raises(ValueError, match="junk.tar.*not readable as a tar"):
+        data._index_tar(str(tmp_path / "junk.tar"))
+
+
+def test_seeds_and_ranks_do_not_share_epoch_orders(tmp_path):
+    """The epoch permutation is seeded by a hash of (seed, rank, epoch): with seed + 1000003 rank + epoch, --seed 1
+    epoch e replayed --seed 0 epoch e + 1, and --seed 1000003 rank 0 replayed --seed 0 rank 1."""
+    write_tar(str(tmp_path / "p.tar"), [(f"{i:02d}", png((i * 20, 0, 0)), f"c{i}") for i in range(12)])
+    ds = PairDataset(str(tmp_path / "p.tar"), 8)
+
+    def epochs(seed, rank=0, n=3):
+        s = PairStream(ds, batch=12, seed=seed, rank=rank)
+        return [tuple(s.next()[1]) for _ in range(n)]                # one batch = one whole epoch
+    orders = epochs(0) + epochs(1) + epochs(1000003) + epochs(0, rank=1)
+    assert len(set(orders)) == len(orders)
+
+
+def test_index_and_read_close_their_files(tmp_path):
+    """Captions and images are read through `with open` (open(p).read() left each file to the garbage collector:
+    a ResourceWarning per caption and per image)."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red image")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "a.png", "caption": "a red image"}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for src in (str(tmp_path), str(tmp_path / "p.jsonl")):
+            assert PairDataset(src, 8).get(0)[1] == "a red image"
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -1,8 +1,9 @@
 """sample.py: a train.py checkpoint -> COCO / GenEval / HPSv2 image folders with the backbone's released evaluation
 sampler settings and image conversion; the folders as the official evaluators read them (their reading rules below,
 transcribed from their sources, and clean-fid's own reader); captions with commas; interrupted and re-used folders;
-resumable; bad paths named. Run: pytest -q tests/test_sample.py
+resumable; bad paths named; NaN decoder output refused. Run: pytest -q tests/test_sample.py
 """
+import argparse
 import glob
 import json
 import os
@@ -356,6 +357,22 @@ def test_generate_output_and_captions_are_validated(tmp_path):
                                 progress=False)
     with pytest.raises(ValueError, match="caption 1 is 'b\\\\nc'"):
         sample.sample_to_folder(make_generate([]), ["a", "b\nc"], str(tmp_path / "3"), progress=False)
+
+
+def test_nan_decoder_output_is_refused_not_written_black(tmp_path):
+    """A decoder that outputs NaN (a diverged checkpoint, an overflowing dtype) stops sampling with the cause named:
+    the uint8 conversion made NaN black, and the evaluators scored folders of black PNGs."""
+    class NanVQ:
+        def decode_indices(self, tokens):
+            return torch.full((tokens.shape[0], 3, 8, 8), float("nan"))
+    text_encoder = lambda caps: (torch.zeros(len(caps), 2, 4), torch.ones(len(caps), 2, dtype=torch.bool))  # noqa: E731
+    sampler = lambda gpt, cond, mask, generator=None, **kw: torch.zeros(cond.shape[0], 4, dtype=torch.long)  # noqa: E731
+    for backbone in ("tiny", "janus_pro_1b"):                                # to_uint8 and to_uint8_janus
+        cfg = argparse.Namespace(backbone=backbone)
+        generate = sample.make_generate(cfg, text_encoder, None, NanVQ(), sampler, seed=0)
+        with pytest.raises(ValueError, match="NaN/inf values.*diverged"):
+            sample.sample_to_folder(generate, ["a", "b"], str(tmp_path / backbone), batch_size=2, progress=False)
+        assert not glob.glob(str(tmp_path / backbone / "images" / "*.png"))
 
 
 def test_sample_geneval_layout(tmp_path):

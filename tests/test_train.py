@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import backbones
 import ckpt
 from perf import synthetic
 import train
@@ -346,6 +347,15 @@ def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
     for flag in ("--data", "--gpt_ckpt", "--vq_ckpt", "--t5_path", "--clip_path", "--lpips_vgg"):
         assert flag in msg, f"{flag} not named in:\n{msg}"
     assert time.time() - t0 < 30
+
+
+def test_data_value_is_checked_before_anything_loads(tmp_path):
+    """A --data value PairDataset would refuse (not a tar, an empty comma part) is named by check_paths, before any
+    model loads (it accepted any existing path and skipped empty parts: the error came after T5 / GPT-XL loaded)."""
+    (tmp_path / "junk.tar").write_bytes(b"not a tar file" * 50)
+    for value, why in ((str(tmp_path / "junk.tar"), "not a tar archive"), (f"{tmp_path}/junk.tar,", "empty comma")):
+        cfg = train.parse_config(["--data", value, "--image_size", "32", "--out_dir", str(tmp_path / "run")])
+        assert any(b.startswith("--data ") and why in b for b in backbones.check_paths(cfg))
 
 
 @pytest.fixture(scope="module")
