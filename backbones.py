@@ -11,6 +11,7 @@ random-weight twins in perf/synthetic.py (--synthetic, --dry_run) read it.
   world side     --data given: (image, caption) pairs (data.py), CLIP / HPSv2 reward (rewards.py), LPIPS (vq.py)
                  no --data:    the toy world supplies 32-px scenes, its reward CLIP and its perceptual distance
                                (toy/world.py; any policy whose tokenizer decodes 32-px images, e.g. --janus_config tiny)
+                 --backbone tiny --data: the pairs of --data, with the toy world's reward CLIP and perceptual distance
   --synthetic    both sides at real size (or a reduced scale) with seeded random weights, a synthetic caption/image
                  stream and hashing tokenizers; nothing is read or downloaded (perf/synthetic.py builds the same
                  Backbone record from the same MODELS rows; train.py picks it under --synthetic)

@@ -218,11 +218,12 @@ def train_feat(net, world, cfg, g, progress):
 
 
 def train_vq(vq, world, cfg, perceptual, g, progress):
-    """VQGAN recipe minus the GAN (docs/method.md §13.13: L1 + L2 + perceptual + codebook/commitment).
+    """VQGAN recipe minus the GAN, with L1 + L2 reconstruction (LlamaGen's default is L2 alone, L1 its alternative;
+    docs/method.md §13.13) + perceptual + codebook/commitment.
     DEVIATION(LlamaGen tokenizer training): no PatchGAN term -- on flat-coloured 32 px shapes L1 + perceptual
     already give sharp edges, and the discriminator would double the cost of the 15-minute CPU build.
-    Dead codes: every 100 steps (first 80% of training) codebook rows unused since the last check are re-drawn
-    from this batch's encoder outputs (a common VQ-training fix; LlamaGen relies on its large data instead)."""
+    Dead codes: every cfg.vq_restart steps (first 80% of training) codebook rows unused since the last check are
+    re-drawn from this batch's encoder outputs (a common VQ-training fix; LlamaGen relies on its large data instead)."""
     K = vq.cfg.codebook_size
     usage = torch.zeros(K)
 
