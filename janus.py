@@ -11,7 +11,7 @@ replaced by pad, pads attended. The tokens decode with vq.py's VQModel (Janus's 
 Conventions (syjmelody/RankE@2798acc janus/post_train/trainer.py): prompts left-padded with a mask; position =
 cumsum(mask) - 1 (pads: 1); logits, CFG and log-softmax in fp32 (there: bf16 head logits).
 `forward`: teacher-forced logits (policy.py's convention); `sample` (static KV cache) equals `sample_naive` token for
-token and the trunk transformers' Janus (tests/test_janus.py); perf/fast_sample.py draws the same tokens faster.
+token in fp32 and the trunk transformers' Janus (tests/test_janus.py); perf/fast_sample.py draws the same tokens faster.
 
 Run the self-check (CPU, seconds): python janus.py    Tests: pytest -q tests/test_janus.py    Speed: bench/janus.py
 Copy together with vq.py (the tokenizer), ckpt.py (weight reading) and sampling.py (the step rule).
@@ -262,6 +262,9 @@ def _check_inputs(cfg: JanusGenConfig, ids, mask, tokens=None):
                                or not 1 <= tokens.shape[-1] <= cfg.image_tokens):
         raise ValueError(f"tokens must be int64 (B={ids.shape[0]}, n) with 1 <= n <= N={cfg.image_tokens}, got "
                          f"{tokens.dtype} {tuple(tokens.shape)}")
+    if tokens is not None and not tokens.is_meta and not bool(((tokens >= 0) & (tokens < cfg.image_vocab)).all()):
+        raise ValueError(f"tokens must be codebook ids in [0, {cfg.image_vocab}), got [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]: tokens of another tokenizer, or not tokens")
 
 
 def null_prompt(ids, mask, cfg: JanusGenConfig):
@@ -294,7 +297,7 @@ def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=
     then each step feeds gen_aligner(gen_embed(z_{n-1})) at the next position. Per step (sampling.py, logits in
     fp32): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one;
     DEVIATION(RankE@2798acc): released drew from the global RNG). Same tokens as `sample_naive` for the same
-    generator state; fast_sample.sample_janus draws the same tokens faster (what train.py uses). Released
+    generator state in fp32 (under bf16 autocast, rounding can break near-ties); fast_sample.sample_janus draws the same tokens faster (what train.py uses). Released
     (trainer.py:479-516): a DynamicCache and one wasted forward on z_{N-1}; same tokens."""
     cfg, B, N = model.cfg, ids.shape[0], model.cfg.image_tokens
     x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T): [cond; null]
@@ -336,6 +339,7 @@ def token_logprobs(model: JanusGen, ids, mask, tokens, *, cfg_scale=1.0) -> torc
     """(B,N) differentiable log pi(z_t | z_<t, c), one teacher-forced forward, log-softmax in fp32. cfg_scale == 1:
     conditional rows only, as released (trainer.py:359-431); otherwise the CFG-combined logits (docs/method.md §4.5,
     `--logp_cfg guided`), cond and null halves in one batch."""
+    _check_inputs(model.cfg, ids, mask, tokens)                # here, before the CFG batch doubles B
     B, (x, m) = ids.shape[0], _prepare(model, ids, mask, cfg_scale)
     tokens = tokens.to(x.device)
     logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)                # (B,N,V)

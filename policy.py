@@ -228,11 +228,14 @@ def _check_inputs(cfg: GPTConfig, cond, cond_mask, tokens=None):
     # docs/method.md D11: text left-aligned, so the last slot is always a real token
     if not cond_mask.is_meta and not bool(cond_mask[:, -1].all()):
         raise ValueError("cond_mask[:, -1] must be True: caption features must be left-aligned (pads first) and "
-                         "non-empty; use left_align() / the encoders in policy.py")
+                         "non-empty; use text_encoders.left_align() / the encoders in text_encoders.py")
     if tokens is not None and (tokens.dtype != torch.long or tokens.shape[:-1] != cond.shape[:1]
                                or not 1 <= tokens.shape[-1] <= N):
         raise ValueError(f"tokens must be int64 (B={cond.shape[0]}, n) with 1 <= n <= N={N}, got {tokens.dtype} "
                          f"{tuple(tokens.shape)}")
+    if tokens is not None and not tokens.is_meta and not bool(((tokens >= 0) & (tokens < cfg.vocab_size)).all()):
+        raise ValueError(f"tokens must be codebook ids in [0, {cfg.vocab_size}), got [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]: tokens of another tokenizer, or not tokens")
 
 
 # ---- Sampling (generate.py; docs/method.md §13.11) and log-probs (docs/method.md §4.2) ---------------------------
@@ -255,8 +258,9 @@ def sample(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0, top_k
     """(B,N) int64 image tokens, raster order (docs/method.md §4.6, §13.11), through the model's own modules: the T
     text slots fill a static KV cache, then each step feeds the previous token at the next position. Per step
     (sampling.py): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one).
-    Same tokens as `sample_naive` for the same generator state. fast_sample.sample_gpt draws the same tokens faster
-    (what train.py uses). Adapted from LlamaGen autoregressive/models/generate.py (generate.py:126-176; 77-102)."""
+    Same tokens as `sample_naive` for the same generator state in fp32 (under bf16 autocast the cached caption
+    stream stays bf16, as in LlamaGen, so near-ties can differ). fast_sample.sample_gpt draws the same tokens as this
+    one faster (what train.py uses). Adapted from LlamaGen autoregressive/models/generate.py (generate.py:126-176; 77-102)."""
     cfg, B, T, N = model.cfg, cond.shape[0], model.cfg.cls_token_num, model.cfg.block_size
     x, m = _prepare(model, cond, cond_mask, cfg_scale, temperature, top_k, top_p)     # (R,T,D), (R,T): [cond; null]
     R, S = x.shape[0], T + N - 1                                                      # z_{N-1} is never fed back
@@ -297,6 +301,7 @@ def token_logprobs(model: GPT, cond, cond_mask, tokens, *, cfg_scale=1.0) -> tor
     Equals the sampler's per-step log-distribution at temperature 1 without top-k / top-p."""
     # DEVIATION(RankE@2798acc): same left-aligned text and causal text mask as the sampler (docs/method.md D11), not the
     # released right-padded, bidirectional-text log-prob pass.
+    _check_inputs(model.cfg, cond, cond_mask, tokens)          # here, before the CFG batch doubles B
     B, (x, m) = cond.shape[0], _prepare(model, cond, cond_mask, cfg_scale, sampling=False)
     tokens = tokens.to(x.device)                                                      # (B,N)
     logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)      # (B,N,V) u + s (c - u)

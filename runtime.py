@@ -130,6 +130,10 @@ def check_values(cfg) -> list:
         bad.append(f"--report_n {cfg.report_n}: must be 0 (off) or >= 3 (KID's unbiased estimate, feature covariance)")
     if not 1 <= cfg.rank_k <= cfg.group_size:
         bad.append(f"--rank_k {cfg.rank_k}: must be in [1, group_size={cfg.group_size}]")
+    if cfg.logp_cfg == "guided" and cfg.temperature != 1:   # token_logprobs' guided logits are temperature 1
+        bad.append(f"--logp_cfg guided --temperature {cfg.temperature}: the guided log-probs are those of the "
+                   "temperature-1 guided logits (docs/method.md §4.5), not the sampler's; use --temperature 1 or "
+                   "--logp_cfg cond")
     if cfg.backbone == "janus_pro_1b" and cfg.method == "vapi" and cfg.janus_config == "janus_pro_1b":
         bad.append("--backbone janus_pro_1b --method vapi: the released Janus VA-pi run (AlexNet LPIPS of the lpips "
                    "package, weight decay 1e-4; docs/method.md §12) is not built here: this would run LlamaGen's VGG "

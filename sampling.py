@@ -14,15 +14,18 @@ Symbols: B prompts, R model rows (B, or 2B with CFG: the [cond; null] halves), V
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def check_settings(cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
     """cfg_scale >= 1: the released samplers guide only above 1 (LlamaGen generate.py `if cfg_scale > 1.0`), so a
     scale in (0, 1) would mean no guidance there and u + s (c - u) here; refused rather than read either way."""
-    if not (cfg_scale >= 1 and temperature >= 0 and top_k >= 0 and 0 < top_p <= 1):
-        raise ValueError(f"need cfg_scale >= 1 (1 = no guidance), temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
-                         f"{cfg_scale}, {temperature}, {top_k}, {top_p}")
+    if not (1 <= cfg_scale < math.inf and 0 <= temperature < math.inf and top_k >= 0 and int(top_k) == top_k
+            and 0 < top_p <= 1):
+        raise ValueError(f"need finite cfg_scale >= 1 (1 = no guidance), finite temperature >= 0, an integer "
+                         f"top_k >= 0, 0 < top_p <= 1; got {cfg_scale}, {temperature}, {top_k}, {top_p}")
 
 
 def guide(logits: torch.Tensor, B: int, cfg_scale: float) -> torch.Tensor:

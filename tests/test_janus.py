@@ -150,6 +150,10 @@ def test_input_checks(model):
               torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], 1))
     with pytest.raises(ValueError, match="int64"):
         model(torch.zeros(1, 2, dtype=torch.long), ids.int(), mask)
+    with pytest.raises(ValueError, match=rf"codebook ids in \[0, {CFG.image_vocab}\)"):
+        janus.token_logprobs(model, ids, mask, torch.full((1, 2), CFG.image_vocab), cfg_scale=5.0)
+    with pytest.raises(ValueError, match=r"\(B=1, n\).*\(2, 2\)"):                  # the caller's B, not 2B
+        janus.token_logprobs(model, ids, mask, torch.zeros(2, 2, dtype=torch.long), cfg_scale=5.0)
 
 
 def test_sample_under_bf16_autocast(model):

@@ -101,6 +101,7 @@ def test_check_finite_and_settings():
             check_finite(torch.tensor(bad), "x")
     check_settings(1.0, 0.0, 0, 1.0)
     for s, t, k, p in ((0.5, 1.0, 0, 1.0), (1.0, -1.0, 0, 1.0), (1.0, 1.0, -1, 1.0), (1.0, 1.0, 0, 0.0),
-                       (1.0, 1.0, 0, 1.5)):
-        with pytest.raises(ValueError, match="cfg_scale >= 1"):
+                       (1.0, 1.0, 0, 1.5), (inf, 1.0, 0, 1.0), (1.0, inf, 0, 1.0), (1.0, 1.0, 2.5, 1.0)):
+        with pytest.raises(ValueError, match="cfg_scale >= 1"):   # inf guidance / temperature, fractional top-k too
             check_settings(s, t, k, p)
+    check_settings(4.0, 0.7, 1000.0, 0.9)                          # an integral float top-k is a top-k

@@ -219,9 +219,11 @@ def test_out_of_range_schedule_and_clip_values_exit_at_parse_time():
     for flags, name in ((["--rank_k", "8", "--tau_frac", "0"], "--tau_frac"),
                         (["--ppo_epochs", "2", "--clip_eps", "0"], "--clip_eps"),
                         (["--cfg_scale", "0.5"], "--cfg_scale"),              # released samplers guide only above 1
-                        (["--backbone", "janus_pro_1b", "--method", "vapi"], "AlexNet LPIPS")):   # not built
+                        (["--backbone", "janus_pro_1b", "--method", "vapi"], "AlexNet LPIPS"),    # not built
+                        (["--logp_cfg", "guided", "--temperature", "0.7"], "temperature-1 guided logits")):
         with pytest.raises(SystemExit, match=name):
             train.parse_config(flags)
+    assert train.parse_config(["--logp_cfg", "guided"]).logp_cfg == "guided"          # at temperature 1: allowed
 
 
 def test_config_flags_and_presets():
