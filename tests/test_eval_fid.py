@@ -51,6 +51,34 @@ def test_frechet_distance_symmetric_nonnegative_and_zero_on_self(seed):
     assert np.isfinite(ef.frechet_distance(*z, *a)) and ef.frechet_distance(*z, *a) > 0
 
 
+def test_feature_stats_by_hand_two_samples():
+    """feature_stats = (per-feature mean, unbiased (n - 1) covariance, features in columns); M = 2 is enough.
+    x = [[0, 0], [2, 4]]: mu = (1, 2), deviations +-(1, 2), so Sigma = 2 (1, 2)(1, 2)^T / (2 - 1)."""
+    mu, sigma = ef.feature_stats([[0.0, 0.0], [2.0, 4.0]])
+    assert np.allclose(mu, [1.0, 2.0]) and np.allclose(sigma, [[2.0, 4.0], [4.0, 8.0]])
+
+
+def test_frechet_distance_singular_fallback_and_imaginary_part():
+    """The documented fallbacks: a product S1 S2 without a finite square root gets eps*I added to BOTH covariances,
+    with a warning (S1 = [[0, 1], [0, 0]], S2 = I: sqrtm((S1 + eI)(1 + e)I) has trace 2 sqrt(e (1 + e)), so
+    d^2 = 2 - 4 sqrt(e (1 + e))); numerical noise in the imaginary part is dropped (the result is a plain real float,
+    no ComplexWarning; zero on self), an imaginary part above 1e-3 is an error (S1 = diag(1, -2.25e-6): sqrt has 1.5e-3 i)."""
+    import warnings
+    eps = 1e-6
+    with pytest.warns(UserWarning, match="singular"):
+        d = ef.frechet_distance([0.0, 0.0], [[0.0, 1.0], [0.0, 0.0]], [0.0, 0.0], np.eye(2))   # default eps
+    assert d == pytest.approx(2 - 4 * np.sqrt(eps * (1 + eps)), rel=1e-9)
+    with pytest.raises(ValueError, match="imaginary"):
+        ef.frechet_distance([0.0, 0.0], np.diag([1.0, -2.25e-6]), [0.0, 0.0], np.eye(2))
+    rng = np.random.default_rng(0)
+    z = ef.feature_stats(rng.normal(size=(5, 12)))             # rank 4 of 12: sqrtm(S S) comes back complex
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        warnings.simplefilter("ignore", UserWarning)             # scipy's LinAlgWarning for a singular product
+        d = ef.frechet_distance(*z, *z)
+    assert type(d) is float and abs(d) < 1e-6
+
+
 def test_frechet_distance_bad_shapes():
     with pytest.raises(ValueError, match="shape mismatch"):
         ef.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

@@ -49,6 +49,14 @@ def test_kid_rejects_bad_shapes():
         kernel_inception_distance(np.zeros((5, 4)), np.zeros((5, 3)))
 
 
+def test_kid_smallest_sets_and_few_features():
+    """n = m = 3 is the documented minimum and F may be smaller than n: the brute-force double sums still hold."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(3, 2)), rng.normal(1.0, 1.0, size=(3, 2))
+    kid, se = kernel_inception_distance(a, b)
+    assert kid == pytest.approx(brute_kid(a, b), rel=1e-10) and np.isfinite(se)
+
+
 def test_reencode_agreement_known_answer():
     """K = 8 codes, code k decodes to a constant image of value -1 + 2k/7. The encoder reads the value back, except
     that it swaps codes 6 and 7: tokens 0-5 survive the round trip, 6 and 7 come back as each other, so agreement =
@@ -65,3 +73,23 @@ def test_reencode_agreement_known_answer():
     assert r["cycle_l1"] == pytest.approx(moved * 2 / 7, rel=1e-6)
     identity = lambda x: ((x[:, 0] + 1) * 3.5).round().long().view(x.shape[0], -1)  # noqa: E731
     assert reencode_agreement(z, decode, identity) == {"agree": 1.0, "cycle_l1": 0.0}
+
+
+def test_reencode_agreement_clamps_both_decodes_to_the_image_range():
+    """Both decodes are clamped to [-1, 1] (a decoder's raw output can overshoot): the encoder only ever sees images
+    in range, and the cycle error is measured between clamped images. Codes decode to (-3, -0.5, 0.5, 3), i.e.
+    (-1, -0.5, 0.5, 1) after clamping; the encoder maps x < 0 to code 0 and x >= 0 to code 3, so codes 0 and 3
+    survive and codes 1, 2 come back 0.5 away from their image."""
+    values = torch.tensor([-3.0, -0.5, 0.5, 3.0])
+
+    def encode(x):
+        assert x.min() >= -1 and x.max() <= 1, "encoder fed an unclamped image"
+        return torch.where(x[:, 0] < 0, 0, 3).view(x.shape[0], -1)
+
+    decode = lambda z: values[z].view(z.shape[0], 1, 2, 2).expand(-1, 3, -1, -1)  # noqa: E731
+    z = torch.randint(0, 4, (30, 4), generator=torch.Generator().manual_seed(0))
+    r = reencode_agreement(z, decode, encode)
+    moved = ((z == 1) | (z == 2)).double().mean().item()
+    assert 0 < moved < 1
+    assert r["agree"] == pytest.approx(1 - moved)
+    assert r["cycle_l1"] == pytest.approx(0.5 * moved, rel=1e-6)

@@ -340,3 +340,203 @@ def test_ema_bf16_ema_of_fp32_model():
     assert torch.equal(ema[0].weight, model[0].weight.to(torch.bfloat16))
     with pytest.raises(ValueError, match="differ"):
         ranke.ema_update(torch.nn.Linear(3, 4), model, 0.5)
+
+
+# ------------------------------------------------------------------------------------------ gaps found by mutation
+# (each test below fails on at least one mutant of ranke.py that the tests above let through)
+
+def test_advantage_eps_std_boundary_default_and_low_precision_rewards():
+    """docs/method.md §4.1: A = 0 iff s_b <= 1e-4 (inclusive, default 1e-4), math in >= fp32 whatever r's dtype."""
+    r = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)     # unbiased std exactly 1.0
+    adv, _ = ranke.group_advantages(r, 3, eps_std=1.0)
+    assert torch.equal(adv, torch.zeros(3, dtype=torch.float64))            # std == eps_std is degenerate
+    adv, _ = ranke.group_advantages(r * 1.5e-4, 3)                          # std 1.5e-4 > default 1e-4: z-scored
+    assert torch.allclose(adv, torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="1-D"):
+        ranke.group_advantages(torch.zeros(2, 4), 4)
+    # bf16 rewards 128..131: their mean 129.5 is not a bf16 number, so a bf16 mean/std would be off by ~0.5
+    rb = torch.tensor([128.0, 129.0, 130.0, 131.0], dtype=torch.bfloat16)
+    adv, _ = ranke.group_advantages(rb, 4)
+    ref = (rb.double() - 129.5) / rb.double().std()
+    assert adv.dtype == torch.bfloat16 and torch.allclose(adv.double(), ref, atol=1e-2)
+
+
+def test_advantage_stats_report_the_returned_tensors():
+    """stats: mean / unbiased std of the returned A and the raw rewards' mean / std (checked where A's mean != 0)."""
+    adv, s = ranke.group_advantages(torch.tensor([1.0, 3.0], dtype=torch.float64), 2)   # B=1, G=2: A = -+1/sqrt 2
+    assert s["std"] == pytest.approx(1.0) and s["reward_std"] == pytest.approx(math.sqrt(2.0))
+    assert s["reward_mean"] == pytest.approx(2.0)
+    r = torch.zeros(64, dtype=torch.float64)
+    r[3] = 1.0                                                 # clamp binds: mean(A) = (5 - 63/8) / 64 != 0
+    adv, s = ranke.group_advantages(r, 64)
+    assert s["mean"] == pytest.approx((5.0 - 63 / 8) / 64) and s["std"] == pytest.approx(float(adv.std()))
+
+
+def test_policy_loss_defaults_are_the_papers_eps_and_beta():
+    """docs/method.md §4.3 / released config: clip eps = 0.2 and KL beta = 0.05 when not passed."""
+    logp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    logp_old = torch.full((1, 1), -math.log(1.5), dtype=torch.float64)      # rho = 1.5, A = +1: clipped at 1.2
+    loss, s = ranke.policy_loss(logp, logp_old, torch.full((1, 1), -2.0, dtype=torch.float64),
+                                torch.ones(1, dtype=torch.float64))
+    assert s["pg_loss"] == pytest.approx(-1.2)
+    assert s["kl"] == pytest.approx(2.0)                       # 1/2 (0 - (-2))^2
+    assert s["loss"] == pytest.approx(-1.2 + 0.05 * 2.0)
+
+
+def test_policy_loss_treats_old_ref_and_advantages_as_constants():
+    """logp_old, logp_ref and adv are detached inside: passing graph-connected tensors changes no gradient."""
+    logp = torch.tensor([[-0.3, -1.2], [-2.0, -0.1]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([0.7, -1.1], dtype=torch.float64, requires_grad=True)
+    ref = (logp.detach() - 0.25).requires_grad_()
+    loss, _ = ranke.policy_loss(logp, logp, ref, adv, beta=0.5)             # logp_old IS logp (rho == 1)
+    loss.backward()
+    expect = (-adv.detach()[:, None] + 0.5 * 0.25) / 4          # REINFORCE + beta (l - l_ref) per token, mean of 4
+    assert torch.allclose(logp.grad, expect.expand(2, 2))
+    assert adv.grad is None and ref.grad is None
+
+
+def test_policy_loss_approx_kl_stat_and_input_checks():
+    """approx_kl = mean (rho - 1 - log rho) (k3 of old vs new); shape, clip_eps > 0 checks."""
+    logp = torch.zeros(1, 2, dtype=torch.float64)
+    old = torch.tensor([[-0.5, 0.0]], dtype=torch.float64)     # rho = (e^0.5, 1)
+    _, s = ranke.policy_loss(logp, old, logp, torch.zeros(1, dtype=torch.float64))
+    assert s["approx_kl"] == pytest.approx((math.exp(0.5) - 1.5) / 2)
+    assert s["ratio_mean"] == pytest.approx((math.exp(0.5) + 1) / 2)
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="same"):
+        ranke.policy_loss(z, torch.zeros(2, 4), z, torch.zeros(2))       # logp_old mismatched, logp_ref fine
+    with pytest.raises(ValueError, match="logp must be"):
+        ranke.policy_loss(torch.zeros(6), torch.zeros(6), torch.zeros(6), torch.zeros(6))
+    with pytest.raises(ValueError, match="clip_eps"):
+        ranke.policy_loss(z, z, z, torch.zeros(2), clip_eps=0.0)
+
+
+def test_rank_weights_ties_checks_dtype_and_stats():
+    """Ties go to the lower index (stable sort); tau > 0, k >= 1; weights are fp32 constants; stats by hand."""
+    r = torch.zeros(64)
+    idx, _, _ = ranke.rank_weights(r, 64, 3, 1.0)
+    assert idx.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="tau"):
+        ranke.rank_weights(r, 64, 3, 0.0)
+    with pytest.raises(ValueError, match="k must be"):
+        ranke.rank_weights(r, 64, 0, 1.0)
+    rg = torch.tensor([0.1, 0.9, 0.5, 0.3, 2.0, 1.0, 0.0, 3.0], requires_grad=True)
+    idx, w, s = ranke.rank_weights(rg, 4, 2, tau=1.0)
+    assert not w.requires_grad and w.dtype == torch.float32
+    p1, p2 = 1 / (1 + math.exp(-0.4)), 1 / (1 + math.exp(-1.0))
+    assert s["w_min"] == pytest.approx(2 * (1 - p2), rel=1e-5) and s["w_max"] == pytest.approx(2 * p2, rel=1e-5)
+    assert s["sel_reward_mean"] == pytest.approx(1.6, rel=1e-6) and s["reward_mean"] == pytest.approx(0.975, rel=1e-6)
+    _, _, s = ranke.rank_weights(torch.tensor([1, 4, 2, 2]), 2, 1, 1.0)    # integer rewards work
+    assert s["reward_mean"] == 2.25
+    # bf16 rewards: softmax([1, 0] / tau) computed in fp32, not bf16
+    _, w, _ = ranke.rank_weights(torch.tensor([1.0, 0.0], dtype=torch.bfloat16), 2, 2, tau=3.0)
+    p = 1 / (1 + math.exp(-1 / 3))
+    assert torch.allclose(w, torch.tensor([2 * p, 2 * (1 - p)]), atol=1e-6)
+
+
+def test_uniform_selection_rows_weights_and_seeding():
+    """Uniform-GAN ablation: k distinct rows of prompt b (rows b*G..b*G+G-1), weights 1, prompt b seeded seed + b."""
+    B, G, k = 4, 6, 3
+    idx, w, s = ranke.uniform_selection(B, G, k, seed=11)
+    assert idx.shape == (B * k,) and idx.dtype == torch.int64 and torch.equal(w, torch.ones(B * k)) and s == {}
+    for b in range(B):
+        sel = idx[b * k:(b + 1) * k]
+        assert len(set(sel.tolist())) == k and bool(((sel >= b * G) & (sel < (b + 1) * G)).all())
+        one, _, _ = ranke.uniform_selection(1, G, k, seed=11 + b)          # prompt b == prompt 0 of seed + b
+        assert torch.equal(sel - b * G, one)
+    assert torch.equal(idx, ranke.uniform_selection(B, G, k, seed=11)[0])
+    assert ranke.uniform_selection(1, G, G, seed=0)[0].sort().values.tolist() == list(range(G))
+    assert ranke.uniform_selection(2, G, 1, seed=0)[0].shape == (2,)           # k = 1 (one sample per prompt) is valid
+    for bad in (0, G + 1):
+        with pytest.raises(ValueError, match="k must be"):
+            ranke.uniform_selection(B, G, bad, seed=0)
+
+
+def test_tau_schedule_input_checks():
+    """total_steps and frac must be > 0 (either one alone is an error); total_steps = 1 is fine."""
+    assert ranke.tau_schedule(0, 1)[0] == 4.0
+    for total, frac in ((0, 0.2), (100, 0.0), (-5, 0.2)):
+        with pytest.raises(ValueError, match="total_steps"):
+            ranke.tau_schedule(0, total, frac=frac)
+
+
+def test_gan_losses_defaults_hand_values_and_checks():
+    """Hinge D loss with asymmetric logits (relu(1 - D(real)), relu(1 + D(fake))), default weights 0.5, logit stats,
+    Rank-GAN weights detached, and shape checks."""
+    d_real = torch.tensor([3.0, 0.0]).view(2, 1, 1, 1)         # relu(1 - .) = (0, 1); relu(.) would be (3, 0)
+    d_fake = torch.tensor([-3.0, 1.0]).view(2, 1, 1, 1)        # relu(1 + .) = (0, 2)
+    loss, s = ranke.disc_hinge_loss(d_real, d_fake)
+    assert float(loss) == pytest.approx(0.5 * 0.5 * (0.5 + 1.0))
+    assert s["logits_real"] == pytest.approx(1.5) and s["logits_fake"] == pytest.approx(-1.0)
+    w = torch.tensor([2.0, 0.5], requires_grad=True)
+    d = torch.tensor([1.0, 4.0]).view(2, 1, 1, 1).requires_grad_()
+    loss, s = ranke.rank_gan_loss(d, w)
+    assert float(loss.detach()) == pytest.approx(0.5 * -(2.0 + 2.0) / 2) and s["logits_fake"] == pytest.approx(2.5)
+    loss.backward()
+    assert w.grad is None and torch.allclose(d.grad.view(-1), -0.5 * w.detach() / 2)
+    with pytest.raises(ValueError, match="d_fake must be"):
+        ranke.rank_gan_loss(torch.zeros(2, 1, 1, 1), torch.ones(3))
+    with pytest.raises(ValueError, match="d_fake must be"):
+        ranke.rank_gan_loss(torch.zeros(2, 1, 1, 1), torch.ones(2, 1))
+
+
+def test_adaptive_weight_below_one_is_not_clamped_up():
+    """The clamp is to [0, max_w]: a GAN gradient larger than the NLL one gives a ratio < 1, kept as is."""
+    W = torch.nn.Parameter(torch.tensor([[0.3, -0.7]]))
+    nll = (W @ torch.tensor([0.6, 0.8])).sum()                 # grad_W norm 1
+    g = (W @ torch.tensor([0.0, 4.0])).sum()                   # grad_W norm 4
+    w, _ = ranke.adaptive_gan_weight(nll, g, W, disc_weight=1.0)
+    assert float(w) == pytest.approx(1.0 / (4.0 + 1e-4))
+
+
+def test_adaptive_weight_falls_back_when_one_loss_is_constant():
+    """No gradient can exist if EITHER loss does not require grad: the fixed disc_weight, not an autograd error."""
+    W = torch.nn.Parameter(torch.tensor([[0.3, -0.7]]))
+    nll = (W @ torch.tensor([3.0, 4.0])).sum()
+    w, s = ranke.adaptive_gan_weight(nll, torch.tensor(1.0), W, disc_weight=0.25)
+    assert float(w) == 0.25 and s["fallback"] == 1.0
+    w, s = ranke.adaptive_gan_weight(torch.tensor(1.0), nll, W, disc_weight=0.25)
+    assert float(w) == 0.25 and s["fallback"] == 1.0
+
+
+def test_decoder_terms_input_checks_and_stats():
+    """Shape checks of gt_recon_loss / consistency_loss / reward_loss, the reported loss, reward-loss w detached."""
+    x = torch.zeros(2, 3, 4, 4)
+    W = torch.nn.Parameter(torch.ones(1))
+    per_image = lambda a, b: (a - b).abs().flatten(1).mean(1)  # noqa: E731
+    per_pixel = lambda a, b: (a - b).abs().mean(1)             # noqa: E731  (B, H, W): wrong
+    pooled = lambda a, b: (a - b).abs().mean()[None]           # noqa: E731  (1,): wrong B
+    with pytest.raises(ValueError, match="same shape"):
+        ranke.gt_recon_loss(x, torch.zeros(2, 3, 4, 2), None, W, per_image, use_gan=False)
+    for bad in (per_pixel, pooled):
+        with pytest.raises(ValueError, match="dist must return"):
+            ranke.gt_recon_loss(x, x + 0.5, None, W, bad, use_gan=False)
+        with pytest.raises(ValueError, match="dist must return"):
+            ranke.consistency_loss(x, x + 0.5, bad)
+    with pytest.raises(ValueError, match="same shape"):
+        ranke.consistency_loss(x, torch.zeros(2, 3, 4, 2), per_image)
+    loss, s = ranke.gt_recon_loss(x, x + 0.5, None, W, per_image, use_gan=False)
+    assert s["loss"] == pytest.approx(1.0) and float(loss) == pytest.approx(1.0)
+    w = torch.tensor([1.0, 3.0], requires_grad=True)
+    loss, s = ranke.reward_loss(torch.tensor([2.0, 4.0], requires_grad=True), w)
+    assert s["score_mean"] == pytest.approx(3.0)
+    loss.backward()
+    assert w.grad is None
+    with pytest.raises(ValueError, match="scores and w"):
+        ranke.reward_loss(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="scores and w"):
+        ranke.reward_loss(torch.zeros(2, 1), torch.zeros(2, 1))
+
+
+def test_ema_rejects_bad_decay_and_shapes_and_copies_mixed_dtype_buffers():
+    """decay in [0, 1]; a shape mismatch is an error even where it would broadcast; a buffer that is floating in one
+    model and integer in the other is copied, not averaged."""
+    with pytest.raises(ValueError, match="decay"):
+        ranke.ema_update(torch.nn.Linear(1, 4), torch.nn.Linear(1, 4), 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        ranke.ema_update(torch.nn.Linear(1, 4), torch.nn.Linear(1, 1), 0.5)   # (4, 1) vs (1, 1) would broadcast
+    ema, model = torch.nn.Module(), torch.nn.Module()
+    ema.register_buffer("count", torch.tensor([0.0, 0.0]))
+    model.register_buffer("count", torch.tensor([4, 8]))
+    ranke.ema_update(ema, model, 0.5)
+    assert torch.equal(ema.count, torch.tensor([4.0, 8.0]))

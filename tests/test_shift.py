@@ -221,3 +221,68 @@ def test_lcs_kl_empty_model_bin_and_empty_histogram():
     assert float(lcs_kl([0.5, 0.5, 0.0], [0.25, 0.25, 0.5], eps=0.0)) == pytest.approx(math.log(2.0), rel=1e-12)
     with pytest.raises(ValueError, match="no mass"):
         lcs_kl([0.0, 0.0, 0.0], [0.25, 0.25, 0.5])
+
+
+# ------------------------------------------------------------------------------------------ gaps found by mutation
+# (each test below fails on at least one mutant of shift.py that the tests above let through)
+
+def test_token_counts_inputs_and_range_checks():
+    """Counts accept array-likes (numpy), reject negative ids and non-(M, N) per-position input; an empty token set
+    has no histogram."""
+    import numpy as np
+    assert torch.equal(token_counts(np.array([[0, 1], [1, 1]]), 3), torch.tensor([1, 3, 0]))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        token_counts(torch.tensor([[-1, 2]]), 4)
+    with pytest.raises(ValueError, match="per_position"):
+        token_counts(torch.zeros(2, 3, 4, dtype=torch.long), 4, per_position=True)
+    with pytest.raises(ValueError, match="no tokens"):
+        token_histogram(torch.zeros(0, 4, dtype=torch.long), 4)
+
+
+def test_histogram_checks_and_eps_sign():
+    """lcs_kl refuses negative, non-finite, 3-D histograms, a per-position row with no mass, and eps < 0."""
+    ok = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for bad in (torch.tensor([-0.1, 1.1]), torch.tensor([float("nan"), 1.0]), torch.tensor([float("inf"), 1.0]),
+                torch.ones(2, 2, 2)):
+        with pytest.raises(ValueError, match="non-negative finite"):
+            lcs_kl(bad, ok if bad.dim() == 1 else torch.ones(2, 2, 2))
+    with pytest.raises(ValueError, match="no mass"):                # one empty position of an (N, K) histogram
+        lcs_kl(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.ones(2, 2))   # columns both have mass
+    with pytest.raises(ValueError, match="eps"):
+        lcs_kl(ok, ok, eps=-1e-3)
+
+
+def test_per_position_entropy_by_hand():
+    """entropy_bits on (N, K) counts normalises each row: rows (1,1,0,0) and (1,1,1,1) have 1 and 2 bits."""
+    h = entropy_bits(torch.tensor([[1.0, 1.0, 0.0, 0.0], [3.0, 3.0, 3.0, 3.0]]))
+    assert h.shape == (2,) and torch.allclose(h, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_helpers_refuse_empty_input_and_take_iterables():
+    """No images / no prompts is an error; prompts and the real pool may be any iterable; two_real_sets needs exactly
+    2 n items (n >= 1) and no more."""
+    with pytest.raises(ValueError, match="no images"):
+        histogram_from_images(lambda x: x, [], 4)
+    with pytest.raises(ValueError, match="no prompts"):
+        histogram_from_sampler(lambda p: torch.zeros(len(p), 2, dtype=torch.long), [], 4)
+    h, t = histogram_from_sampler(lambda p: torch.ones(len(p), 2, dtype=torch.long), (s for s in "abc"), 4)
+    assert t.shape == (3, 2) and h[1] == 1.0
+    a, b = two_real_sets((f"{i}" for i in range(4)), n=2)
+    assert sorted(a + b) == ["0", "1", "2", "3"]
+    a, b = two_real_sets(["x", "y"], n=1)
+    assert sorted(a + b) == ["x", "y"]
+    with pytest.raises(ValueError, match="need 2 x n"):
+        two_real_sets(["x", "y"], n=0)
+
+
+def test_report_split_floor_halves_and_max_entropy():
+    """split_floor uses two disjoint halves of equal size floor(M / 2) (the odd image left out) and needs M >= 2;
+    max_entropy_bits = log2 K."""
+    g = torch.Generator().manual_seed(4)
+    real, model = torch.randint(0, 8, (5, 4), generator=g), torch.randint(0, 8, (5, 4), generator=g)
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(2))
+    r = report(model, real, 8, seed=2, split_floor=True)
+    assert r["real_floor_nats"] == real_floor(real[perm[:2]], real[perm[2:4]], 8)
+    assert r["max_entropy_bits"] == 3.0
+    with pytest.raises(ValueError, match="at least 2"):
+        report(model, real[:1], 8, split_floor=True)
