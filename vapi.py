@@ -61,8 +61,9 @@ def noisy_context(tokens, xi, K, generator):
     _require(tokens.dim() == 2 and not tokens.is_floating_point(), f"tokens must be (B, N) integer codes, got "
              f"{tuple(tokens.shape)} {tokens.dtype}")
     _require(0.0 <= xi <= 1.0, f"xi (context-noise probability) must be in [0, 1], got {xi}")
-    _require(tokens.numel() == 0 or (int(tokens.min()) >= 0 and int(tokens.max()) < K),
-             f"tokens must lie in [0, K={K}); got range [{int(tokens.min())}, {int(tokens.max())}]: wrong K?")
+    if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < K):   # (the message reads min / max)
+        raise ValueError(f"tokens must lie in [0, K={K}); got range [{int(tokens.min())}, {int(tokens.max())}]: "
+                         "wrong K?")
     dev = generator.device
     replace = (torch.rand(tokens.shape, generator=generator, device=dev) < xi).to(tokens.device)   # (B,N) bool
     rand = torch.randint(0, K, tokens.shape, generator=generator, device=dev).to(tokens.device)  # (B,N)

@@ -142,6 +142,8 @@ def test_noise_input_checks_at_the_boundaries():
             vapi.noisy_context(bad, 0.5, 4, gen(0))
     with pytest.raises(ValueError, match="wrong K"):
         vapi.noisy_context(torch.tensor([[5]]), 0.5, 4, gen(0))
+    empty, _ = vapi.noisy_context(torch.zeros(0, 5, dtype=torch.long), 0.5, 4, gen(0))   # an empty batch passes
+    assert empty.shape == (0, 5)
 
 
 def test_noise_frac_replaced_is_exact_when_every_replacement_changes_the_token():
