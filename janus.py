@@ -339,7 +339,8 @@ def token_logprobs(model: JanusGen, ids, mask, tokens, *, cfg_scale=1.0) -> torc
     """(B,N) differentiable log pi(z_t | z_<t, c), one teacher-forced forward, log-softmax in fp32. cfg_scale == 1:
     conditional rows only, as released (trainer.py:359-431); otherwise the CFG-combined logits (docs/method.md §4.5,
     `--logp_cfg guided`), cond and null halves in one batch."""
-    _check_inputs(model.cfg, ids, mask, tokens)                # here, before the CFG batch doubles B
+    if tokens.dim() != 2 or tokens.shape[0] != ids.shape[0]:   # here, before the CFG batch doubles B (rest: forward)
+        raise ValueError(f"tokens must be (B={ids.shape[0]}, n), one row per prompt, got {tuple(tokens.shape)}")
     B, (x, m) = ids.shape[0], _prepare(model, ids, mask, cfg_scale)
     tokens = tokens.to(x.device)
     logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)                # (B,N,V)

@@ -301,7 +301,8 @@ def token_logprobs(model: GPT, cond, cond_mask, tokens, *, cfg_scale=1.0) -> tor
     Equals the sampler's per-step log-distribution at temperature 1 without top-k / top-p."""
     # DEVIATION(RankE@2798acc): same left-aligned text and causal text mask as the sampler (docs/method.md D11), not the
     # released right-padded, bidirectional-text log-prob pass.
-    _check_inputs(model.cfg, cond, cond_mask, tokens)          # here, before the CFG batch doubles B
+    if tokens.dim() != 2 or tokens.shape[0] != cond.shape[0]:  # here, before the CFG batch doubles B (rest: forward)
+        raise ValueError(f"tokens must be (B={cond.shape[0]}, n), one row per caption, got {tuple(tokens.shape)}")
     B, (x, m) = cond.shape[0], _prepare(model, cond, cond_mask, cfg_scale, sampling=False)
     tokens = tokens.to(x.device)                                                      # (B,N)
     logits = guide(model(tokens.repeat(x.shape[0] // B, 1), x, m), B, cfg_scale)      # (B,N,V) u + s (c - u)
