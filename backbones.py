@@ -237,6 +237,6 @@ def check_hub_folder(flag, value, probe, hub_name):
         if ckpt.check_path(flag, f"hf://{value}/{probe}") is None:
             return None
         return (f"{flag} {value!r}: not a local folder, and the hub id's files are not in the local Hugging Face "
-                f"cache (offline); run `huggingface-cli download {value} --local-dir DIR` on a machine with network "
+                f"cache (offline); run `hf download {value} --local-dir DIR` on a machine with network "
                 f"access, copy DIR here and pass {flag} DIR")
     return f"{flag} {value!r}: no such folder; pass the folder with the Hugging Face files of {hub_name}"

@@ -344,7 +344,7 @@ def _check_hub(flag: str, value: str) -> str | None:
     if offline_if_unreachable():
         return (f"{flag} {value!r}: not in the local Hugging Face cache ({_hub_cache_dir()}) and offline "
                 f"(HF_HUB_OFFLINE, or the hub is unreachable), so it cannot be downloaded. Download {url} elsewhere and pass its local path ({flag} "
-                f"/path/{base}), or fill the cache (huggingface-cli download {repo_id} {filename}) on a machine "
+                f"/path/{base}), or fill the cache (hf download {repo_id} {filename}) on a machine "
                 f"with network access and copy that cache here")
     return None   # online: the loader downloads it (and fails fast with instructions if that is impossible)
 

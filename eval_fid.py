@@ -505,14 +505,21 @@ def main(argv=None):
         raise SystemExit(str(e))
     from ckpt import offline_if_unreachable   # the command line only: the functions above need no ckpt.py
     offline_if_unreachable()                   # no network: the CLIP / HPS hub files answer from the cache at once
-    if args.cmd == "coco":
-        clip_fn = None if args.no_clip else make_clip_score(args.clip)
-        res = evaluate_coco(args.fake_dir, args.ref_dir, inception=InceptionFeatures(args.inception, args.device),
-                            clip_fn=clip_fn, n=args.n, eval_res=args.eval_res, cache_dir=args.cache_dir,
-                            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
-    else:
-        res = hps_benchmark(args.image_dir, args.prompts_dir, rewards.make_reward("hpsv2", path=args.hps),
-                            batch_size=args.batch_size, device=args.device)
+    try:   # a missing weight or prompt file: its message (what, where from, which flag), not a traceback
+        if args.cmd == "coco":
+            inception = InceptionFeatures(args.inception, args.device)
+            clip_fn = None if args.no_clip else make_clip_score(args.clip)
+            res = evaluate_coco(args.fake_dir, args.ref_dir, inception=inception, clip_fn=clip_fn, n=args.n,
+                                eval_res=args.eval_res, cache_dir=args.cache_dir, batch_size=args.batch_size,
+                                num_workers=args.num_workers, device=args.device)
+        else:
+            for style in HPS_STYLES:                               # the prompt files before the model loads
+                hps_prompts(args.prompts_dir, style)
+            res = hps_benchmark(args.image_dir, args.prompts_dir, rewards.make_reward("hpsv2", path=args.hps),
+                                batch_size=args.batch_size, device=args.device)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{e}" + ("\n(eval_fid.py hps: pass the HPS file with --hps PATH)" if args.cmd == "hps"
+                                   and "hpsv2 reward" in str(e) else ""))
     print(json.dumps(res, indent=1))
     write_text(out_json, json.dumps(res, indent=1) + "\n")
     print(f"[eval_fid] scores -> {out_json}")

@@ -90,8 +90,12 @@ def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("back
         p = argparse.ArgumentParser(description="RankE post-training (train.py)",
                                     formatter_class=argparse.RawTextHelpFormatter)
         for f in fields(cls):
-            line = next((l for l in src if l.strip().startswith(f"{f.name}: ")), "")
-            help_ = line.split("#", 1)[1].strip() if "#" in line else f.name
+            i = next((i for i, l in enumerate(src) if l.strip().startswith(f"{f.name}: ")), len(src))
+            notes = [src[i].split("#", 1)[1].strip()] if i < len(src) and "#" in src[i] else []
+            while i + 1 < len(src) and src[i + 1].strip().startswith("#   "):  # continuation lines (indented "#")
+                i += 1
+                notes.append(src[i].strip()[1:].strip())
+            help_ = " ".join(notes + [f"(default: {defaults.get(f.name)!r})"])
             typ, choices = types[f.name], (tuple(presets) if f.name == "preset" else None)
             if typing.get_origin(typ) is Literal:          # the allowed values, written once on the field
                 choices = typing.get_args(typ)
@@ -172,7 +176,7 @@ def check_scopes(cfg, given, defaults, scopes) -> list:
         for f in flags:
             v = getattr(cfg, f)
             if f in given and v != defaults[f] and v != OFF_VALUES.get(f) and not applies(cfg) and f not in idle:
-                idle[f] = f"--{f} {v}: does nothing in this run; it acts on {what}. Drop --{f}"
+                idle[f] = f"--{f} {v}: does nothing in this run; it acts on {what}. Drop --{f}, or change the run"
     if not idle:
         return []
     return [*idle.values(), f"(this run: --backbone {cfg.backbone} --method {cfg.method}, "
@@ -182,6 +186,9 @@ def check_scopes(cfg, given, defaults, scopes) -> list:
 def setup_distributed(cfg):
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process. Returns rank, world size,
     device and an autocast factory (bf16 on CUDA when --bf16; weights stay fp32)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this machine has no usable CUDA device (torch.cuda.is_available() is False); "
+                         "use --device cpu (or auto), or run on a GPU machine")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -56,6 +56,8 @@ def load_sampler(ckpt_path, *, policy="online", decoder="online", device="cpu", 
                         what="a train.py checkpoint (runs/<name>/ckpt_*.pt)")
     known = {f for f in train.Config.__dataclass_fields__}
     cfg = train.Config(**{**{k: v for k, v in ck["config"].items() if k in known}, **(overrides or {})})
+    if cfg.backbone != "tiny":
+        ckpt.offline_if_unreachable()   # no network: T5 / tokenizer hub ids answer from the cache at once
     text_encoder, gpt, vq, sample_fn, _ = train.seam(cfg).build_policy(cfg, device, weights=False)
     gpt.load_state_dict(ck["gpt" if policy == "online" else "ema_gpt"])
     vq.load_state_dict(ck["vq" if decoder == "online" else "ema_vq"])
@@ -329,7 +331,6 @@ def main(argv=None):
     if bad:
         raise SystemExit("\n".join(bad))
     overrides = {f: getattr(a, f) for f in ("t5_path", "janus_tokenizer", "toy_cache") if getattr(a, f)}
-    ckpt.offline_if_unreachable()   # no network: T5 / tokenizer hub ids answer from the cache at once
     try:
         captions = read_captions(a.prompts, a.n) if a.bench == "coco" else None
         cfg, te, gpt, vq, fn = load_sampler(a.ckpt, policy=a.policy, decoder=a.decoder, device=a.device,

@@ -139,7 +139,7 @@ class T5TextEncoder:
                 self.model = tf.T5EncoderModel.from_pretrained(self.path, **{key: self.dtype}).to(self.device).eval()
             except (OSError, ValueError) as e:  # offline hub / missing files: chained, not swallowed
                 raise cannot_load("T5TextEncoder", self.path, e,
-                                  "Put the HF files of google/flan-t5-xl in a local directory, e.g. `huggingface-cli "
+                                  "Put the HF files of google/flan-t5-xl in a local directory, e.g. `hf "
                                   "download google/flan-t5-xl --local-dir pretrained_models/t5-ckpt/flan-t5-xl` on a "
                                   "machine with network, and pass that directory (--t5_path).") from e
         batch = self.tokenizer([clean_caption(c) for c in captions], max_length=self.max_len, padding="max_length",

@@ -399,6 +399,16 @@ def test_cli_writes_scores_beside_the_folder(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="val2014 folder itself: pass its parent"):   # checked before any model loads
         ef.main(["coco", "--fake_dir", str(tmp_path / "coco"), "--ref_dir", str(tmp_path / "coco2014" / "val2014"),
                  "--inception", str(tmp_path / "none.pt")])
+    # a missing weight or prompt file: a message naming the file and the flag, not a traceback
+    with pytest.raises(SystemExit, match=r"none\.pt"):
+        ef.main(["coco", "--fake_dir", str(tmp_path / "coco"), "--ref_dir", str(tmp_path / "coco2014"),
+                 "--inception", str(tmp_path / "none.pt")])
+    with pytest.raises(SystemExit, match="anime.json not found"):
+        ef.main(["hps", "--image_dir", str(img_dir), "--prompts_dir", str(tmp_path / "nowhere")])
+    monkeypatch.undo()                                            # the real make_reward: its file is missing
+    with pytest.raises(SystemExit, match=r"(?s)nope\.pt.*eval_fid\.py hps: pass the HPS file with --hps PATH"):
+        ef.main(["hps", "--image_dir", str(img_dir), "--prompts_dir", str(prompts_dir), "--hps",
+                 str(tmp_path / "nope.pt")])
 
 
 def test_hps_preprocess_crops_centre_and_equals_the_official_one():
