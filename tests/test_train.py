@@ -16,6 +16,7 @@ import torch
 
 import backbones
 import ckpt
+import runtime
 from perf import synthetic
 import train
 from data import write_tar
@@ -511,3 +512,18 @@ def test_logger_cuts_the_log_back_to_the_starting_step(tmp_path, capsys):
     log.close()
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2]) + json.dumps(
         {"step": 3, "reward/mean": 30.0}) + "\n"
+
+
+def test_help_shows_whole_comments_and_defaults(capsys):
+    """--help: each flag's whole comment (its continuation lines too) and its default, not the first line alone."""
+    with pytest.raises(SystemExit):
+        train.parse_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "per split (toy/report.py); 0 = off (default: 512)" in out               # --report_n's second line
+    assert "--top_p TOP_P (default: 1.0)" in out                                     # not the next section's title
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_message():
+    with pytest.raises(SystemExit, match="--device cuda: this machine has no usable CUDA device"):
+        runtime.setup_distributed(train.parse_config(["--device", "cuda"]))
