@@ -97,8 +97,8 @@ def offline_if_unreachable(timeout: float = 3.0) -> bool:
     """True when this process is offline for the Hugging Face Hub. When HF_HUB_OFFLINE is not set and the hub
     cannot be reached, switch to offline mode (huggingface_hub's constant, which huggingface_hub, open_clip and
     transformers read at each call), so that every hub lookup answers from the local cache at once instead of
-    retrying for 20-50 s and failing anyway. No probe behind a proxy (a direct connection
-    says nothing there); one probe per process; entry points call this before their first hub lookup."""
+    retrying for 20-50 s and failing anyway. No probe behind a proxy (a direct connection says nothing there); one
+    probe per process; entry points call this before their first hub lookup."""
     if hub_offline():
         return True
     if any(os.environ.get(v) for v in _PROXY_VARS):
@@ -343,8 +343,9 @@ def _check_hub(flag: str, value: str) -> str | None:
         return None
     if offline_if_unreachable():
         return (f"{flag} {value!r}: not in the local Hugging Face cache ({_hub_cache_dir()}) and offline "
-                f"(HF_HUB_OFFLINE, or the hub is unreachable), so it cannot be downloaded. Download {url} elsewhere and pass its local path ({flag} "
-                f"/path/{base}), or fill the cache (hf download {repo_id} {filename}) on a machine "
+                f"(HF_HUB_OFFLINE, or the hub is unreachable), so it cannot be downloaded. Download {url} "
+                f"elsewhere and pass its local path ({flag} /path/{base}), or fill the cache (hf download {repo_id} "
+                f"{filename}) on a machine "
                 f"with network access and copy that cache here")
     return None   # online: the loader downloads it (and fails fast with instructions if that is impossible)
 

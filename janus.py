@@ -297,8 +297,9 @@ def sample(model: JanusGen, ids, mask, *, cfg_scale=5.0, temperature=1.0, top_k=
     then each step feeds gen_aligner(gen_embed(z_{n-1})) at the next position. Per step (sampling.py, logits in
     fp32): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one;
     DEVIATION(RankE@2798acc): released drew from the global RNG). Same tokens as `sample_naive` for the same
-    generator state in fp32 (under bf16 autocast, rounding can break near-ties); fast_sample.sample_janus draws the same tokens faster (what train.py uses). Released
-    (trainer.py:479-516): a DynamicCache and one wasted forward on z_{N-1}; same tokens."""
+    generator state in fp32 (under bf16 autocast, rounding can break near-ties); fast_sample.sample_janus draws the
+    same tokens as this one faster (what train.py uses). Released (trainer.py:479-516): a DynamicCache and one wasted
+    forward on z_{N-1}; same tokens."""
     cfg, B, N = model.cfg, ids.shape[0], model.cfg.image_tokens
     x, m = _prepare(model, ids, mask, cfg_scale, temperature, top_k, top_p)                    # (R,T): [cond; null]
     (R, T), dev = x.shape, x.device

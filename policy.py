@@ -260,7 +260,7 @@ def sample(model: GPT, cond, cond_mask, *, cfg_scale=1.0, temperature=1.0, top_k
     (sampling.py): CFG, temperature, top-k, top-p, a multinomial draw on `generator` (None: torch's default one).
     Same tokens as `sample_naive` for the same generator state in fp32 (under bf16 autocast the cached caption
     stream stays bf16, as in LlamaGen, so near-ties can differ). fast_sample.sample_gpt draws the same tokens as this
-    one faster (what train.py uses). Adapted from LlamaGen autoregressive/models/generate.py (generate.py:126-176; 77-102)."""
+    one faster (what train.py uses). Adapted from LlamaGen autoregressive/models/generate.py (:126-176; 77-102)."""
     cfg, B, T, N = model.cfg, cond.shape[0], model.cfg.cls_token_num, model.cfg.block_size
     x, m = _prepare(model, cond, cond_mask, cfg_scale, temperature, top_k, top_p)     # (R,T,D), (R,T): [cond; null]
     R, S = x.shape[0], T + N - 1                                                      # z_{N-1} is never fed back
