@@ -64,7 +64,7 @@ def seam(cfg):
 @dataclass
 class AlgoConfig:
     preset: str = "tiny"           # named preset applied before the flags (a key of PRESETS)
-    backbone: Literal["tiny", "llamagen_xl", "janus_pro_1b"] = "tiny"   # tiny = the toy world, on CPU
+    backbone: Literal["tiny", "llamagen_xl", "janus_pro_1b"] = "tiny"   # tiny = the toy world, on CPU;
     #                                llamagen_xl = GPT-XL t2i + VQ-16 (LlamaGen); janus_pro_1b = Janus-Pro-1B
     method: Literal["ranke", "grpo", "decoder", "vapi"] = "ranke"   # the loop's steps per method: module docstring
     seed: int = 42                 # model init is identical on all ranks; data and rollouts get seed + rank
