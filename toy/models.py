@@ -275,8 +275,8 @@ def train_clip(clip, tokenizer, world, cfg, g, progress, name):
     """Symmetric InfoNCE (CLIP) on scenes of every pair, plus one hard negative per image (its caption with one
     attribute changed) as an extra image->text candidate. Duplicate captions among the B in-batch captions are not
     negatives; a hard negative that happens to equal another image's caption (about 14 % of images per batch at
-    B 128) or a caption that says the same in other words stays one. The shipped CLIPs were trained so, and changing
-    it rebuilds every toy asset and moves every toy number (docs/method.md §11, toy world)."""
+    B 128) or a caption that says the same in other words stays one. The shipped CLIPs were trained so; masking all
+    2B candidates scored no better, and changing it rebuilds every toy asset (docs/method.md §11, toy world)."""
     B = cfg.clip_batch
 
     def step(_):
