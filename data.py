@@ -168,7 +168,10 @@ class Pair:
 def _read(path: str, offset: int = 0, size: int = -1) -> bytes:
     with open(path, "rb") as f:          # closed at once (no ResourceWarning, no handle kept per sample)
         f.seek(offset)
-        return f.read(size)
+        raw = f.read(size)
+    if 0 <= size != len(raw):            # the tar shrank since it was indexed (cut short, replaced): a read failure
+        raise OSError(f"read {len(raw)} of the {size} bytes at offset {offset}: the file is shorter than when indexed")
+    return raw
 
 
 def _part_problem(part: str) -> str | None:

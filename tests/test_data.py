@@ -231,6 +231,19 @@ def test_read_failure_raises_and_is_not_remembered_as_bad(tmp_path):
     assert len(stream.next()[0]) == 4                                           # readable again: the run goes on
 
 
+def test_tar_cut_short_after_indexing_is_a_read_failure(tmp_path):
+    """A tar that shrank after indexing (a copy still running, a replaced file) reads fewer bytes than the index says:
+    that is a READ failure naming the file, not a bad image skipped for ever."""
+    tar = str(tmp_path / "p.tar")
+    write_tar(tar, [("a", png("red"), "red")])
+    ds = PairDataset(tar, 8)
+    with open(tar, "r+b") as f:
+        f.truncate(ds.pairs[0].load_bytes.args[1] + 10)            # 10 bytes into the image member
+    with pytest.raises(OSError, match=r"cannot read sample a .*shorter than when indexed"):
+        ds.get(0)
+    assert ds.bad == {}
+
+
 @pytest.mark.parametrize("compress", [gzip.compress, lzma.compress])
 def test_compressed_tar_is_refused_naming_the_fix(tmp_path, compress):
     """tarfile.open decompresses silently, but the lazy reader reads byte ranges of the file itself: every image of
