@@ -21,6 +21,8 @@ Symbols: B images (= B*G rollouts in train.py), S model input side (224), D join
 L text context length (77 for OpenAI BPE).
 """
 import os
+import re
+import unicodedata
 import zipfile
 from collections import OrderedDict
 
@@ -234,12 +236,31 @@ def _resolve_clip_l14(path):
             "make_reward('clip', path='/path/to/that/file') (train.py: --clip_path PATH)") from e
 
 
+def _hf_clip_clean(text: str) -> str:
+    """The text normalisation of HF's fast CLIP tokenizer (transformers models/clip/tokenization_clip.py: normalizers
+    NFC, runs of whitespace -> " ", Lowercase), which the released reward's CLIPProcessor applies. open_clip's default
+    also runs ftfy.fix_text and html.unescape, so curly quotes, HTML entities and fullwidth letters got other ids."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
+
+
+def released_clip_tokenizer():
+    """list[str] -> (n, 77) ids as the released CLIP reward's CLIPProcessor(truncation=True) gives them: open_clip's
+    ViT-L-14 BPE (the same vocabulary and merges as openai/clip-vit-large-patch14) with HF's text normalisation;
+    truncated to 77 with EOT kept (both libraries). tests/test_rewards.py holds it to transformers' tokenizer."""
+    tok = open_clip.get_tokenizer("ViT-L-14")
+    if not hasattr(tok, "clean_fn"):     # open_clip < 2.24 cleans inside encode(): no way to swap it
+        raise RuntimeError("open_clip_torch >= 2.24 is needed (its tokenizer's clean_fn); pip install -r "
+                           "requirements.txt")
+    tok.clean_fn = _hf_clip_clean
+    return tok
+
+
 def _load_clip(ckpt):
     # DEVIATION(RankE@2798acc): the released reward uses HF transformers CLIPModel openai/clip-vit-large-patch14;
     # we use open_clip's port of the same OpenAI weights (QuickGELU, argmax/EOT text pooling). Same function up to
-    # float32 rounding; the text side is truncated to 77 tokens with EOT kept, as CLIPProcessor(truncation=True).
+    # float32 rounding; the text side gets the same ids as CLIPProcessor (released_clip_tokenizer).
     model = load_open_clip("ViT-L-14", ckpt, quick_gelu=True)
-    return ClipReward(model, open_clip.get_tokenizer("ViT-L-14"), image_size=224, mean=RELEASED_CLIP_MEAN,
+    return ClipReward(model, released_clip_tokenizer(), image_size=224, mean=RELEASED_CLIP_MEAN,
                       std=RELEASED_CLIP_STD, scale=100.0, name="clip", resize="bilinear")
 
 

@@ -272,3 +272,28 @@ def test_bilinear_mode_normalises_before_resizing():
     assert a.shape == (3, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
     assert np.allclose(rewards.RELEASED_CLIP_MEAN, rewards.OPENAI_MEAN, atol=1e-4)  # 4-decimal rounding
     assert rewards.RELEASED_CLIP_MEAN != rewards.OPENAI_MEAN
+
+
+def test_clip_reward_tokens_equal_the_released_clipprocessor():
+    """The released CLIP reward tokenizes with HF's fast CLIP tokenizer (CLIPProcessor, truncation to 77). Built here
+    from open_clip's own BPE (the vocabulary and merges of openai/clip-vit-large-patch14, nothing downloaded), it must
+    give the reward's ids on captions where the two libraries' text cleaning differs (curly quotes, HTML entities,
+    fullwidth letters: open_clip's default ftfy / html.unescape changes them) and on one longer than 77 tokens."""
+    transformers = pytest.importorskip("transformers")
+    from open_clip.tokenizer import SimpleTokenizer
+    st = SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(k, k): v for k, v in st.encoder.items()}
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    hf = transformers.CLIPTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|startoftext|>",
+                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    ours = rewards.released_clip_tokenizer()
+    caps = ["A red car parked on a street.", "A dog\u2019s toy on the \u201cgrass\u201d", "Tom &amp; Jerry &lt;3",
+            "\uff21\uff22\uff23 fullwidth   letters\tand\ntabs", "cafe\u0301 sign", " padded ",
+            "a very long caption " * 30]
+    for cap in caps:
+        want = hf(cap, truncation=True, max_length=77)["input_ids"]
+        got = ours([cap])[0]
+        assert got[:len(want)].tolist() == want and not got[len(want):].any(), cap
+    # the same captions through open_clip's default cleaning: they differ (else this test would hold any tokenizer)
+    assert sum(open_clip.get_tokenizer("ViT-L-14")([c])[0].tolist() != ours([c])[0].tolist() for c in caps) >= 3
