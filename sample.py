@@ -135,10 +135,12 @@ def _record_path(out_dir, bench):
     return hps_record_path(out_dir) if bench == "hps" else os.path.join(out_dir, ".sampled_with.json")
 
 
-def begin_run(out_dir, identity):
+def begin_run(out_dir, identity, finished_files=()):
     """Open out_dir for a new or resumed sampling run. identity: a JSON dict of what must not change on resume
     (bench, prompts digest, counts, checkpoint, seed); an unfinished or finished run there with another identity is
-    refused. Writes MARKER (holding identity) at the top of out_dir."""
+    refused. Writes MARKER (holding identity) at the top of out_dir, then deletes finished_files: the files by which
+    the official readers take the folder as complete (they ignore MARKER), left there by a finished run that is
+    reopened to repair it; the run writes them again when it finishes."""
     identity = json.loads(json.dumps(identity))                     # compared as it reads back from the file
     marker, record = os.path.join(out_dir, MARKER), _record_path(out_dir, identity["bench"])
     for path, state in ((marker, "an unfinished"), (record, "a finished")):
@@ -152,6 +154,9 @@ def begin_run(out_dir, identity):
             break                                                   # the marker is the newer of the two
     os.makedirs(out_dir, exist_ok=True)
     write_text(marker, json.dumps(identity, indent=1) + "\n")
+    for path in finished_files:
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 def finish_run(out_dir, bench):
@@ -226,7 +231,7 @@ def sample_to_folder(generate, captions, out_dir, *, batch_size=32, progress=Tru
     paths = [os.path.join(img_dir, f"{i:06d}.png") for i in range(len(captions))]
     refuse_extras(set(cleanfid_files(img_dir)) - set(paths), img_dir, "clean-fid (every image under images/)")
     begin_run(out_dir, {"bench": "coco", "n": len(captions), "batch_size": batch_size, **(run or {}),
-                        "captions_sha1": hashlib.sha1(text.encode()).hexdigest()})
+                        "captions_sha1": hashlib.sha1(text.encode()).hexdigest()}, finished_files=[cap_path])
     os.makedirs(img_dir, exist_ok=True)
     _clear_tmp(img_dir)
     made = write_blocks(generate, list(zip(captions, paths)), batch_size, "sampling", progress=progress)
@@ -283,7 +288,8 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
                     raise ValueError(f"{path} holds another prompt than prompt {i} of {metadata_jsonl}: sample into "
                                      "a new --out_dir")
     begin_run(out_dir, {"bench": "geneval", "n_per_prompt": n_per_prompt, "batch_size": batch_size, **(run or {}),
-                        "metadata_sha1": hashlib.sha1(json.dumps(metas).encode()).hexdigest()})
+                        "metadata_sha1": hashlib.sha1(json.dumps(metas).encode()).hexdigest()},
+              finished_files=[os.path.join(d, "metadata.jsonl") for d in dirs])
     for d in dirs:
         os.makedirs(os.path.join(d, "samples"), exist_ok=True)
         _clear_tmp(d)

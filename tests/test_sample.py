@@ -484,3 +484,32 @@ def test_leftovers_of_other_runs_are_refused(tmp_path):
     (tmp_path / "h" / "scores_hps.json").write_text("{}")                              # hpsv2 would open it as a style
     with pytest.raises(FileExistsError, match="hpsv2.*scores_hps.json"):
         sample.sample_hps_benchmark(make_generate([]), str(hps), str(tmp_path / "h"))
+
+
+def test_a_finished_folder_reopened_for_repair_reads_as_unfinished_until_done(tmp_path):
+    """A finished folder that lost an image is reopened to sample it again. If that run is killed, the folder must
+    not read as complete to the official tools, which ignore MARKER: LlamaGen's reader would zip the images after the
+    hole with the wrong captions, GenEval would score the prompt without the lost sample. So reopening removes
+    captions.txt / metadata.jsonl, and finishing writes them again."""
+    caps = [f"c{i}" for i in range(5)]
+    coco = tmp_path / "coco"
+    sample.sample_to_folder(make_generate([]), caps, str(coco), batch_size=2, progress=False)
+    os.remove(coco / "images" / "000002.png")
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_to_folder(failing_after(0), caps, str(coco), batch_size=2, progress=False)
+    with pytest.raises(FileNotFoundError):                                              # LlamaGen: no captions.txt
+        llamagen_reads(str(coco))
+    assert sample.sample_to_folder(make_generate([]), caps, str(coco), batch_size=2, progress=False) == 1
+    assert [os.path.basename(p) for p, _ in llamagen_reads(str(coco))] == [f"{i:06d}.png" for i in range(5)]
+
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n".join(json.dumps({"tag": "t", "prompt": p}) for p in ["a cat", "a dog"]))
+    g = tmp_path / "g"
+    sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=2, batch_size=2)
+    os.remove(g / "00001" / "samples" / "0000.png")
+    with pytest.raises(KeyboardInterrupt):
+        sample.sample_geneval(failing_after(0), str(meta), str(g), n_per_prompt=2, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        geneval_reads(str(g))
+    assert sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=2, batch_size=2) == 1
+    assert [len(v[1]) for v in geneval_reads(str(g)).values()] == [2, 2]
