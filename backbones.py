@@ -209,7 +209,7 @@ def check_paths(cfg) -> list:
         try:                                    # the active reward's weights: local file, hub cache or open_clip's
             if needs_reward(cfg):
                 rewards.make_reward(cfg.reward, path).resolve()
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:    # missing, or a file in another layout
             bad.append(f"{flag}: {e}")
         lpips_files = (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)) if needs_lpips(cfg) else ()
         for flag, url in lpips_files:

@@ -188,7 +188,11 @@ class ClipReward:
 
 def _hub_download(spec, what, kwarg, flag):
     """hf://owner/repo/filename -> local path via huggingface_hub; offline -> FileNotFoundError saying what to do."""
-    owner, repo, filename = spec[len("hf://"):].split("/", 2)
+    parts = spec[len("hf://"):].split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise FileNotFoundError(f"{what}: {spec!r} names no file; the form is hf://owner/repo/filename, e.g. "
+                                f"{HPS_HUB_FILE} (train.py: {flag})")
+    owner, repo, filename = parts
     try:
         from huggingface_hub import hf_hub_download
         return hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename)
@@ -207,23 +211,47 @@ def _is_torchscript(path):
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
+def _transformers_layout(path):
+    """True for a transformers CLIPModel file (keys vision_model.* / text_model.*, as openai/clip-vit-large-patch14's
+    pytorch_model.bin), which open_clip cannot load. Reads the key names only (mmap); False for files that are not
+    zip-format torch state dicts (TorchScript, legacy pickles, safetensors: open_clip checks those as it loads)."""
+    if not zipfile.is_zipfile(path) or _is_torchscript(path):
+        return False
+    try:
+        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:   # not a plain state dict: not this layout; open_clip's strict load reports what it is
+        return False
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else {}
+    return any(isinstance(k, str) and k.startswith(("vision_model.", "text_model.")) for k in sd)
+
+
 def load_open_clip(arch, ckpt_path, *, quick_gelu):
     """open_clip architecture `arch` with weights from a local file, strict key check."""
     model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
     # weights_only=False only for TorchScript archives, which torch.load cannot open otherwise (torch.jit.load
     # runs inside); pickled state dicts are always loaded with weights_only=True.
-    open_clip.load_checkpoint(model, ckpt_path, strict=True, weights_only=not _is_torchscript(ckpt_path))
+    try:
+        open_clip.load_checkpoint(model, ckpt_path, strict=True, weights_only=not _is_torchscript(ckpt_path))
+    except RuntimeError as e:   # a strict load's key list runs to 10k+ characters: its head and what to pass instead
+        raise RuntimeError(f"{ckpt_path} is not an open_clip {arch} checkpoint ({str(e)[:300]} ...): pass open_clip's "
+                           f"open_clip_pytorch_model.bin for {arch} (or OpenAI's TorchScript .pt)") from None
     return model
 
 
 def _resolve_clip_l14(path):
-    """Local file for OpenAI CLIP ViT-L/14 (open_clip's 'openai' tag when path is None)."""
+    """Local file for OpenAI CLIP ViT-L/14 (open_clip's 'openai' tag when path is None); ValueError for a local
+    file in transformers' layout."""
     if path is not None:
         if path.startswith("hf://"):
             return _hub_download(path, "clip reward", "path", "--clip_path")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"clip reward: checkpoint {path!r} not found; pass a local ViT-L-14 file "
                                     "(open_clip_pytorch_model.bin or OpenAI's ViT-L-14.pt)")
+        if _transformers_layout(path):   # the released reward's own format: found here, not after the policy loads
+            raise ValueError(f"clip reward: {path!r} is a transformers CLIPModel file (keys vision_model.*), which "
+                             "open_clip cannot load; pass the same weights in open_clip's layout: "
+                             "hf://timm/vit_large_patch14_clip_224.openai/open_clip_pytorch_model.bin or OpenAI's "
+                             "ViT-L-14.pt (train.py: --clip_path PATH)")
         return path
     cfg = open_clip.get_pretrained_cfg("ViT-L-14", "openai")
     try:

@@ -297,3 +297,23 @@ def test_clip_reward_tokens_equal_the_released_clipprocessor():
         assert got[:len(want)].tolist() == want and not got[len(want):].any(), cap
     # the same captions through open_clip's default cleaning: they differ (else this test would hold any tokenizer)
     assert sum(open_clip.get_tokenizer("ViT-L-14")([c])[0].tolist() != ours([c])[0].tolist() for c in caps) >= 3
+
+
+def test_wrong_checkpoint_layouts_are_named_with_the_fix(tmp_path):
+    """A transformers CLIPModel file (the released reward's own format) passed as --clip_path is refused by resolve(),
+    i.e. at train.py's start-up check, not after the policy has loaded; a file open_clip cannot load strictly gives a
+    short message naming what to pass; an hf:// path without a file name says the form."""
+    hf = tmp_path / "pytorch_model.bin"
+    torch.save({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 2),
+                "vision_model.post_layernorm.weight": torch.zeros(2)}, hf)
+    with pytest.raises(ValueError, match="transformers CLIPModel file.*open_clip_pytorch_model.bin.*--clip_path"):
+        make_reward("clip", path=str(hf)).resolve()
+    other = tmp_path / "other.bin"
+    torch.save({"visual.proj": torch.zeros(2)}, other)                  # open_clip-like keys, wrong model
+    assert make_reward("clip", path=str(other)).resolve() == str(other)
+    with pytest.raises(RuntimeError, match=r"(?s)not an open_clip ViT-B-32 checkpoint.*open_clip_pytorch_model.bin") as e:
+        rewards.load_open_clip("ViT-B-32", str(hf), quick_gelu=True)
+    assert len(str(e.value)) < 600
+    for spec in ("hf://xswu/HPSv2", "hf://openai/clip-vit-large-patch14/"):
+        with pytest.raises(FileNotFoundError, match="names no file; the form is hf://owner/repo/filename"):
+            make_reward("hpsv2", path=spec).resolve()

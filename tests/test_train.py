@@ -352,6 +352,16 @@ def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
     assert time.time() - t0 < 30
 
 
+def test_a_transformers_layout_clip_file_is_a_bad_path_at_start_up(tmp_path):
+    """--clip_path holding the released reward's transformers CLIPModel file is listed by check_paths with the fix
+    (it used to pass the check and fail at the first reward call, after the policy had loaded)."""
+    hf = tmp_path / "pytorch_model.bin"
+    torch.save({"vision_model.post_layernorm.weight": torch.zeros(2)}, hf)
+    cfg = train.parse_config(["--backbone", "llamagen_xl", "--clip_path", str(hf), "--data", str(tmp_path / "d.tar"),
+                              "--out_dir", str(tmp_path / "r")])
+    assert any(b.startswith("--clip_path: ") and "transformers CLIPModel file" in b for b in backbones.check_paths(cfg))
+
+
 def test_data_value_is_checked_before_anything_loads(tmp_path):
     """A --data value PairDataset would refuse (not a tar, an empty comma part) is named by check_paths, before any
     model loads (it accepted any existing path and skipped empty parts: the error came after T5 / GPT-XL loaded)."""
