@@ -80,9 +80,9 @@ def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", 
     settings = settings or backbones.EVAL_SETTINGS[cfg.backbone]
     convert = TO_UINT8.get(cfg.backbone, to_uint8)
 
-    # DEVIATION: the policy and decoder in fp32 on every backbone (T5 stays bf16, as released). The released evaluation samplers run in bf16:
-    # LlamaGen casts the whole GPT and T5 to bf16 (autoregressive/sample/sample_t2i_ddp.py, --precision bf16) and
-    # decodes in fp32 except for HPSv2 (RankE autoregressive/sample/sample_t2i_ddp_hpsv2.py:125-139: decode and uint8
+    # DEVIATION: the policy and decoder in fp32 on every backbone (T5 stays bf16, as released). The released
+    # evaluation samplers run in bf16: LlamaGen casts the whole GPT and T5 to bf16 (autoregressive/sample/
+    # sample_t2i_ddp.py, --precision bf16) and decodes in fp32 except for HPSv2 (RankE autoregressive/sample/sample_t2i_ddp_hpsv2.py:125-139: decode and uint8
     # conversion under bf16 autocast); Janus samples and decodes with its bf16 model. fp32 draws from the trained
     # weights' own distribution; bf16 moves logits and pixels by rounding (docs/method.md §11).
     @torch.no_grad()
