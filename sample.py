@@ -82,9 +82,10 @@ def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", 
 
     # DEVIATION: the policy and decoder in fp32 on every backbone (T5 stays bf16, as released). The released
     # evaluation samplers run in bf16: LlamaGen casts the whole GPT and T5 to bf16 (autoregressive/sample/
-    # sample_t2i_ddp.py, --precision bf16) and decodes in fp32 except for HPSv2 (RankE autoregressive/sample/sample_t2i_ddp_hpsv2.py:125-139: decode and uint8
-    # conversion under bf16 autocast); Janus samples and decodes with its bf16 model. fp32 draws from the trained
-    # weights' own distribution; bf16 moves logits and pixels by rounding (docs/method.md §11).
+    # sample_t2i_ddp.py, --precision bf16) and decodes in fp32, except for HPSv2 (RankE autoregressive/sample/
+    # sample_t2i_ddp_hpsv2.py:125-139: decode and uint8 conversion under bf16 autocast); Janus samples and decodes
+    # with its bf16 model. fp32 draws from the trained weights' own distribution; bf16 moves logits and pixels by
+    # rounding (docs/method.md §11).
     @torch.no_grad()
     def generate(captions, key):
         gen = torch.Generator(device).manual_seed(batch_seed(seed, key))

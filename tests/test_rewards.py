@@ -311,7 +311,7 @@ def test_wrong_checkpoint_layouts_are_named_with_the_fix(tmp_path):
     other = tmp_path / "other.bin"
     torch.save({"visual.proj": torch.zeros(2)}, other)                  # open_clip-like keys, wrong model
     assert make_reward("clip", path=str(other)).resolve() == str(other)
-    with pytest.raises(RuntimeError, match=r"(?s)not an open_clip ViT-B-32 checkpoint.*open_clip_pytorch_model.bin") as e:
+    with pytest.raises(RuntimeError, match=r"(?s)not an open_clip ViT-B-32 checkpoint.*open_clip_pytorch_model") as e:
         rewards.load_open_clip("ViT-B-32", str(hf), quick_gelu=True)
     assert len(str(e.value)) < 600
     for spec in ("hf://xswu/HPSv2", "hf://openai/clip-vit-large-patch14/"):
