@@ -119,17 +119,19 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
+def to_uint8(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Decoder output in [-1, 1] (any shape, e.g. (B,3,H,W)) -> uint8: clamp(127.5 x + 128, 0, 255), truncated
-    (the LlamaGen / RankE evaluation convention, docs/method.md §11). NaN / inf: ValueError."""
-    return (127.5 * _finite(x) + 128.0).clamp(0, 255).to(torch.uint8)
+    (the LlamaGen / RankE evaluation convention, docs/method.md §11), computed in `dtype`: bf16 as the released HPSv2
+    sampler (under autocast), whose bf16 rounding of 127.5 x + 128 then rounds rather than truncates most levels.
+    NaN / inf: ValueError."""
+    return (127.5 * _finite(x).to(dtype) + 128.0).clamp(0, 255).to(torch.uint8)
 
 
-def to_uint8_janus(x: torch.Tensor) -> torch.Tensor:
+def to_uint8_janus(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Janus decoder output in [-1, 1] -> uint8 as the released Janus samplers convert it: clip((x + 1) / 2 * 255, 0,
     255) truncated, i.e. floor(127.5 x + 127.5), half a level below to_uint8. Same float32 operations in the same
     order, so the same bytes (Follows RankE janus/sample/sample_t2i_ddp_coco.py:211-212). NaN / inf: ValueError."""
-    return ((_finite(x) + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
+    return ((_finite(x).to(dtype) + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(path: str, images: torch.Tensor, captions, G: int) -> None:

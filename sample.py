@@ -15,9 +15,10 @@ samples/{k:04d}.png, GenEval's evaluate_images.py), out/hps ({style}/{idx:05d}.j
 finished, its folder holds SAMPLING_NOT_FINISHED and no metadata, which makes every evaluator here refuse it.
 
 Sampler settings come from backbones.EVAL_SETTINGS (LlamaGen: CFG 6, T 1, top-k 1000; Janus: CFG 5, T 1, top-k 50,
-D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1). `--policy` / `--decoder` pick the
-online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus online + online, LlamaGen HPS
-online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
+D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1), precision from the released sampler
+of each benchmark (RELEASED_PRECISION: bf16 GPT, bf16 autocast or bf16 model; --precision fp32 for none).
+`--policy` / `--decoder` pick the online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus
+online + online, LlamaGen HPS online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
 run is resumable (existing images are kept; a folder of a run with other prompts, checkpoint, seed or batch size is
 refused) and seeded per batch (--seed and the batch's place), so a resumed folder holds an uninterrupted run's images.
 Self-check: tests/test_sample.py samples every benchmark from a 2-step toy and a 2-step tiny-Janus checkpoint.
@@ -30,6 +31,7 @@ import itertools
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -48,8 +50,42 @@ BENCHES = ("coco", "geneval", "hps")
 TO_UINT8 = {"janus_pro_1b": to_uint8_janus}
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How an evaluation sampler runs: the dtype its policy and its VQ model are cast to, and whether sampling,
+    decoding and the uint8 conversion run under bf16 autocast (then the conversion rounds on the bf16 grid)."""
+    policy: torch.dtype = torch.float32
+    decoder: torch.dtype = torch.float32
+    autocast: bool = False
+    tf32: bool = False       # TF32 matmuls on a GPU (torch.backends.cuda.matmul.allow_tf32)
+
+
+FP32 = Precision()
+# The released evaluation samplers' precision (--precision released; docs/method.md §11). T5 is bf16 in all of them
+# (text_encoders.T5TextEncoder's default, also here).
+RELEASED_PRECISION = {
+    # RankE autoregressive/sample/sample_t2i_ddp.py, sample_t2i_ddp_geneval.py (--precision bf16): the whole GPT cast
+    # to bf16; decoding and conversion in fp32, TF32 matmuls allowed
+    ("llamagen_xl", "coco"): Precision(policy=torch.bfloat16, tf32=True),
+    ("llamagen_xl", "geneval"): Precision(policy=torch.bfloat16, tf32=True),
+    # RankE autoregressive/sample/sample_t2i_ddp_hpsv2.py:125-139: fp32 GPT; generate, decode_code and
+    # clamp(127.5 x + 128) all inside torch.autocast(bf16)
+    ("llamagen_xl", "hps"): Precision(autocast=True),
+    # RankE janus/sample/sample_t2i_ddp_*.py: the bf16 model samples and decodes; converted in fp32
+    ("janus_pro_1b", "coco"): Precision(torch.bfloat16, torch.bfloat16),
+    ("janus_pro_1b", "geneval"): Precision(torch.bfloat16, torch.bfloat16),
+    ("janus_pro_1b", "hps"): Precision(torch.bfloat16, torch.bfloat16),
+}
+
+
+def precision_plan(backbone: str, bench: str, precision: str) -> Precision:
+    """--precision released: the released sampler's (RELEASED_PRECISION); fp32: fp32 throughout. The toy has no
+    released sampler: fp32 either way."""
+    return RELEASED_PRECISION[backbone, bench] if precision == "released" and backbone != "tiny" else FP32
+
+
 def load_sampler(ckpt_path, *, policy="online", decoder="online", device="cpu", overrides=None):
-    """train.py checkpoint -> (cfg, text_encoder, gpt, vq, sample_fn) with the chosen weights loaded strictly.
+    """train.py checkpoint -> (cfg, text_encoder, gpt, vq, sample_fn) with the chosen weights loaded strictly (fp32).
     overrides: {config field: value} for paths that differ on this machine (t5_path, janus_tokenizer, toy_cache)."""
     import train
     ck = ckpt.load_ckpt(ckpt_path, flag="--ckpt", need=("config", "gpt", "ema_gpt", "vq", "ema_vq"),
@@ -69,29 +105,26 @@ def batch_seed(seed, key):
     return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "little") >> 1
 
 
-def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", settings=None):
+def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", settings=None, autocast=False):
     """(captions, key) -> uint8 (B,3,S,S), sampled with the backbone's released evaluation settings. Each call draws
     from its own generator, seeded by batch_seed(seed, key); the writers below pass the batch's place in the run as
     key, so a batch's images do not depend on the batches drawn before it, and a resumed run writes the images an
-    uninterrupted one would have (same --batch_size, same machine: tests/test_sample.py checks it).
+    uninterrupted one would have (same --batch_size, same machine: tests/test_sample.py checks it). autocast: sample,
+    decode and convert under bf16 autocast (Precision.autocast), the conversion then on the decoder's bf16 output.
     # DEVIATION: the released samplers seed once per process (torch.manual_seed(global_seed * world_size + rank),
     # LlamaGen autoregressive/sample/sample_t2i_ddp.py:35-36), so each image depends on every batch before it and an
     # interrupted run cannot be continued with the same images."""
     settings = settings or backbones.EVAL_SETTINGS[cfg.backbone]
     convert = TO_UINT8.get(cfg.backbone, to_uint8)
 
-    # DEVIATION: the policy and decoder in fp32 on every backbone (T5 stays bf16, as released). The released
-    # evaluation samplers run in bf16: LlamaGen casts the whole GPT and T5 to bf16 (autoregressive/sample/
-    # sample_t2i_ddp.py, --precision bf16) and decodes in fp32, except for HPSv2 (RankE autoregressive/sample/
-    # sample_t2i_ddp_hpsv2.py:125-139: decode and uint8 conversion under bf16 autocast); Janus samples and decodes
-    # with its bf16 model. fp32 draws from the trained weights' own distribution; bf16 moves logits and pixels by
-    # rounding (docs/method.md §11).
     @torch.no_grad()
     def generate(captions, key):
         gen = torch.Generator(device).manual_seed(batch_seed(seed, key))
         cond, mask = (t.to(device) for t in text_encoder(list(captions)))
-        tokens = sample_fn(gpt, cond, mask, generator=gen, **settings)                 # (B, N)
-        return convert(vq.decode_indices(tokens).float())                               # (B,3,S,S) uint8
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=autocast):
+            tokens = sample_fn(gpt, cond, mask, generator=gen, **settings)             # (B, N)
+            x = vq.decode_indices(tokens)                                               # (B,3,S,S)
+            return convert(x, x.dtype if autocast else torch.float32)                  # (B,3,S,S) uint8
     return generate
 
 
@@ -311,9 +344,6 @@ def sample_geneval(generate, metadata_jsonl, out_dir, *, n_per_prompt=4, batch_s
     return made
 
 
-
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="train.py checkpoint (runs/<name>/ckpt_*.pt)")
@@ -329,6 +359,10 @@ def main(argv=None):
     p.add_argument("--decoder", default="online", choices=("online", "ema"))
     p.add_argument("--seed", type=int, default=None, help="default: the released one, 42 (COCO, HPS), 0 (GenEval)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="released", choices=("released", "fp32"),
+                   help="released: the released sampler's (LlamaGen COCO / GenEval: bf16 GPT; HPSv2: bf16 autocast; "
+                        "Janus: bf16 model; docs/method.md §11); fp32: the trained weights' own distribution, no "
+                        "bf16 rounding of logits or pixels. The toy samples in fp32 either way")
     for f in ("t5_path", "janus_tokenizer", "toy_cache"):
         p.add_argument(f"--{f}", default=None, help=f"override the checkpoint's {f} (files moved to another place)")
     a = p.parse_args(argv)
@@ -349,9 +383,14 @@ def main(argv=None):
                                             overrides=overrides)
     except (ckpt.CkptError, ValueError) as e:                     # ValueError includes UnicodeDecodeError
         raise SystemExit(str(e))
-    generate = make_generate(cfg, te, gpt, vq, fn, seed=a.seed, device=a.device)
+    plan = precision_plan(cfg.backbone, a.bench, a.precision)
+    gpt, vq = gpt.to(plan.policy), vq.to(plan.decoder)
+    if plan.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    generate = make_generate(cfg, te, gpt, vq, fn, seed=a.seed, device=a.device, autocast=plan.autocast)
     # what must not change when an unfinished folder is resumed (the prompts are checked by the writers)
-    run = {"ckpt": os.path.abspath(a.ckpt), "policy": a.policy, "decoder": a.decoder, "seed": a.seed}
+    run = {"ckpt": os.path.abspath(a.ckpt), "policy": a.policy, "decoder": a.decoder, "seed": a.seed,
+           "precision": a.precision}
     try:
         if a.bench == "coco":
             made = sample_to_folder(generate, captions, a.out_dir, batch_size=a.batch_size, run=run)
@@ -362,7 +401,7 @@ def main(argv=None):
     except (FileExistsError, FileNotFoundError, ValueError) as e:   # a folder or prompt file refused, named inside
         raise SystemExit(str(e))
     print(f"[sample] {a.bench}: {made} new images in {a.out_dir} ({cfg.backbone}, "
-          f"{backbones.EVAL_SETTINGS[cfg.backbone]}, policy {a.policy}, decoder {a.decoder}, seed {a.seed})")
+          f"{backbones.EVAL_SETTINGS[cfg.backbone]}, policy {a.policy}, decoder {a.decoder}, seed {a.seed}, {plan})")
     return made
 
 

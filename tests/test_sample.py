@@ -202,7 +202,8 @@ def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_ca
     train.main(cfg)
     assert cfg.top_k == 1000 and cfg.cfg_scale == 5.0                                   # the training preset
     seen, fn = [], fast_sample.sample_janus                      # what backbones hands sample.py for Janus
-    monkeypatch.setattr(fast_sample, "sample_janus", lambda *a, **k: seen.append(k) or fn(*a, **k))
+    monkeypatch.setattr(fast_sample, "sample_janus",
+                        lambda *a, **k: seen.append({**k, "dtype": next(a[0].parameters()).dtype}) or fn(*a, **k))
     decoded, load = [], sample.load_sampler
 
     def load_recording(*a, **k):                                 # keeps every decoder output in [-1, 1]
@@ -214,7 +215,9 @@ def test_janus_checkpoint_samples_with_janus_eval_settings_and_conversion(toy_ca
     coco, _, _ = prompts(tmp_path)
     assert sample.main(["--ckpt", str(tmp_path / "run" / "ckpt_0000001.pt"), "--bench", "coco", "--prompts",
                         str(coco), "--out_dir", str(tmp_path / "c"), "--n", "2", "--device", "cpu"]) == 2
-    assert {k: seen[0][k] for k in ("cfg_scale", "top_k")} == {"cfg_scale": 5.0, "top_k": 50}
+    assert {k: seen[0][k] for k in ("cfg_scale", "top_k", "dtype")} == {"cfg_scale": 5.0, "top_k": 50,
+                                                                       "dtype": torch.bfloat16}   # --precision released
+    assert decoded[0].dtype == torch.bfloat16                    # Janus decodes with its bf16 model too
     saved = np.stack([np.asarray(Image.open(tmp_path / "c" / "images" / f"{i:06d}.png")) for i in range(2)])
     assert saved.shape == (2, 32, 32, 3)
     # the released Janus conversion (RankE janus/sample/sample_t2i_ddp_coco.py:211-212), written with numpy
@@ -513,3 +516,60 @@ def test_a_finished_folder_reopened_for_repair_reads_as_unfinished_until_done(tm
         geneval_reads(str(g))
     assert sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=2, batch_size=2) == 1
     assert [len(v[1]) for v in geneval_reads(str(g)).values()] == [2, 2]
+
+
+# ------------------------------------------------------------------------------------------- precision
+def test_released_precision_is_each_released_samplers():
+    """--precision released: LlamaGen COCO / GenEval cast the GPT to bf16 and decode in fp32 with TF32 allowed
+    (sample_t2i_ddp.py, sample_t2i_ddp_geneval.py), LlamaGen HPSv2 keeps an fp32 GPT under bf16 autocast
+    (sample_t2i_ddp_hpsv2.py:125-139), Janus casts its whole model; fp32 and the toy (no released sampler): fp32."""
+    P, bf16 = sample.Precision, torch.bfloat16
+    plans = {(bb, bench): sample.precision_plan(bb, bench, "released")
+             for bb in ("llamagen_xl", "janus_pro_1b") for bench in sample.BENCHES}
+    assert plans == {("llamagen_xl", "coco"): P(bf16, tf32=True), ("llamagen_xl", "geneval"): P(bf16, tf32=True),
+                     ("llamagen_xl", "hps"): P(autocast=True), **{("janus_pro_1b", b): P(bf16, bf16)
+                                                                  for b in sample.BENCHES}}
+    assert {sample.precision_plan(bb, b, "fp32") for bb in ("llamagen_xl", "janus_pro_1b", "tiny")
+            for b in sample.BENCHES} | {sample.precision_plan("tiny", b, "released") for b in sample.BENCHES} \
+        == {sample.FP32}
+
+
+def test_bf16_conversion_is_the_released_hps_samplers_expression():
+    """Under the released HPSv2 sampler's autocast the decoder's output is bf16 and clamp(127.5 x + 128, 0, 255)
+    runs in bf16, whose grid (spacing 1 above 128) ROUNDS most levels that fp32 truncates."""
+    x = (torch.rand(20000, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1).to(torch.bfloat16)
+    released = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)                  # bf16 arithmetic
+    assert torch.equal(to_uint8(x, torch.bfloat16), released)
+    assert (to_uint8(x) != released).float().mean() > 0.2                             # fp32: truncated
+    assert torch.equal(to_uint8_janus(x, torch.float32), to_uint8_janus(x.float()))
+
+
+class _ConvDecoder(torch.nn.Module):
+    """Stand-in VQ with a conv, so that bf16 autocast changes its output dtype: 12 tokens -> (3, 2, 2)."""
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def decode_indices(self, tokens):
+        return torch.tanh(self.conv(tokens.float().view(-1, 3, 2, 2) / 127.5 - 1))
+
+
+def test_autocast_plan_samples_decodes_and_converts_under_bf16_autocast():
+    """make_generate(autocast=True) runs the sampler, the decoder and the uint8 conversion inside bf16 autocast (the
+    released HPSv2 sampler's order); autocast=False (every other plan) converts the fp32 decoder output."""
+    seen, dec = [], _ConvDecoder()
+
+    def sample_fn(gpt, cond, mask, *, generator, **settings):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return torch.randint(0, 256, (cond.shape[0], 12), generator=generator)
+    encode = lambda caps: (torch.zeros(len(caps), 1, 1), torch.ones(len(caps), 1, dtype=torch.bool))  # noqa: E731
+    images = sample.make_generate(_Cfg(), encode, None, dec, sample_fn, seed=3, autocast=True)(["a", "b"], 0)
+    gen = torch.Generator().manual_seed(sample.batch_seed(3, 0))
+    tokens = sample_fn(None, torch.zeros(2, 1, 1), None, generator=gen)                # the draw generate made
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        x = dec.decode_indices(tokens)
+    assert x.dtype == torch.bfloat16 and seen[0] is True
+    assert torch.equal(images, torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8))
+    plain = sample.make_generate(_Cfg(), encode, None, dec, sample_fn, seed=3)(["a", "b"], 0)
+    with torch.no_grad():
+        assert seen[-1] is False and torch.equal(plain, to_uint8(dec.decode_indices(tokens)))
