@@ -1,19 +1,92 @@
-"""toy/reproduce.py end to end on the tiny toy world: runs, evaluations, table, curves, base-decoder rows."""
+"""toy/reproduce.py: the table's statistics by hand (paired 95 % t-interval, mean +- std, running mean, the report's
+numbers from fake runs), then end to end on the tiny toy world (slow): runs, evaluations, table, curves,
+base-decoder rows."""
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+import types
 
+import numpy as np
 import pytest
 
 from toy import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.slow          # toy/reproduce.py in a subprocess, end to end
+
+# ------------------------------------------------------------------------------------------- statistics by hand
+def test_paired_ci_by_hand():
+    """mean, sample std (ddof 1) and mean +- t_{0.975, n-1} sd / sqrt(n): the published interval of a paired
+    difference; t quantiles from tables (3 and 1 degrees of freedom), so a wrong level, df or ddof moves the ends."""
+    c = reproduce.paired_ci([1.0, 2.0, 3.0, 6.0])
+    sd = math.sqrt(14 / 3)                                     # squares of (-2, -1, 0, 3) over n - 1 = 3
+    half = 3.182446305284263 * sd / 2                          # t_{0.975, 3} sd / sqrt(4)
+    assert c == pytest.approx({"mean": 3.0, "sd": sd, "lo": 3.0 - half, "hi": 3.0 + half}, rel=1e-12)
+    c = reproduce.paired_ci([0.5, -0.25])                      # two seeds: t_{0.975, 1} = 12.706
+    half = 12.706204736174698 * (0.75 / math.sqrt(2)) / math.sqrt(2)
+    assert c == pytest.approx({"mean": 0.125, "sd": 0.75 / math.sqrt(2), "lo": 0.125 - half, "hi": 0.125 + half},
+                              rel=1e-12)
 
 
+def test_mean_sd_by_hand():
+    """[mean, sample std with ddof 1] over seeds; a single seed has no spread, reported as 0 (not NaN)."""
+    assert reproduce.mean_sd([1.0, 2.0, 3.0, 6.0]) == pytest.approx([3.0, math.sqrt(14 / 3)], rel=1e-12)
+    assert reproduce.mean_sd([0.25]) == [0.25, 0.0]
+
+
+def test_running_mean_matches_brute_force():
+    """Each step's mean of the last w values (fewer at the start), against the obvious loop."""
+    x = np.random.default_rng(0).standard_normal(30)
+    for w in (1, 3, 20, 40):
+        want = [x[max(0, i - w + 1):i + 1].mean() for i in range(len(x))]
+        np.testing.assert_allclose(reproduce.running_mean(list(x), w), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(reproduce.running_mean([1.0, 2.0, 3.0, 4.0], 2), [1.0, 1.5, 2.5, 3.5])
+
+
+def test_write_report_numbers_from_fake_runs(tmp_path):
+    """write_report's published numbers from hand-made runs (no training): mean +- std over seeds, the paired
+    difference per seed with its interval and its count of seeds > 0, the co-evolved decoder's gain (online - base
+    decoder on the same seed) and the policy KL averaged over the last 20 logged steps."""
+    steps, seeds = 25, (0, 1, 2)
+    keys = list(reproduce.LABELS) + ["kid_se", "real_reencode_agree", "reencode_cycle_l1", "real_reencode_cycle_l1"]
+    base = {k: 0.0 for k in keys}
+
+    def row(v):
+        return {k: v + i / 100 for i, k in enumerate(keys)}
+
+    ranke = {s: {steps: row(v)} for s, v in zip(seeds, (1.0, 2.0, 4.0))}
+    grpo = {s: {steps: row(v)} for s, v in zip(seeds, (1.5, 1.0, 1.0))}         # RankE - GRPO: -0.5, +1, +3
+    base_dec = {s: {steps: row(v)} for s, v in zip(seeds, (0.5, 0.5, 1.0))}     # decoder gain: 0.5, 1.5, 3
+    results = {"RankE": ranke, f"RankE {reproduce.BASE_DEC}": base_dec, reproduce.RL: grpo}
+    for method, kl0 in (("RankE", 100.0), (reproduce.RL, 200.0)):
+        for s in seeds:                  # policy/kl = kl0 + 10 s + t at step t; the last 20 steps are 6..25
+            d = reproduce.run_dir(str(tmp_path), method, s)
+            os.makedirs(d)
+            with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+                for t in range(1, steps + 1):
+                    f.write(json.dumps({"step": t, "reward/mean": float(t), "policy/kl": kl0 + 10 * s + t}) + "\n")
+    args = types.SimpleNamespace(steps=steps, seeds=list(seeds), few_seeds=[0], n=8, extra="", out=str(tmp_path),
+                                 wall="wall")
+    reproduce.write_report(args, base, results)
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["RankE"]["fid"] == pytest.approx(reproduce.mean_sd([1.04, 2.04, 4.04]))
+    assert summary["RankE"]["policy_kl_last20"] == pytest.approx([100 + 10 + 15.5, 10.0])   # mean of 6..25 = 15.5
+    assert summary[reproduce.RL]["policy_kl_last20"] == pytest.approx([200 + 10 + 15.5, 10.0])
+    d = summary[f"RankE - {reproduce.RL}"]["fid"]
+    assert d["per_seed"] == pytest.approx([-0.5, 1.0, 3.0])
+    assert {k: d[k] for k in ("mean", "sd", "lo", "hi")} == pytest.approx(reproduce.paired_ci([-0.5, 1.0, 3.0]))
+    assert summary["RankE: decoder gain"]["kid"] == pytest.approx(reproduce.mean_sd([0.5, 1.5, 3.0]))
+    assert "lcs_kl" not in summary["RankE: decoder gain"]         # same tokens: the LCS gain is 0 by construction
+    table = (tmp_path / "results.md").read_text()
+    assert f"| RankE - {reproduce.RL} (n = 3) | " in table and "(2/3 > 0)" in table and "(3/3 > 0)" not in table
+    assert "| RankE (n = 3) | 2.333 +- 1.528 |" in table            # reward column: mean_sd([1, 2, 4])
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_toy_reproduce_tiny(toy_cache, tmp_path):
     out = tmp_path / "repro"
     cmd = [sys.executable, "-m", "toy.reproduce", "--toy_preset", "tiny", "--toy_cache", toy_cache,
@@ -64,6 +137,7 @@ def test_toy_reproduce_tiny(toy_cache, tmp_path):
     assert "+ " not in res.stdout                                        # no job was started
 
 
+@pytest.mark.slow
 def test_run_queue_failure_stops_every_job(tmp_path):
     """A failing job ends the queue, and the jobs running beside it end too (a rerun must not meet a second writer)."""
     pid_file = tmp_path / "pid"
