@@ -140,6 +140,7 @@ def test_p_all_better_eval_scale_scales_variances():
     assert first_run.p_all_better(half, 8) == pytest.approx(norm.cdf(0.5), rel=1e-9)
     assert first_run.p_all_better(half, 8, higher=False) == pytest.approx(norm.cdf(-0.5), rel=1e-9)
     assert first_run.p_all_better(half, 8, higher=False, eval_scale=0) == 0.0   # a perfect instrument, worse
+    assert first_run.p_all_better({**half, "mean": 0.0}, 8, eval_scale=0) == 0.0  # no change is not better
 
 
 def test_better_count_zero_is_not_better():
