@@ -35,6 +35,7 @@ def test_mean_sd_by_hand():
     """[mean, sample std with ddof 1] over seeds; a single seed has no spread, reported as 0 (not NaN)."""
     assert reproduce.mean_sd([1.0, 2.0, 3.0, 6.0]) == pytest.approx([3.0, math.sqrt(14 / 3)], rel=1e-12)
     assert reproduce.mean_sd([0.25]) == [0.25, 0.0]
+    assert reproduce.mean_sd([0.25, 0.75]) == pytest.approx([0.5, math.sqrt(0.125)], rel=1e-12)   # two seeds
 
 
 def test_running_mean_matches_brute_force():
@@ -44,9 +45,10 @@ def test_running_mean_matches_brute_force():
         want = [x[max(0, i - w + 1):i + 1].mean() for i in range(len(x))]
         np.testing.assert_allclose(reproduce.running_mean(list(x), w), want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(reproduce.running_mean([1.0, 2.0, 3.0, 4.0], 2), [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(reproduce.running_mean(list(x)), reproduce.running_mean(list(x), 20))  # default
 
 
-def test_write_report_numbers_from_fake_runs(tmp_path):
+def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
     """write_report's published numbers from hand-made runs (no training): mean +- std over seeds, the paired
     difference per seed with its interval and its count of seeds > 0, the co-evolved decoder's gain (online - base
     decoder on the same seed) and the policy KL averaged over the last 20 logged steps."""
@@ -83,6 +85,13 @@ def test_write_report_numbers_from_fake_runs(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert f"| RankE - {reproduce.RL} (n = 3) | " in table and "(2/3 > 0)" in table and "(3/3 > 0)" not in table
     assert "| RankE (n = 3) | 2.333 +- 1.528 |" in table            # reward column: mean_sd([1, 2, 4])
+    lines = table.splitlines()
+    assert lines[0].startswith("Toy world, 25 steps, seeds [0, 1, 2], 8 captions per split, train.py flags as "
+                               "train.py;")                        # no few-seed arm among these methods
+    assert lines[2] == "| method | " + " | ".join(reproduce.LABELS.values()) + " |"
+    assert "Shift beyond token histograms" in table and lines[-1] == "wall"
+    assert "| RankE | " in table.partition("Shift beyond")[2]     # the shift table's rows, with the policy KL
+    assert capsys.readouterr().out.strip() == table.strip()        # the table is also printed
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
