@@ -51,13 +51,14 @@ def test_running_mean_matches_brute_force():
 def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
     """write_report's published numbers from hand-made runs (no training): mean +- std over seeds, the paired
     difference per seed with its interval and its count of seeds > 0, the co-evolved decoder's gain (online - base
-    decoder on the same seed) and the policy KL averaged over the last 20 logged steps."""
+    decoder on the same seed) and the policy KL averaged over the last 20 logged steps; every row of results.md
+    written out from hand-derived means and sds, and every table well-formed (one cell count per table)."""
     steps, seeds = 25, (0, 1, 2)
     keys = list(reproduce.LABELS) + ["kid_se", "real_reencode_agree", "reencode_cycle_l1", "real_reencode_cycle_l1"]
-    base = {k: 0.0 for k in keys}
 
-    def row(v):
+    def row(v):                          # column i holds v + i / 100, so a cell in the wrong column shows
         return {k: v + i / 100 for i, k in enumerate(keys)}
+    base = row(0.0)
 
     ranke = {s: {steps: row(v)} for s, v in zip(seeds, (1.0, 2.0, 4.0))}
     grpo = {s: {steps: row(v)} for s, v in zip(seeds, (1.5, 1.0, 1.0))}         # RankE - GRPO: -0.5, +1, +3
@@ -84,7 +85,6 @@ def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
     assert "lcs_kl" not in summary["RankE: decoder gain"]         # same tokens: the LCS gain is 0 by construction
     table = (tmp_path / "results.md").read_text()
     assert f"| RankE - {reproduce.RL} (n = 3) | " in table and "(2/3 > 0)" in table and "(3/3 > 0)" not in table
-    assert "| RankE (n = 3) | 2.333 +- 1.528 |" in table            # reward column: mean_sd([1, 2, 4])
     lines = table.splitlines()
     assert lines[0].startswith("Toy world, 25 steps, seeds [0, 1, 2], 8 captions per split, train.py flags as "
                                "train.py;")                        # no few-seed arm among these methods
@@ -92,6 +92,30 @@ def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
     assert "Shift beyond token histograms" in table and lines[-1] == "wall"
     assert "| RankE | " in table.partition("Shift beyond")[2]     # the shift table's rows, with the policy KL
     assert capsys.readouterr().out.strip() == table.strip()        # the table is also printed
+    # every row by hand: RankE 1, 2, 4 (mean 7/3, sd sqrt(7/3)); base decoder 1/2, 1/2, 1 and GRPO 3/2, 1, 1 (sd
+    # sqrt(1/12)); RankE - GRPO -1/2, 1, 3 (mean 7/6, sd sqrt(37/12), t_{0.975, 2} = 4.3027); gain 1/2, 3/2, 3 (mean
+    # 5/3, sd sqrt(19/12)); policy KL over seeds kl0 + 15.5 + (0, 10, 20)
+    bd, shift = f"RankE {reproduce.BASE_DEC}", [7, 9, 10, 11, 5, 8]     # the shift table's columns (key index)
+    main = lambda name, m, sd: f"| {name} (n = 3) | " + " | ".join(f"{m + i / 100:.3f} +- {sd:.3f}" for i in range(8))
+    sd, half = math.sqrt(37 / 12), 4.302652729749464 * math.sqrt(37 / 12) / math.sqrt(3)
+    cell = f"{7 / 6:+.3f} +- {sd:.3f} [{7 / 6 - half:+.3f}, {7 / 6 + half:+.3f}] (2/3 > 0)"
+    sh = lambda name, m, sd, kl: (f"| {name} | " + " | ".join(f"{m + i / 100:.4f} +- {sd:.4f}" for i in shift) +
+                                  f" | {kl} |")
+    for want in ["| Base | " + " | ".join(f"{i / 100:.3f}" for i in range(8)) + " |",
+                 main("RankE", 7 / 3, math.sqrt(7 / 3)) + " |", main(bd, 2 / 3, math.sqrt(1 / 12)) + " |",
+                 main(reproduce.RL, 7 / 6, math.sqrt(1 / 12)) + " |",
+                 f"| RankE - {reproduce.RL} (n = 3) | " + " | ".join([cell] * 8) + " |",
+                 "| RankE | " + " | ".join([f"{5 / 3:+.3f} +- {math.sqrt(19 / 12):.3f}"] * 7) + " |",
+                 "| Base | " + " | ".join(f"{i / 100:.4f}" for i in shift) + " | 0 |",
+                 sh("RankE", 7 / 3, math.sqrt(7 / 3), "125.500 +- 10.000"), sh(bd, 2 / 3, math.sqrt(1 / 12), "-"),
+                 sh(reproduce.RL, 7 / 6, math.sqrt(1 / 12), "225.500 +- 10.000")]:
+        assert want in lines, want
+    for block in table.split("\n\n"):                              # markdown tables: header, |---|, rows
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        if rows:
+            assert len({line.count(" | ") for line in rows[:1] + rows[2:]}) == 1, block
+            assert rows[1] == "|---" * (rows[0].count(" | ") + 1) + "|", block
+    assert table.endswith("wall\n") and table.count("| Base |") == 2
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
