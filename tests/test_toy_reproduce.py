@@ -110,13 +110,51 @@ def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
                  sh("RankE", 7 / 3, math.sqrt(7 / 3), "125.500 +- 10.000"), sh(bd, 2 / 3, math.sqrt(1 / 12), "-"),
                  sh(reproduce.RL, 7 / 6, math.sqrt(1 / 12), "225.500 +- 10.000")]:
         assert want in lines, want
+    assert "Paired differences at the final step" in table and "What the co-evolved decoder adds" in table
     for block in table.split("\n\n"):                              # markdown tables: header, |---|, rows
         rows = [line for line in block.splitlines() if line.startswith("|")]
         if rows:
+            assert all(line.startswith("| ") and line.endswith(" |") for line in rows[:1] + rows[2:]), block
             assert len({line.count(" | ") for line in rows[:1] + rows[2:]}) == 1, block
             assert rows[1] == "|---" * (rows[0].count(" | ") + 1) + "|", block
     assert table.endswith("wall\n") and table.count("| Base |") == 2
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_write_report_short_runs_and_single_seeds(tmp_path, monkeypatch):
+    """A run shorter than 20 steps averages its policy KL over every step 1..L; a paired difference needs its first
+    arm on more than one seed (two are enough). The figure is skipped here (the tables are written before it)."""
+    import matplotlib.pyplot as plt
+
+    class NoFigure(Exception):
+        pass
+
+    def no_figure(*a, **k):
+        raise NoFigure
+    monkeypatch.setattr(plt, "subplots", no_figure)
+    keys = list(reproduce.LABELS) + ["kid_se", "real_reencode_agree", "reencode_cycle_l1", "real_reencode_cycle_l1"]
+    base, steps = {k: 0.0 for k in keys}, 5
+
+    def report(out, seeds_by_method):
+        for method, seeds in seeds_by_method.items():
+            for s in seeds:                                      # policy/kl = 10 s + t at step t
+                d = reproduce.run_dir(str(out), method, s)
+                os.makedirs(d)
+                with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+                    for t in range(1, steps + 1):
+                        f.write(json.dumps({"step": t, "reward/mean": 0.0, "policy/kl": 10.0 * s + t}) + "\n")
+        args = types.SimpleNamespace(steps=steps, seeds=[0, 1], few_seeds=[0], n=8, extra="", out=str(out),
+                                     wall="wall")
+        results = {m: {s: {steps: {k: float(s) for k in keys}} for s in seeds} for m, seeds in seeds_by_method.items()}
+        with pytest.raises(NoFigure):
+            reproduce.write_report(args, base, results)
+        return json.loads((out / "results.json").read_text())["summary"], (out / "results.md").read_text()
+
+    summary, table = report(tmp_path / "two", {"RankE": [0, 1], reproduce.RL: [0, 1]})
+    assert summary["RankE"]["policy_kl_last20"] == pytest.approx([3.0 + 5.0, math.sqrt(50.0)])   # steps 1..5
+    assert summary[f"RankE - {reproduce.RL}"]["kid"]["per_seed"] == [0.0, 0.0] and "Paired differences" in table
+    summary, table = report(tmp_path / "one", {"RankE": [0], reproduce.RL: [0, 1]})
+    assert f"RankE - {reproduce.RL}" not in summary and "Paired differences" not in table
 
 
 @pytest.mark.slow
