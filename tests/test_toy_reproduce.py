@@ -122,8 +122,9 @@ def test_write_report_numbers_from_fake_runs(tmp_path, capsys):
 
 
 def test_write_report_short_runs_and_single_seeds(tmp_path, monkeypatch):
-    """A run shorter than 20 steps averages its policy KL over every step 1..L; a paired difference needs its first
-    arm on more than one seed (two are enough). The figure is skipped here (the tables are written before it)."""
+    """A run shorter than 20 steps averages its policy KL over every step 1..L; a paired difference needs more than
+    one seed that both arms ran (two are enough), else it has no sd or interval and is left out; the title names the
+    few-seed arms' seeds. The figure is skipped here (the tables are written before it)."""
     import matplotlib.pyplot as plt
 
     class NoFigure(Exception):
@@ -155,6 +156,10 @@ def test_write_report_short_runs_and_single_seeds(tmp_path, monkeypatch):
     assert summary[f"RankE - {reproduce.RL}"]["kid"]["per_seed"] == [0.0, 0.0] and "Paired differences" in table
     summary, table = report(tmp_path / "one", {"RankE": [0], reproduce.RL: [0, 1]})
     assert f"RankE - {reproduce.RL}" not in summary and "Paired differences" not in table
+    # a few-seed arm on one seed (--few_seeds 0): RankE - VA-pi would pair ONE seed (sd and interval nan); not shown
+    summary, table = report(tmp_path / "few", {"RankE": [0, 1], "VA-pi": [0]})
+    assert "RankE - VA-pi" not in summary and "nan" not in table and "Paired differences" not in table
+    assert table.splitlines()[0].startswith("Toy world, 5 steps, seeds [0, 1] (VA-pi: seeds [0]), 8 captions")
 
 
 @pytest.mark.slow
