@@ -301,6 +301,22 @@ def test_guided_logprobs_by_hand():
                                lc.log_softmax(-1).gather(-1, tok[..., None])[..., 0], atol=1e-5, rtol=0)
 
 
+def test_sample_defaults_and_logprobs_in_train_mode():
+    """sample's defaults are plain sampling (no CFG, T 1, no top-k / top-p); token_logprobs runs in the model's
+    current mode, train mode included (no dropout in this config, so it equals the eval-mode log-probs), while
+    sampling refuses train mode."""
+    model = random_model(dataclasses.replace(CFG, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    cond, mask = captions()
+    tok = sample(model, cond, mask, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(tok, sample(model, cond, mask, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
+                                   generator=torch.Generator().manual_seed(2)))
+    want = token_logprobs(model, cond, mask, tok, cfg_scale=2.0)
+    model.train()
+    torch.testing.assert_close(token_logprobs(model, cond, mask, tok, cfg_scale=2.0), want, atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="eval"):
+        sample(model, cond, mask, generator=torch.Generator().manual_seed(2))
+
+
 def test_bf16_autocast_sampling_and_logprobs():
     model = random_model()
     cond, mask = captions()

@@ -64,6 +64,39 @@ def test_top_k_top_p_keeps_right_set(vals, top_k, top_p):
         assert p[keep].sum() > top_p - 1e-9 and p[keep].sum() - p[keep].min() <= top_p + 1e-9
 
 
+def test_step_rule_on_more_than_two_dims_is_the_rule_per_row():
+    """(R,...,V) logits: CFG, temperature, top-k and top-p act on the last axis only, so a (2B, P, V) call equals the
+    2-D rule applied to every position's (2B, V) slice; check_finite judges each (..., V) row on its own."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 40, generator=g) * 2                              # B = 2 prompts, 3 positions
+    for kw in (dict(top_k=5), dict(top_p=0.7), dict(top_k=9, top_p=0.6)):
+        out = step_logits(logits, 2, 2.5, 0.8, kw.get("top_k", 0), kw.get("top_p", 1.0))
+        for p in range(3):
+            want = step_logits(logits[:, p], 2, 2.5, 0.8, kw.get("top_k", 0), kw.get("top_p", 1.0))
+            assert torch.equal(out[:, p], want), (kw, p)
+    bad = torch.zeros(2, 3, 4)
+    bad[1, 2] = -inf                                       # one position with nothing finite, the others fine
+    with pytest.raises(FloatingPointError):
+        check_finite(bad, "x")
+
+
+def test_defaults_and_boundaries():
+    """The defaults are no filtering and no temperature (top_k 0, top_p 1, T 1: the logits pass unchanged, also when
+    a float32 cumulative sum of the sorted probabilities overshoots 1 before the last token); T = 2 halves the
+    logits; top-p keeps the token whose mass makes the prefix EXCEED top_p, so a prefix of exactly top_p (0.5 here,
+    exact in binary) is extended by one token."""
+    x = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    csum = x.sort(-1, descending=True).values.softmax(-1).cumsum(-1)
+    assert (csum[:, :-1] > 1.0).any()                      # the premise: float rounding passes 1 early
+    assert torch.equal(top_k_top_p(x), x) and torch.equal(top_k_top_p(x, 0, 1.0), x)
+    assert torch.equal(step_logits(x, 4, 1.0), x)
+    cond, null = x[:2], x[2:]
+    torch.testing.assert_close(step_logits(x, 2, 3.0), null + 3.0 * (cond - null))
+    torch.testing.assert_close(step_logits(x, 4, 1.0, 2.0), x / 2)
+    half = torch.tensor([[0.6931471805599453, 0.0, 0.0]], dtype=torch.float64)   # probabilities 1/2, 1/4, 1/4
+    assert torch.equal(torch.isfinite(top_k_top_p(half, 0, 0.5)), torch.tensor([[True, True, False]]))
+
+
 def test_draw_consumes_generator_like_multinomial():
     """draw = torch.multinomial(probs, 1): same tokens and the same generator state after, step after step (top-k
     zeros, a one-hot row, a flat row); and the CPU premise: float64 uniform_ -> -log1p(-u) = exponential_."""
@@ -81,6 +114,15 @@ def test_draw_consumes_generator_like_multinomial():
     g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
     u = torch.empty(64, 1000, dtype=torch.float64).uniform_(generator=g1)
     assert torch.equal(torch.empty(64, 1000).exponential_(generator=g2), (-torch.log1p(-u)).float())
+
+
+def test_draw_equals_multinomial_at_scale():
+    """Token for token on 40,000 near-flat rows of 100 entries: the largest and second-largest probs / q are within a
+    few parts in 10^4 of each other in some rows, so a q rounded below float32 precision (e.g. to half) changes some
+    draws (3 of these rows); torch's multinomial and draw agree on all of them."""
+    probs = (torch.randn(40000, 100, generator=torch.Generator().manual_seed(1)) * 0.5).softmax(-1)
+    g1, g2 = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    assert torch.equal(draw(probs, g1), torch.multinomial(probs, 1, generator=g2)[:, 0])
 
 
 def test_draw_is_reproducible_and_has_the_right_distribution():

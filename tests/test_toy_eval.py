@@ -44,6 +44,71 @@ def test_evaluate_toy_with_fake_world():
     assert collapsed["real_floor_nats"] == exact["real_floor_nats"] > 0
 
 
+def test_evaluate_toy_decoders_numbers_by_brute_force():
+    """Every number of a row against a direct computation on the same images: clip and reward are means over all M
+    captions (batches of unequal size included), check is the checker's mean on images clamped to [-1, 1], fid / kid
+    are eval_fid's on the features of the clamped images mapped to [0, 1] vs the real images' features, and the
+    re-encode agreement is the fraction of tokens that survive decode -> encode. Two decoders of the same tokens: a
+    faithful one and a lossy, over-bright one (its odd tokens decode as the even one below, and its pixels leave
+    [-1, 1], so the clamp matters). detail=False drops the round trip and the floor but changes no other number."""
+    import numpy as np
+    from eval_fid import feature_stats, frechet_distance, kernel_inception_distance
+    K, N, M, bs = 16, 4, 37, 16                               # 37 = 16 + 16 + 5: a short last batch
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, K, (M, N), generator=g)
+    real_tokens = torch.randint(0, K, (M, N), generator=g)
+
+    def faithful(z):  # (B, N) -> (B,3,2,2) in [-1,1]; encode(faithful(z)) == z
+        return (z.float() / (K - 1) * 2 - 1).view(-1, 1, 2, 2).expand(-1, 3, -1, -1) * torch.tensor([1.0, 0.5, 0.25]
+                                                                                                   ).view(1, 3, 1, 1)
+
+    def lossy(z):     # odd tokens rendered as the even one below, channel 2 scaled past [-1, 1]
+        return faithful(z // 2 * 2) * torch.tensor([1.0, 1.0, 6.0]).view(1, 3, 1, 1)
+
+    def encode_indices(x):
+        return ((x[:, 0].reshape(x.shape[0], -1) + 1) / 2 * (K - 1)).round().long().clamp(0, K - 1)
+
+    captions = [str(i) for i in range(M)]
+    real_images = faithful(real_tokens)
+    weight = torch.arange(M, dtype=torch.float64) + 1         # captions matter: a per-caption weight
+    clip_fn = lambda x, c: x.mean((1, 2, 3)) * weight[[int(i) for i in c]].float()            # noqa: E731
+    reward_fn = lambda x, c: (x[:, 1].mean((1, 2)) - 0.5, None)                             # noqa: E731
+    check = lambda x, c: ((x.amax((1, 2, 3)) <= 1) & (x[:, 0, 0, 0] > 0.1)).float()         # noqa: E731
+    feature_fn = lambda x: torch.stack([x[:, 0].mean((1, 2)), x[:, 1, 0, 0], x[:, 2, 1, 1] ** 2], 1)  # noqa: E731
+    common = dict(eval_clip_fn=clip_fn, feature_fn=feature_fn, check=check, K=K, batch_size=bs,
+                  real_images_b=faithful(torch.randint(0, K, (M, N), generator=g)), reward_fn=reward_fn)
+    rows = te.evaluate_toy_decoders(lambda caps: tokens[[int(c) for c in caps]], captions, real_images,
+                                    decoders={"faithful": (faithful, encode_indices), "lossy": (lossy, encode_indices)},
+                                    **common)
+    real_feats = np.asarray(feature_fn((real_images + 1) / 2), np.float64)
+    for name, decode in (("faithful", faithful), ("lossy", lossy)):
+        x = decode(tokens).clamp(-1, 1)
+        x01, row = (x + 1) / 2, rows[name]
+        feats = np.asarray(feature_fn(x01), np.float64)
+        # means accumulated in float64 (a float32 sum over 1,024 captions would move the printed digits' neighbours)
+        assert row["clip"] == pytest.approx(float(clip_fn(x01, captions).double().mean()), rel=1e-12)
+        assert row["reward"] == pytest.approx(float(reward_fn(x01, captions)[0].double().mean()), rel=1e-12)
+        assert row["check"] == pytest.approx(float(check(x, captions).double().mean()), abs=1e-12)
+        assert row["fid"] == pytest.approx(frechet_distance(*feature_stats(feats), *feature_stats(real_feats)),
+                                           rel=1e-6)
+        assert (row["kid"], row["kid_se"]) == pytest.approx(kernel_inception_distance(feats, real_feats), rel=1e-6)
+        assert row["n"] == M
+    assert rows["faithful"]["real_reencode_agree"] == 1.0
+    assert rows["faithful"]["reencode_agree"] == 1.0 and rows["faithful"]["reencode_cycle_l1"] == 0.0
+    assert rows["lossy"]["reencode_agree"] == pytest.approx(float((tokens % 2 == 0).double().mean()))
+    assert rows["lossy"]["real_reencode_agree"] == pytest.approx(float((real_tokens % 2 == 0).double().mean()))
+    assert 0 < rows["lossy"]["check"] < rows["faithful"]["check"] < 1      # the clamp kept some lossy images valid
+    assert rows["faithful"]["lcs_kl_nats"] == rows["lossy"]["lcs_kl_nats"] > 0    # same tokens, same LCS
+    brief = te.evaluate_toy_decoders(lambda caps: tokens[[int(c) for c in caps]], captions, real_images,
+                                     decoders={"lossy": (lossy, encode_indices)}, detail=False, **common)["lossy"]
+    assert set(rows["lossy"]) - set(brief) == {"reencode_agree", "reencode_cycle_l1", "real_reencode_agree",
+                                               "real_reencode_cycle_l1", "real_floor_nats"}
+    assert brief == {k: v for k, v in rows["lossy"].items() if k in brief}
+    with pytest.raises(ValueError, match="captions but"):
+        te.evaluate_toy_decoders(lambda caps: tokens[:len(caps)], captions[:-1], real_images,
+                                 decoders={"x": (faithful, encode_indices)}, **common)
+
+
 # ------------------------------------------------------------------------------------------- a checkpoint row
 @pytest.fixture(scope="module")
 def fake_run(toy_cache, tmp_path_factory):

@@ -126,11 +126,66 @@ def test_p_all_better_closed_forms_and_simulation():
     assert first_run.p_all_better(c, 8, higher=False) == pytest.approx((x < 0).all(1).mean(), abs=0.005)
 
 
+def test_p_all_better_eval_scale_scales_variances():
+    """eval_scale multiplies the evaluation VARIANCES (n0 / n captions): at 1/4 the shared and per-run sds halve, so
+    sd 2 acts as sd 1 (closed forms Phi(1) for the shared draw alone, Phi(1)^8 for the per-run noise alone)."""
+    from scipy.stats import norm
+    shared = {"mean": 1.0, "seed_sd": 0.0, "shared_sd": 2.0, "run_sd": 0.0}
+    assert first_run.p_all_better(shared, 8, eval_scale=0.25) == pytest.approx(norm.cdf(1.0), rel=1e-9)
+    run = {"mean": 1.0, "seed_sd": 0.0, "shared_sd": 0.0, "run_sd": 2.0}
+    assert first_run.p_all_better(run, 8, eval_scale=0.25) == pytest.approx(norm.cdf(1.0) ** 8, rel=1e-9)
+    assert first_run.p_all_better(run, 8, higher=False, eval_scale=0.25) == pytest.approx(norm.cdf(-1.0) ** 8,
+                                                                                          rel=1e-9)
+    half = {"mean": 0.5, "seed_sd": 0.0, "shared_sd": 1.0, "run_sd": 0.0}        # mean / sd, not sd / mean
+    assert first_run.p_all_better(half, 8) == pytest.approx(norm.cdf(0.5), rel=1e-9)
+    assert first_run.p_all_better(half, 8, higher=False) == pytest.approx(norm.cdf(-0.5), rel=1e-9)
+    assert first_run.p_all_better(half, 8, higher=False, eval_scale=0) == 0.0   # a perfect instrument, worse
+    assert first_run.p_all_better({**half, "mean": 0.0}, 8, eval_scale=0) == 0.0  # no change is not better
+
+
 def test_better_count_zero_is_not_better():
     zero = {k: [0.0, 0.0] for k in toy_report.ROWS}
     assert first_run.better_count(zero) == {k: 0 for k in toy_report.HEADLINE}
     moved = {**zero, "reward": [0.5, -0.1], "kid": [-3.0, 2.0], "check_heldout": [0.1, 0.2]}
     assert first_run.better_count(moved) == {"reward": 1, "check_heldout": 2, "kid": 1}
+
+
+def test_summarize_zero_change_is_not_positive_and_mismatches_name_the_seed():
+    """pos counts changes > 0 only (an unchanged row is neither sign); a run that differs from the first seed's in
+    recipe or report n is named (seed 1 against seed 0, not a seed against itself)."""
+    summary = first_run.summarize({0: fake_answer(0, 0.0), 1: fake_answer(1, 0.5), 2: fake_answer(2, -0.5)})[3]
+    assert summary["kid"]["pos"] == 1 and summary["kid"]["mean"] == 0.0
+    with pytest.raises(SystemExit, match="seed 1's run differs from seed 0's in \\['lr_gpt'\\]"):
+        first_run.summarize({0: fake_answer(0, 0.5), 1: fake_answer(1, 0.5, lr_gpt=1e-4)})
+    other_n = fake_answer(1, 0.5)
+    other_n["n"] = 1024
+    with pytest.raises(SystemExit, match="seed 1's run differs from seed 0's in \\['report n'\\]"):
+        first_run.summarize({0: fake_answer(0, 0.5), 1: other_n})
+
+
+def test_compare_machines_correlation_and_zero_changes():
+    """With three seeds the correlation of the per-seed changes across machines is a real number (here -1: the other
+    machine's changes mirror these), nan when one machine's changes do not vary; a zero change is not counted > 0."""
+    def answers(deltas):
+        out = {s: fake_answer(s, d) for s, d in enumerate(deltas)}
+        for a in out.values():
+            a["final"]["step"] = 250
+        return out
+    rows = first_run.compare_machines(answers([0.0, 0.5, 1.0]), answers([1.0, 0.5, 0.0]))[0]
+    assert rows["kid"]["corr"] == pytest.approx(-1.0) and rows["kid"]["pos"] == [2, 2]
+    rows = first_run.compare_machines(answers([0.0, 0.5, 1.0]), answers([0.25, 0.25, 0.25]))[0]
+    assert rows["kid"]["corr"] != rows["kid"]["corr"] and rows["kid"]["sd"] == [0.5, 0.0]   # nan; no variation
+
+
+def test_noise_split_residual_and_seed_effect_by_hand():
+    """A table with both a seed effect and a residual: rows mean (0.5, 2.5), columns (1.5, 1.5), residuals +-0.5, so
+    MS_res = 1, seed_var = (E var(rows) - MS_res) / E = (2 * 2 - 1) / 2 = 1.5, and the shared variance (0 - 1) / 2 < 0
+    is reported as 0. pos counts changes > 0 only (the 0.0 at eval seed 2 is not). One seed cannot be split."""
+    c = first_run.noise_split({0: [1.0, 0.0], 1: [2.0, 3.0]})
+    assert c.pop("pos") == [2, 1]
+    assert c == pytest.approx({"mean": 1.5, "seed_sd": 1.5 ** 0.5, "shared_sd": 0.0, "run_sd": 1.0}, rel=1e-12)
+    with pytest.raises(ValueError, match="eval seeds"):
+        first_run.noise_split({0: [1.0, 2.0]})
 
 
 def test_summarize_refuses_mixed_thread_counts():

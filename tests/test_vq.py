@@ -140,6 +140,28 @@ def test_non_square_grid(tiny):
         tiny.encode(_images(1, 15))
 
 
+def test_encode_checks_each_side_against_the_downsample_factor(tiny):
+    """encode accepts H, W that are multiples of 2**(len(ch_mult) - 1) and refuses others, each side on its own:
+    tiny (2 levels) has factor 2; a 4-level config has factor 8 (a side of 8 gives one token, a side of 12 is
+    refused). codebook_lookup refuses ids below 0 or >= K anywhere in the batch."""
+    with pytest.raises(ValueError, match="divisible by 2"):
+        tiny.encode(_images(1, 16, w=15))                         # only the width is odd
+    with pytest.raises(ValueError, match="divisible by 2"):
+        tiny.encode(_images(1, 15, w=16))
+    deep = vq.VQModel(vq.VQConfig(codebook_size=16, ch=8, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=8,
+                                  norm_groups=4)).eval()
+    assert deep.encode_indices(_images(1, 8)).shape == (1, 1)
+    assert deep.encode_indices(_images(1, 8, w=16)).shape == (1, 2)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        deep.encode(_images(1, 12, w=8))
+    ok = torch.zeros(1, 64, dtype=torch.long)
+    for bad in (-1, 64):
+        idx = ok.clone()
+        idx[0, 5] = bad                                          # one bad id among valid ones
+        with pytest.raises(ValueError, match=r"\[0, 64\)"):
+            tiny.codebook_lookup(idx)
+
+
 def test_encode_indices_ignores_autocast(tiny):
     # docs/method.md §5.1: GT tokens come from the fp32 encoder; under bf16 autocast the plain encode moves ~2 % of
     # the nearest codes on this model
@@ -199,6 +221,30 @@ def test_quantiser_picks_argmax_cosine(b, h, w, K, seed):
     torch.testing.assert_close(z_q.permute(0, 2, 3, 1).reshape(b, h * w, 8), en[idx], atol=1e-6, rtol=0)
     expect = (1 + q.beta) * (en[idx] - zn).square().mean()  # vq term + beta * commitment term (same value)
     torch.testing.assert_close(loss, expect, atol=1e-6, rtol=1e-5)
+
+
+def test_quantiser_loss_gradients_split_codebook_and_commitment():
+    """vq loss = mean (e[idx] - sg(z))^2 + beta mean (sg(e[idx]) - z)^2 on unit vectors: the codebook gets the first
+    term's gradient only, the encoder output the commitment term's (times beta) plus the straight-through gradient of
+    z_q, which passes to z as if z_q were z. Held against the same terms written out with autograd."""
+    g = torch.Generator().manual_seed(0)
+    q = vq.VectorQuantizer(vq.VQConfig(codebook_size=8, codebook_embed_dim=4)).eval()
+    with torch.no_grad():
+        q.embedding.weight.copy_(torch.randn(8, 4, generator=g) * 2)
+    z = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
+    up = torch.randn(2, 4, 3, 3, generator=g)                    # an upstream gradient for z_q
+    z_q, loss, idx = q(z)
+    (loss + (z_q * up).sum()).backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    w2 = q.embedding.weight.detach().clone().requires_grad_(True)
+    zn = F.normalize(z2.permute(0, 2, 3, 1).reshape(2, 9, 4), dim=-1)
+    e = F.normalize(w2, dim=-1)[idx]
+    ref = (e - zn.detach()).square().mean() + q.beta * (e.detach() - zn).square().mean()
+    (ref + (zn.reshape(2, 3, 3, 4).permute(0, 3, 1, 2) * up).sum()).backward()
+    torch.testing.assert_close(loss, ref.detach(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(q.embedding.weight.grad, w2.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(z.grad, z2.grad, atol=1e-6, rtol=1e-5)
+    assert q.beta == 0.25 and w2.grad.abs().sum() > 0
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------------

@@ -298,7 +298,9 @@ def write_report(args, base, results):
             summary.setdefault(method, {})[k] = mean_sd([f[k] for f in finals])
             cells.append("{:.3f} +- {:.3f}".format(*summary[method][k]))
         lines.append(f"| {method} (n = {len(finals)}) | " + " | ".join(cells) + " |")
-    pairs = [(a, b) for a, b in PAIRS if a in results and b in results and len(results[a]) > 1]
+    # a paired difference needs > 1 seed that BOTH arms ran (one seed has no sd / interval: --few_seeds 0)
+    pairs = [(a, b) for a, b in PAIRS if a in results and b in results
+             and sum(s in results[b] for s in results[a]) > 1]
     if pairs:    # same seed = same base models, data order and rollout seed: the difference removes shared noise
         lines += ["", "Paired differences at the final step, per seed (same seed, same data order): mean, std and "
                   "95 % t-interval over seeds, and in how many seeds the difference is > 0.", "",
