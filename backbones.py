@@ -183,6 +183,19 @@ def reward_path(cfg):
     return ("--clip_path", cfg.clip_path or None) if cfg.reward == "clip" else ("--hps_path", cfg.hps_path)
 
 
+def hub_values(cfg) -> list:
+    """The path flags of this real-data run that name the Hugging Face Hub rather than local files: hf://..., a hub id
+    where a folder is expected (check_hub_folder's rule), --clip_path "" (open_clip's hub copy). [] when the run
+    reads local files only: then nothing probes the network."""
+    files = {"llamagen_xl": ("gpt_ckpt", "vq_ckpt"), "janus_pro_1b": ("janus_ckpt",)}.get(cfg.backbone, ())
+    folders = {"llamagen_xl": ("t5_path",), "janus_pro_1b": ("janus_tokenizer",)}.get(cfg.backbone, ())
+    hub = [f"--{k}" for k in files if getattr(cfg, k).startswith("hf://")]
+    hub += [f"--{k}" for k in folders if not os.path.isdir(v := getattr(cfg, k)) and v.count("/") == 1
+            and not v.startswith((".", "/", "~"))]
+    flag, path = reward_path(cfg)
+    return hub + ([flag] if needs_reward(cfg) and (path is None or path.startswith("hf://")) else [])
+
+
 def check_paths(cfg) -> list:
     """Every path flag of the run, checked before anything heavy loads (a bad path fails in seconds, not after T5
     and a rollout); returns one message per bad flag, so a user learns all of them in one try. hf:// paths are
@@ -204,14 +217,16 @@ def check_paths(cfg) -> list:
             bad.append(f"--data: --backbone {cfg.backbone} decodes {image_side(cfg)}-px images and needs (image, "
                        "caption) pairs (folder, .jsonl, .tar); without --data only 32-px tokenizers fit the toy world")
     else:
-        ckpt.offline_if_unreachable()           # no network: hub lookups answer from the cache at once
+        if hub_values(cfg):                     # no network: hub lookups answer from the cache at once
+            ckpt.offline_if_unreachable()
         flag, path = reward_path(cfg)
         try:                                    # the active reward's weights: local file, hub cache or open_clip's
             if needs_reward(cfg):
                 rewards.make_reward(cfg.reward, path).resolve()
         except (FileNotFoundError, ValueError) as e:    # missing, or a file in another layout
             bad.append(f"{flag}: {e}")
-        lpips_files = (("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)) if needs_lpips(cfg) else ()
+        lpips_files = ((("--lpips_vgg", vqlib.VGG16_URL), ("--lpips_lin", vqlib.LPIPS_LIN_URL)) if needs_lpips(cfg)
+                       else ())
         for flag, url in lpips_files:
             path = getattr(cfg, flag[2:])
             try:                                # "" = the torch-hub cache copy, downloaded when online

@@ -362,6 +362,31 @@ def test_a_transformers_layout_clip_file_is_a_bad_path_at_start_up(tmp_path):
     assert any(b.startswith("--clip_path: ") and "transformers CLIPModel file" in b for b in backbones.check_paths(cfg))
 
 
+def test_the_hub_is_probed_only_when_a_path_names_it(tmp_path, monkeypatch):
+    """check_paths probes the network (ckpt.offline_if_unreachable) only when a path of the run names the hub:
+    the defaults (hf:// files, hub ids, --clip_path "") do; a run on local files only does not (no '[hub] cannot
+    reach' line and no 3 s probe on an offline cluster)."""
+    probes = []
+    monkeypatch.setattr(backbones.ckpt, "offline_if_unreachable", lambda: probes.append(1) or True)
+    base = ["--backbone", "llamagen_xl", "--data", str(tmp_path / "d.tar"), "--out_dir", str(tmp_path / "r")]
+    cfg = train.parse_config(base)
+    assert backbones.hub_values(cfg) == ["--gpt_ckpt", "--vq_ckpt", "--t5_path", "--clip_path"]
+    backbones.check_paths(cfg)
+    assert probes                                          # (ckpt.resolve asks again per hf:// file: one probe)
+    probes.clear()
+    for name in ("g.pt", "v.pt", "clip.pt", "vgg.pth", "lin.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "t5").mkdir()
+    local = train.parse_config(base + ["--gpt_ckpt", str(tmp_path / "g.pt"), "--vq_ckpt", str(tmp_path / "v.pt"),
+                                       "--t5_path", str(tmp_path / "t5"), "--clip_path", str(tmp_path / "clip.pt"),
+                                       "--lpips_vgg", str(tmp_path / "vgg.pth"), "--lpips_lin", str(tmp_path / "lin.pth")])
+    assert backbones.hub_values(local) == []
+    backbones.check_paths(local)
+    assert probes == []
+    hps = train.parse_config(base + ["--reward", "hpsv2"])
+    assert backbones.hub_values(hps)[-1] == "--hps_path"
+
+
 def test_data_value_is_checked_before_anything_loads(tmp_path):
     """A --data value PairDataset would refuse (not a tar, an empty comma part) is named by check_paths, before any
     model loads (it accepted any existing path and skipped empty parts: the error came after T5 / GPT-XL loaded)."""
