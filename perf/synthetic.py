@@ -23,9 +23,11 @@ Scales (one value of --synthetic):
 Seeds: model m is drawn from Generator(cfg.seed + SEED_OFFSETS[m]); the stream from Generator(data seed).
 
 `python train.py --dry_run [flags]` (dry_run below) builds the configured models on the meta device, prints parameter
-counts and a per-component memory estimate for the chosen batch. Activations are MEASURED as the bytes autograd saves
-during a forward on meta tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay
-fp32). The total is a sum, an upper bound: the stages of an iteration run one after another.
+counts and a per-component memory estimate of one RankE iteration for the chosen batch. Activations are MEASURED as
+the bytes autograd saves during a forward on meta tensors, in fp32, and kept at that under bf16 autocast: the policy
+then saves about as much (its residual stream and logits stay fp32), the VQ decoder about 0.6x (measured on CPU
+autocast forwards at full width, docs/experiments.md §10). The total is a sum, an upper bound: the stages of an
+iteration run one after another.
 
 Self-check (CPU, seconds): python -m perf.synthetic   (full sizes on the meta device against FULL_COUNTS; one tiny
 text-encode, reward and LPIPS call; the dry-run estimate of the released LlamaGen-XL batch).
@@ -329,13 +331,22 @@ def saved_activation_bytes(fn, modules=()) -> int:
 
 
 def dry_run(cfg):
-    """Build the configured models on the meta device (no weights), print parameter counts, and estimate peak
-    memory per component for the chosen batch. Activations are MEASURED as the bytes autograd saves on meta
-    tensors (fp32), then halved under bf16 autocast (an approximation: norms and logits stay fp32)."""
+    """Build the configured full-size models on the meta device (no weights), print parameter counts, and estimate
+    peak memory per component of one RankE iteration for the chosen batch. Activations are MEASURED as the bytes
+    autograd saves on meta tensors (fp32; not reduced under bf16 autocast, see the module docstring). Other methods
+    and --synthetic scales are refused: they hold other things (VA-pi: no rollout cache, a decode of B*G images)."""
+    method, synthetic = getattr(cfg, "method", "ranke"), getattr(cfg, "synthetic", "")
+    other = [f for f, bad in ((f"--method {method}", method != "ranke"), (f"--synthetic {synthetic!r}", synthetic))
+             if bad]
+    if other:
+        raise SystemExit(f"--dry_run estimates one RankE iteration of the full-size models, not {' / '.join(other)}: "
+                         "drop that flag (or --dry_run)")
     xl, jan, models = cfg.backbone == "llamagen_xl", cfg.backbone == "janus_pro_1b", MODELS[cfg.backbone]
-    GB, act = 1024 ** 3, (0.5 if cfg.bf16 else 1.0)
+    GB, kv_bytes = 1024 ** 3, (2 if cfg.bf16 else 4)         # the rollout KV cache is bf16 under autocast
     B, BG = cfg.batch_prompts, cfg.batch_prompts * cfg.group_size
     rows = cfg.logp_chunk or BG
+    guided = getattr(cfg, "logp_cfg", "cond") == "guided"    # guided log-probs run the cond and null rows together
+    logp_scale = max(getattr(cfg, "cfg_scale", 4.0), 1.0 + 1e-6) if guided else 1.0
     if jan:   # Janus-Pro-1B generation path (janus.py); T = a typical templated prompt length, left-padded
         import janus
         gcfg = copy.deepcopy(janus.JANUS_CONFIGS[getattr(cfg, "janus_config", models.gpt)])
@@ -357,11 +368,12 @@ def dry_run(cfg):
         vq, disc = vqlib.VQModel(vcfg), vqlib.PatchGAN()
         tok = torch.zeros(rows, N, dtype=torch.long)
         z = torch.empty(max(B, B * cfg.rank_k), vcfg.codebook_embed_dim, int(N ** 0.5), int(N ** 0.5))
+        n_disc_img = max(2 * B, B * cfg.rank_k)   # disc_step: B real + B reconstructed in one backward
     n = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
     n_gpt, n_dec, n_vq, n_disc = n(gpt.parameters()), n(vq.decoder_parameters()), n(vq.parameters()), n(disc.parameters())
     vq.requires_grad_(True)
-    gpt_act = saved_activation_bytes(lambda: logprobs(gpt, cond, mask, tok), [gpt]) * act
-    dec_act = saved_activation_bytes(lambda: vq.decode(z), [vq]) * act
+    gpt_act = saved_activation_bytes(lambda: logprobs(gpt, cond, mask, tok, cfg_scale=logp_scale), [gpt])
+    dec_act = saved_activation_bytes(lambda: vq.decode(z), [vq])
     # the decoder step also backpropagates through the networks its losses call (train.decoder_step): PatchGAN under
     # autocast, LPIPS and the reward model in fp32 (outside autocast) on the selected images
     reward_act = lpips_act = disc_act = 0
@@ -369,27 +381,30 @@ def dry_run(cfg):
         S, n_sel = int(N ** 0.5) * 2 ** (len(vcfg.ch_mult) - 1), max(B, B * cfg.rank_k)     # image side, images
         with torch.device("meta"):
             x = torch.empty(n_sel, 3, S, S, requires_grad=True)
+            x_disc = torch.empty(n_disc_img, 3, S, S, requires_grad=True)
             x224 = torch.empty(B * cfg.rank_k, 3, 224, 224, requires_grad=True)
             lp, reward_net = lpips(0).requires_grad_(False), clip_model(cfg.reward, "full", 0).requires_grad_(False)
         lpips_act = saved_activation_bytes(lambda: lp(x, x), [lp])
         reward_act = saved_activation_bytes(lambda: reward_net.encode_image(x224), [reward_net]) if cfg.lambda_reward \
             else 0
-        disc_act = saved_activation_bytes(lambda: disc(x), [disc]) * act
+        disc_act = saved_activation_bytes(lambda: disc(x_disc), [disc])
     est = {
         "policy weights+grads+AdamW (fp32, 16 B/param)": 16 * n_gpt,
         "reference policy (fp32, frozen)": 4 * n_gpt,
         "EMA policy (fp32)": 4 * n_gpt,
-        f"KV cache for rollouts ([cond; null] = {2 * BG} rows, T={T})": 2 * (2 * BG) * n_layer * (T + N) * width * 4 * act,
-        f"policy activations, log-prob forward with grad ({rows} rows, grad_ckpt={cfg.grad_ckpt})": gpt_act,
+        f"KV cache for rollouts ([cond; null] = {2 * BG} rows, T={T})": 2 * (2 * BG) * n_layer * (T + N) * width
+        * kv_bytes,
+        f"policy activations, log-prob forward with grad ({rows}{' x 2 guided' if guided else ''} rows, "
+        f"grad_ckpt={cfg.grad_ckpt})": gpt_act,
         "VQ (fp32) + EMA VQ + decoder grads/AdamW": 8 * n_vq + 12 * n_dec,
         f"decoder activations ({z.shape[0]} images per backward pass)": dec_act,
         "discriminator + AdamW": 16 * n_disc,
     }
     if xl or jan:
-        est[f"decoder step: LPIPS (fp32), PatchGAN and reward (fp32) activations on {z.shape[0]} images"] = \
+        est[f"decoder/disc steps: LPIPS + reward (fp32) on {z.shape[0]} images, PatchGAN on {n_disc_img}"] = \
             lpips_act + disc_act + reward_act
     if xl:
-        est["FLAN-T5-XL encoder (bf16, 1.22B params)"] = 2 * 1.22e9
+        est[f"FLAN-T5-XL encoder (bf16, {FULL_COUNTS['t5'] / 1e9:.2f}B params)"] = 2 * FULL_COUNTS["t5"]
     if xl or jan:   # Janus encodes its own prompts; its understanding tower is not loaded (docs/method.md §17.1)
         arch, n_reward = CLIP_ARCH[cfg.reward][0], FULL_COUNTS[cfg.reward]
         est[f"reward {cfg.reward} {arch} (fp32, {n_reward / 1e6:.1f}M) + LPIPS VGG16 features "

@@ -100,7 +100,7 @@ def test_full_size_models_on_meta_match_the_released_counts(capsys):
         printed = capsys.readouterr().out
         assert f"policy {counts['gpt' if backbone == 'llamagen_xl' else 'janus']:,} params" in printed
         assert f"VQ {counts['vq']:,}" in printed
-    assert abs(synthetic.full_counts()["t5"] / 1.22e9 - 1) < 0.01            # dry_run's FLAN-T5-XL constant
+    assert abs(synthetic.full_counts()["t5"] / 1.22e9 - 1) < 0.01            # FLAN-T5-XL's encoder size
     assert abs(synthetic.FULL_COUNTS["clip"] / 427.6e6 - 1) < 1e-3               # dry_run's CLIP ViT-L/14 constant
     t5 = synthetic.t5_config("full")
     assert (t5.d_model, t5.d_ff, t5.d_kv, t5.num_heads, t5.num_layers, t5.vocab_size, t5.is_gated_act,
@@ -172,6 +172,26 @@ def test_one_table_of_models_and_the_seam_picks_the_builders():
     assert train.seam(syn) is synthetic and syn.image_size == synthetic.image_side(syn) == 64
     with pytest.raises(ValueError, match="perf/synthetic.py"):
         backbones.build_policy(syn, "cpu")
+
+
+def test_dry_run_counts_what_the_iteration_holds_and_refuses_what_it_cannot_estimate(capsys):
+    """Activations are not halved under bf16 autocast (the policy's residual stream and logits stay fp32: measured),
+    only the rollout KV cache is bf16; --logp_cfg guided doubles the log-prob rows; the discriminator's backward
+    holds B real + B reconstructed images; other methods and --synthetic scales are refused, not estimated as RankE."""
+    parse = lambda *a: train.parse_config(["--backbone", "llamagen_xl", "--dry_run", *a])  # noqa: E731
+    row = lambda est, head: next(v for k, v in est.items() if k.startswith(head))  # noqa: E731
+    bf16, fp32 = synthetic.dry_run(parse()), synthetic.dry_run(parse("--bf16", "false"))
+    guided = synthetic.dry_run(parse("--logp_cfg", "guided"))
+    capsys.readouterr()
+    assert row(bf16, "policy activations") == row(fp32, "policy activations")
+    assert row(bf16, "decoder activations") == row(fp32, "decoder activations")
+    assert 2 * row(bf16, "KV cache") == row(fp32, "KV cache")
+    assert 1.6 < row(guided, "policy activations") / row(bf16, "policy activations") < 2.1
+    assert any(k.endswith("PatchGAN on 8") for k in bf16)                      # 2 x B = 8 > B x K = 4
+    for argv, name in ((["--method", "grpo"], "--method grpo"), (["--method", "vapi"], "--method vapi"),
+                       (["--synthetic", "2"], "--synthetic '2'")):
+        with pytest.raises(SystemExit, match=f"not {name}: drop that flag"):
+            synthetic.dry_run(parse(*argv))
 
 
 @pytest.mark.slow
