@@ -227,3 +227,22 @@ def test_run_queue_failure_stops_every_job(tmp_path):
     assert time.time() - t0 < 30
     with pytest.raises(ProcessLookupError):                 # terminated and reaped
         os.kill(int(pid_file.read_text()), 0)
+
+
+@pytest.mark.slow
+def test_calibrate_smoke_run_on_a_cold_cache(tmp_path):
+    """toy/calibrate.py's own smoke command, on a toy cache nobody built: its base evaluation and first training run
+    start together and both need the tiny world (they raced on its temporary files); the report is written. One seed
+    is refused (no interval: every criterion would fail silently)."""
+    flags = ["--lrs", "1e-4", "--steps", "4", "--curve_seeds", "0", "--curve_steps", "8", "--every", "4", "--n", "32",
+             "--toy_preset", "tiny", "--toy_cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "toy.calibrate", "--seeds", "0", *flags], cwd=reproduce.ROOT, env=env,
+                         capture_output=True, text=True)
+    assert one.returncode != 0 and "at least 2 distinct seeds" in one.stderr
+    res = subprocess.run([sys.executable, "-m", "toy.calibrate", "--seeds", "0", "1", *flags], cwd=reproduce.ROOT,
+                         env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| lr 1e-4 |" in report and "Chosen recipe" in report

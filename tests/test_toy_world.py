@@ -281,3 +281,30 @@ def test_garbage_metadata_is_rebuilt(built, caplog):
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="32x32"):
         ToyWorld(ToyConfig(image_size=64))
+
+
+def test_two_builders_of_one_cache_build_once_and_both_load_it(tmp_path):
+    """toy.calibrate / toy.reproduce start a training run and an evaluation at once; on a cold cache both built the
+    same artifact and one rename failed on the other's temporary file. Now the second waits on the build lock and
+    loads what the first wrote: one build, the same checksum for both, no lock or temporary file left."""
+    import threading
+    import time
+    builds, out = [], {}
+
+    def train(model):
+        builds.append(1)
+        time.sleep(0.4)                                   # long enough for the second builder to arrive
+        with torch.no_grad():
+            model.weight.fill_(0.25)
+
+    def builder(key):
+        torch.manual_seed(0)
+        out[key] = toy_models._cached(str(tmp_path), "art", torch.nn.Linear(2, 2), train, {"dep": "x"}, True)[1]
+    threads = [threading.Thread(target=builder, args=(k,)) for k in range(2)]
+    threads[0].start()
+    time.sleep(0.1)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert builds == [1] and out[0] == out[1]
+    assert sorted(os.listdir(tmp_path)) == ["art.json", "art.pt"]

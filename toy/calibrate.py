@@ -4,8 +4,8 @@ paper's premise (policy-only RL raises the reward but image quality falls: docs/
 pre-registered rule that fixes the comparison's length L.
 
     python -m toy.calibrate                   # as pre-registered; writes runs/calib/{results.md, .json, curves.png}
-    python -m toy.calibrate --lrs 1e-4 --seeds 0 1 --steps 20 --curve_seeds 0 --curve_steps 40 --every 10 --n 64 \
-        --toy_preset tiny --out runs/calib_smoke          # a seconds-fast smoke run (tests)
+    python -m toy.calibrate --lrs 1e-4 --seeds 0 1 --steps 4 --curve_seeds 0 --curve_steps 8 --every 4 --n 32 \
+        --toy_preset tiny --out runs/calib_smoke          # a smoke run, under a minute (tests)
 
 Every run is `python train.py --method grpo --lr_gpt LR --seed S ...` (checkpoints every --every steps) and every
 evaluation `python -m toy.eval --ckpt ... --n N --seed 1234 --json ...` (subprocesses, --jobs at a time, one queue:
@@ -18,8 +18,8 @@ steps) <= --kl_max. Choice: the passing recipe with the largest learning rate.
 Premise (stage B): shown at step t if KID(t) - KID(base) > 2 SE (both standard errors in quadrature) in every curve
 seed at t and at the next evaluated step; L = the first such t, else --curve_steps.
 
-Tests: pytest tests/test_toy_reproduce.py (the smoke run above). Part of the toy wing (toy/): no concept file
-imports it. Symbols: seeds S, evaluated steps t, SE standard error.
+Tests: pytest tests/test_toy_reproduce.py (the smoke run above, on a cold toy cache). Part of the toy wing (toy/):
+no concept file imports it. Symbols: seeds S, evaluated steps t, SE standard error.
 """
 import argparse
 import json
@@ -67,6 +67,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.steps % args.every or args.curve_steps % args.every or args.curve_steps < args.steps:
         ap.error("--steps and --curve_steps must be multiples of --every, with --curve_steps >= --steps")
+    if len(set(args.seeds)) < 2:   # one seed has no interval: every criterion would fail without a word
+        ap.error(f"--seeds {' '.join(map(str, args.seeds))}: stage A's criteria are 95 % intervals over seeds; pass "
+                 "at least 2 distinct seeds")
     t_start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
     base_json = eval_path(os.path.join(args.out, "base"), args.n)

@@ -130,52 +130,86 @@ def _sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _load_valid(path, meta_path, model, deps):
+    """(model in eval mode, sha256) when `path` holds a valid artifact for `deps`; else why not (a str), or None when
+    there is no file."""
+    if not (os.path.exists(path) or os.path.exists(meta_path)):
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        sha = _sha256(path)
+        if meta["sha256"] != sha:
+            return "checksum mismatch (partial or corrupted file)"
+        if meta["deps"] != deps:
+            return f"built from other upstream artifacts ({meta['deps']} != {deps})"
+        sd = torch.load(path, map_location="cpu", weights_only=True)   # fp16 floats (see _cached)
+        model.load_state_dict(sd)          # strict; copy_ upcasts each entry into the fp32 model
+        return model.eval(), sha
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+
+
+@contextlib.contextmanager
+def _build_lock(path):
+    """Hold an exclusive lock file (POSIX flock) while one process builds an artifact: toy.calibrate and
+    toy.reproduce start a training run and an evaluation at once, and two builds of one cache raced on its temporary
+    file. The file is removed before the lock is released (no *.lock left in a cache or in toy/assets/): a waiter
+    then holds the removed file's lock and finds the artifact written; a later process loads it without locking.
+    No lock where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _cached(folder, name, model, train, deps, build):
     """Load `name`.pt into `model` if its recorded checksum and upstream checksums match; otherwise (missing,
-    truncated, corrupt, stale) train it and write it atomically (tmp + os.replace), then its .json metadata.
+    truncated, corrupt, stale) train it and write it atomically (tmp + os.replace), then its .json metadata, under a
+    lock: a process that finds another one building the artifact waits and loads what it wrote.
     -> (model in eval mode, sha256 of the weights file)."""
     path, meta_path = os.path.join(folder, name + ".pt"), os.path.join(folder, name + ".json")
-    if os.path.exists(path) or os.path.exists(meta_path):
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-            sha = _sha256(path)
-            if meta["sha256"] != sha:
-                problem = "checksum mismatch (partial or corrupted file)"
-            elif meta["deps"] != deps:
-                problem = f"built from other upstream artifacts ({meta['deps']} != {deps})"
-            else:
-                sd = torch.load(path, map_location="cpu", weights_only=True)   # fp16 floats (see below)
-                model.load_state_dict(sd)          # strict; copy_ upcasts each entry into the fp32 model
-                return model.eval(), sha
-        except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            problem = f"unreadable ({type(e).__name__}: {e})"
-        if not build:
-            raise FileNotFoundError(f"toy models: {path}: {problem}; restore the shipped files (`git checkout "
-                                    "toy/assets`) or remake them with `python -m toy.world --rebuild`")
-        log.warning("toy cache: %s: %s; rebuilding it", path, problem)
+    found = _load_valid(path, meta_path, model, deps)
+    if isinstance(found, tuple):
+        return found
     if not build:
-        raise FileNotFoundError(f"toy models: no {path}; restore the shipped files (`git checkout toy/assets`) "
-                                "or remake them with `python -m toy.world --rebuild`")
-    t0 = time.time()
-    model.train()
-    with torch.enable_grad():           # a caller under no_grad (toy_eval's evaluation of an unbuilt config) still trains
-        train(model)
-    model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
-    #                                     loop's first optimizer steps would otherwise add the last training grads)
-    # Stored in fp16 (halves the shipped toy/assets/ to ~15 MB) and the model rounded to the stored values in place,
-    # so the model a build returns equals the one a later load returns, and the next artifact (the GPT trains on
-    # this VQ's tokens) is built on exactly what will be loaded.
-    with torch.no_grad():
-        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-        model.load_state_dict(half)
-    torch.save(half, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    sha = _sha256(path)
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(dict(sha256=sha, deps=deps, build_s=round(time.time() - t0, 1)), f)
-    os.replace(meta_path + ".tmp", meta_path)
-    return model.eval(), sha
+        raise FileNotFoundError(f"toy models: {f'{path}: {found}' if found else f'no {path}'}; restore the shipped "
+                                "files (`git checkout toy/assets`) or remake them with `python -m toy.world --rebuild`")
+    with _build_lock(os.path.join(folder, name + ".lock")):
+        again = _load_valid(path, meta_path, model, deps)     # built by another process while this one waited
+        if isinstance(again, tuple):
+            return again
+        if again:
+            log.warning("toy cache: %s: %s; rebuilding it", path, again)
+        t0 = time.time()
+        model.train()
+        with torch.enable_grad():       # a caller under no_grad (toy_eval's evaluation of an unbuilt config) still trains
+            train(model)
+        model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
+        #                                     loop's first optimizer steps would otherwise add the last training grads)
+        # Stored in fp16 (halves the shipped toy/assets/ to ~15 MB) and the model rounded to the stored values in
+        # place, so the model a build returns equals the one a later load returns, and the next artifact (the GPT
+        # trains on this VQ's tokens) is built on exactly what will be loaded.
+        with torch.no_grad():
+            half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            model.load_state_dict(half)
+        torch.save(half, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        sha = _sha256(path)
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(dict(sha256=sha, deps=deps, build_s=round(time.time() - t0, 1)), f)
+        os.replace(meta_path + ".tmp", meta_path)
+        return model.eval(), sha
 
 
 # --- training recipes (each draws data from its own torch.Generator; module init / dropout run under _seeded) ---
