@@ -78,14 +78,18 @@ def main():
     args = ap.parse_args()
     if "unpinned" not in args.settings:
         ap.error("--settings must include unpinned (every row is compared with it)")
+    if args.steps < 2 or args.threads < 1:   # the first step is left out of the median
+        ap.error(f"--steps {args.steps} / --threads {args.threads}: need --steps >= 2 and --threads >= 1")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, env in ((k, SETTINGS[k]) for k in SETTINGS if k in args.settings):
             out = os.path.join(tmp, name.replace("=", "_").replace(" ", "_"))
             cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--steps", str(args.steps), "--report_n", "0",
                    "--sample_every", "0", "--out_dir", out]
-            subprocess.run(cmd, check=True, capture_output=True,
-                           env={**os.environ, **env, "OMP_NUM_THREADS": str(args.threads)})
+            res = subprocess.run(cmd, capture_output=True, text=True,
+                                 env={**os.environ, **env, "OMP_NUM_THREADS": str(args.threads)})
+            if res.returncode:                     # train.py's own message, not a bare CalledProcessError
+                raise SystemExit(f"setting {name!r}: train.py failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
             times = [json.loads(line)["step_time_s"] for line in open(os.path.join(out, "metrics.jsonl"))]
             rows[name] = (statistics.median(times[1:]), checkpoint_hash(os.path.join(out, f"ckpt_{args.steps:07d}.pt")))
     base_t, base_h = rows["unpinned"]

@@ -50,6 +50,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     a, rest = p.parse_known_args(argv)
+    if any(f == "--method" or f.startswith("--method=") for f in rest):   # the stages below are RankE's, all of them
+        raise SystemExit("bench.stages times the stages of one RankE iteration (rollout, reward, policy, disc, "
+                         "decoder): drop --method")
     cfg = train.parse_config(["--backbone", a.backbone, "--synthetic", a.scale, "--batch_prompts", str(a.batch_prompts),
                               "--group_size", str(a.group_size), "--device", a.device, "--disc_start", "0",
                               "--out_dir", tempfile.mkdtemp(), *(["--cfg_scale", str(a.cfg)] if a.cfg else []), *rest])
