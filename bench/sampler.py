@@ -64,8 +64,8 @@ def bench_small(args, device):
     model = random_policy(cfg, device)
     cond, mask = random_cond(cfg, args.batch, device)
     kw = dict(cfg_scale=args.cfg, top_k=min(1000, cfg.vocab_size), top_p=1.0, temperature=1.0)
-    for fn in (sample_gpt, sample):   # warm-up
-        fn(model, cond[:2], mask[:2], generator=torch.Generator(device).manual_seed(0), **kw)
+    for fn in (sample_gpt, sample, sample_naive):   # warm-up, at the timed batch
+        fn(model, cond, mask, generator=torch.Generator(device).manual_seed(0), **kw)
     out, t = {}, {}
     for fn in (sample_gpt, sample, sample_naive):
         out[fn], t[fn] = timed(fn, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
@@ -86,7 +86,7 @@ def bench_xl(args, device):
     model = random_policy(cfg, device, torch.bfloat16)
     cond, mask = random_cond(cfg, args.xl_batch, device)
     kw = dict(cfg_scale=6.0, top_k=1000, top_p=1.0, temperature=1.0)
-    sample_gpt(model, cond[:4], mask[:4], generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up
+    sample_gpt(model, cond, mask, generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up, timed batch
     torch.cuda.reset_peak_memory_stats()                     # the sampler's peak, not the model build's
     _, t = timed(sample_gpt, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
                  **kw)
