@@ -18,9 +18,10 @@ Sampler settings come from backbones.EVAL_SETTINGS (LlamaGen: CFG 6, T 1, top-k 
 D12), images per prompt from the released samplers (COCO 1, GenEval 4, HPSv2 1), precision from the released sampler
 of each benchmark (RELEASED_PRECISION: bf16 GPT, bf16 autocast or bf16 model; --precision fp32 for none).
 `--policy` / `--decoder` pick the online or EMA weights of the checkpoint (released combos: LlamaGen CLIP and Janus
-online + online, LlamaGen HPS online policy + EMA decoder). Images are converted to uint8 as the backbone's released sampler does (TO_UINT8). Every
-run is resumable (existing images are kept; a folder of a run with other prompts, checkpoint, seed or batch size is
-refused) and seeded per batch (--seed and the batch's place), so a resumed folder holds an uninterrupted run's images.
+online + online, LlamaGen HPS online policy + EMA decoder). Images are converted to uint8 as the backbone's released
+sampler does (TO_UINT8). Every run is resumable (existing images are kept; a folder of a run with other prompts,
+checkpoint, seed or batch size is refused) and seeded per batch (--seed and the batch's place), so a resumed folder
+holds an uninterrupted run's images.
 Self-check: tests/test_sample.py samples every benchmark from a 2-step toy and a 2-step tiny-Janus checkpoint.
 Symbols: B prompts per sampling batch, N image tokens, S image side.
 """

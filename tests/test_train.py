@@ -379,7 +379,8 @@ def test_the_hub_is_probed_only_when_a_path_names_it(tmp_path, monkeypatch):
     (tmp_path / "t5").mkdir()
     local = train.parse_config(base + ["--gpt_ckpt", str(tmp_path / "g.pt"), "--vq_ckpt", str(tmp_path / "v.pt"),
                                        "--t5_path", str(tmp_path / "t5"), "--clip_path", str(tmp_path / "clip.pt"),
-                                       "--lpips_vgg", str(tmp_path / "vgg.pth"), "--lpips_lin", str(tmp_path / "lin.pth")])
+                                       "--lpips_vgg", str(tmp_path / "vgg.pth"),
+                                       "--lpips_lin", str(tmp_path / "lin.pth")])
     assert backbones.hub_values(local) == []
     backbones.check_paths(local)
     assert probes == []

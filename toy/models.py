@@ -193,7 +193,7 @@ def _cached(folder, name, model, train, deps, build):
             log.warning("toy cache: %s: %s; rebuilding it", path, again)
         t0 = time.time()
         model.train()
-        with torch.enable_grad():       # a caller under no_grad (toy_eval's evaluation of an unbuilt config) still trains
+        with torch.enable_grad():       # a caller under no_grad (toy_eval of an unbuilt config) still trains
             train(model)
         model.zero_grad(set_to_none=True)   # no leftover .grad: a fresh build must equal a load from the cache (the
         #                                     loop's first optimizer steps would otherwise add the last training grads)
