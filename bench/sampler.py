@@ -2,7 +2,8 @@
 cache) against policy.sample_naive (full recompute per step), or of sample_gpt against upstream LlamaGen's
 generate() on the same weights.
 
-Not a test: prints numbers. Random weights (speed does not depend on them).
+Not a test: prints numbers (medians of --repeats interleaved calls, after a warm-up at the timed batch). Random
+weights (speed does not depend on them).
   CPU:   python -m bench.sampler                       # "toy" GPT, B=8 prompts, CFG 4.0 (so 16 model rows)
   CUDA:  python -m bench.sampler                       # also GPT-XL t2i: 64 prompts, 256 px (N=256), CFG 6, bf16
   Upstream: python -m bench.sampler --upstream DIR --threads 2      # CPU, one process
@@ -66,13 +67,17 @@ def bench_small(args, device):
     kw = dict(cfg_scale=args.cfg, top_k=min(1000, cfg.vocab_size), top_p=1.0, temperature=1.0)
     for fn in (sample_gpt, sample, sample_naive):   # warm-up, at the timed batch
         fn(model, cond, mask, generator=torch.Generator(device).manual_seed(0), **kw)
-    out, t = {}, {}
-    for fn in (sample_gpt, sample, sample_naive):
-        out[fn], t[fn] = timed(fn, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
-                               **kw)
+    out, times = {}, {fn: [] for fn in (sample_gpt, sample, sample_naive)}
+    for _ in range(args.repeats):    # interleaved, so load on a shared machine hits all three alike
+        for fn in times:
+            out[fn], dt = timed(fn, model, cond, mask, generator=torch.Generator(device).manual_seed(1),
+                                device=device, **kw)
+            times[fn].append(dt)
+    t = {fn: statistics.median(v) for fn, v in times.items()}
     n = args.batch * cfg.block_size
     print(f"[{device.type}] GPT '{args.config}' ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), "
-          f"B={args.batch}, N={cfg.block_size}, CFG {args.cfg}, fp32, {torch.get_num_threads()} threads")
+          f"B={args.batch}, N={cfg.block_size}, CFG {args.cfg}, fp32, {torch.get_num_threads()} threads, median of "
+          f"{args.repeats} interleaved repeats")
     for fn, name in ((sample_gpt, "fast_sample.sample_gpt"), (sample, "policy.sample (readable)"),
                      (sample_naive, "policy.sample_naive")):
         print(f"  {name:26s} {n / t[fn]:9.0f} tokens/s  ({t[fn]:.2f} s)")
@@ -88,8 +93,8 @@ def bench_xl(args, device):
     kw = dict(cfg_scale=6.0, top_k=1000, top_p=1.0, temperature=1.0)
     sample_gpt(model, cond, mask, generator=torch.Generator(device).manual_seed(0), **kw)   # warm-up, timed batch
     torch.cuda.reset_peak_memory_stats()                     # the sampler's peak, not the model build's
-    _, t = timed(sample_gpt, model, cond, mask, generator=torch.Generator(device).manual_seed(1), device=device,
-                 **kw)
+    t = statistics.median(timed(sample_gpt, model, cond, mask, generator=torch.Generator(device).manual_seed(1),
+                                device=device, **kw)[1] for _ in range(args.repeats))
     print(f"[cuda] GPT-XL t2i bf16, {args.xl_batch} prompts x 256 tokens, CFG 6 ({2 * args.xl_batch} rows), "
           f"top-k 1000: {args.xl_batch / t:.1f} img/s, {args.xl_batch * cfg.block_size / t:.0f} tokens/s "
           f"({t:.2f} s); "
