@@ -183,15 +183,19 @@ def reward_path(cfg):
     return ("--clip_path", cfg.clip_path or None) if cfg.reward == "clip" else ("--hps_path", cfg.hps_path)
 
 
+def is_hub_id(value: str) -> bool:
+    """'owner/name' read as a Hugging Face Hub id (where a local folder is also accepted), not a relative path."""
+    return value.count("/") == 1 and not value.startswith((".", "/", "~"))
+
+
 def hub_values(cfg) -> list:
     """The path flags of this real-data run that name the Hugging Face Hub rather than local files: hf://..., a hub id
-    where a folder is expected (check_hub_folder's rule), --clip_path "" (open_clip's hub copy). [] when the run
+    where a folder is expected (is_hub_id), --clip_path "" (open_clip's hub copy). [] when the run
     reads local files only: then nothing probes the network."""
     files = {"llamagen_xl": ("gpt_ckpt", "vq_ckpt"), "janus_pro_1b": ("janus_ckpt",)}.get(cfg.backbone, ())
     folders = {"llamagen_xl": ("t5_path",), "janus_pro_1b": ("janus_tokenizer",)}.get(cfg.backbone, ())
     hub = [f"--{k}" for k in files if getattr(cfg, k).startswith("hf://")]
-    hub += [f"--{k}" for k in folders if not os.path.isdir(v := getattr(cfg, k)) and v.count("/") == 1
-            and not v.startswith((".", "/", "~"))]
+    hub += [f"--{k}" for k in folders if not os.path.isdir(v := getattr(cfg, k)) and is_hub_id(v)]
     flag, path = reward_path(cfg)
     return hub + ([flag] if needs_reward(cfg) and (path is None or path.startswith("hf://")) else [])
 
@@ -248,7 +252,7 @@ def check_hub_folder(flag, value, probe, hub_name):
     """A local folder, or a hub id (owner/name) whose `probe` file is in the hub cache (or downloadable)."""
     if os.path.isdir(value):
         return None
-    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+    if is_hub_id(value):
         if ckpt.check_path(flag, f"hf://{value}/{probe}") is None:
             return None
         return (f"{flag} {value!r}: not a local folder, and the hub id's files are not in the local Hugging Face "
