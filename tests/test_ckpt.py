@@ -5,6 +5,7 @@ Run: pytest -q tests/test_ckpt.py   (CPU, offline, a few seconds; the upstream-w
 tests/test_vq.py and tests/test_policy.py)
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -170,3 +171,138 @@ def test_cached_download_offline_names_the_file(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "w.pth").write_bytes(b"x")
     assert ckpt.cached_download(None, "https://example.org/w.pth", "") == str(tmp_path / "checkpoints" / "w.pth")
+
+
+# ------------------------------------------------------------------------------------------- writes that lose nothing
+def test_atomic_save_killed_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A kill while torch.save writes leaves the previous checkpoint under its name, readable, and writes nothing
+    outside the checkpoint's folder (the temporary file lies beside it, on the same file system)."""
+    path = str(tmp_path / "run" / "ckpt_0000001.pt")
+    os.makedirs(os.path.dirname(path))
+    ckpt.atomic_save({"step": 1}, path)
+    real_save = torch.save
+
+    def killed(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", killed)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_save({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.load_latest_ckpt(str(tmp_path / "run"))[0] == {"step": 1}
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_atomic_save_syncs_the_data_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    """Durable against a power loss: the whole file is fsync'ed before it is renamed into place, and the folder
+    (the rename itself) after."""
+    import stat
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("dir", st.st_ino) if stat.S_ISDIR(st.st_mode) else ("file", st.st_size))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", os.path.basename(b)))
+                        or real_replace(a, b))
+    path = tmp_path / "ckpt_0000001.pt"
+    ckpt.atomic_save({"w": torch.arange(1000)}, str(path))
+    assert events == [("file", path.stat().st_size), ("replace", path.name), ("dir", tmp_path.stat().st_ino)]
+
+
+# ------------------------------------------------------------------------------------------- reading weights
+def test_read_state_dict_strips_compile_prefixes_and_refuses_what_is_not_a_state_dict(tmp_path):
+    """torch.compile'd keys (a wrapped submodule or the whole model, under DDP too) load under their plain names; a
+    file that is no dict of tensors, or that pickles other Python objects (never unpickled), is an error."""
+    import datetime
+    w = torch.ones(2)
+    torch.save({"model": {"blocks._orig_mod.w": w, "_orig_mod.module.head.b": w}}, tmp_path / "c.pt")
+    assert sorted(ckpt.read_state_dict(str(tmp_path / "c.pt"))) == ["blocks.w", "head.b"]
+    torch.save(w, tmp_path / "tensor.pt")
+    with pytest.raises(RuntimeError, match="no state dict found"):
+        ckpt.read_state_dict(str(tmp_path / "tensor.pt"))
+    torch.save({"model": {"w": w}, "saved_on": datetime.date(2024, 1, 1)}, tmp_path / "obj.pt")
+    with pytest.raises(RuntimeError, match="Python objects other than tensors"):
+        ckpt.read_state_dict(str(tmp_path / "obj.pt"))
+    with pytest.raises(ckpt.CkptError, match="cannot be read by torch.load"):     # a training checkpoint alike
+        ckpt.load_ckpt(str(tmp_path / "obj.pt"))
+
+
+# ------------------------------------------------------------------------------------------- offline switches
+def test_hf_hub_offline_in_the_environment_is_offline_without_a_probe(monkeypatch):
+    """HF_HUB_OFFLINE set after huggingface_hub was imported (its constant still False) counts, and an offline
+    process never probes the network."""
+    c = _hub_at(monkeypatch, "https://huggingface.co")
+    monkeypatch.setattr(ckpt, "_unreachable", lambda *a: pytest.fail("probed although offline"))
+    assert ckpt.hub_offline() is False
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert ckpt.hub_offline() is True and ckpt.offline_if_unreachable() is True and c.HF_HUB_OFFLINE is False
+
+
+def test_unreachable_hub_answers_offline_on_the_first_call(monkeypatch, capsys):
+    """The probe's own call already answers True (offline) when the hub cannot be reached, and says so."""
+    c = _hub_at(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
+    assert ckpt.offline_if_unreachable() is True and c.HF_HUB_OFFLINE is True
+    assert "offline mode" in capsys.readouterr().err
+
+
+def test_without_huggingface_hub_only_an_unreachable_hub_is_offline(monkeypatch):
+    """No huggingface_hub installed: offline only by HF_HUB_OFFLINE or a failed probe (nothing to switch then)."""
+    _hub_at(monkeypatch, "https://huggingface.co")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)                 # import fails
+    assert ckpt.hub_offline() is False
+    monkeypatch.setattr(ckpt, "_unreachable", lambda endpoint, timeout: f"cannot reach {endpoint}")
+    assert ckpt.offline_if_unreachable() is True and ckpt._probe == {"why": "cannot reach https://huggingface.co"}
+
+
+def test_probe_uses_the_scheme_port_and_gives_up_on_a_hung_lookup(monkeypatch):
+    """The probe connects to the endpoint's port (443 for https, 80 for http, an explicit one as given); an answer
+    within the timeout is reachable; a lookup that hangs (getaddrinfo ignores socket timeouts) is given up after
+    about timeout + 1 s, in a daemon thread that cannot keep the process alive."""
+    import socket
+    import threading
+    import time
+    seen, hang, delay = [], threading.Event(), []
+
+    def connect(address, timeout):
+        seen.append(address)
+        if hang.is_set():
+            threading.Event().wait(30)
+        time.sleep(delay[0] if delay else 0)
+        return socket.socket()
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for endpoint in ("https://hub.example", "http://hub.example", "http://hub.example:8080"):
+        assert ckpt._unreachable(endpoint, 1.0) is None
+    assert seen == [("hub.example", 443), ("hub.example", 80), ("hub.example", 8080)]
+    delay.append(1.1)
+    assert ckpt._unreachable("https://hub.example", 1.5) is None                 # slow, yet within the timeout
+    hang.set()
+    t0 = time.perf_counter()
+    why = ckpt._unreachable("https://hub.example", 0.05)
+    assert why == "no answer from hub.example:443 within 0.05 s" and time.perf_counter() - t0 < 1.5
+    probes = [t for t in threading.enumerate() if t.name.endswith("(connect)")]
+    assert probes and all(t.daemon for t in probes)
+
+
+# ------------------------------------------------------------------------------------------- paths and downloads
+def test_cached_download_into_an_existing_cache_folder(tmp_path, monkeypatch):
+    """Online, a file missing from an existing torch-hub checkpoints folder is downloaded there (the folder's
+    existence is no error)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, **k: open(dst, "wb").close())
+    assert ckpt.cached_download(None, "https://example.org/w.pth", "") == str(tmp_path / "checkpoints" / "w.pth")
+
+
+def test_check_path_takes_path_objects_and_names_unreadable_files(tmp_path, monkeypatch):
+    """A pathlib.Path is a path like its string; a file this user cannot read is named as such (simulated: the
+    tests may run as root, who reads everything)."""
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"weights")
+    assert ckpt.check_path("--vq_ckpt", f) is None and ckpt.check_path("--out", tmp_path, "dir") is None
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != str(f) and real_access(p, mode))
+    assert "not readable by this user" in ckpt.check_path("--vq_ckpt", f)

@@ -52,6 +52,7 @@ def test_preprocess_crops_the_centre_and_checks_size(tmp_path):
     assert (x == 1).all()
     with pytest.raises(ValueError, match="size"):
         preprocess(Image.fromarray(a), 0)
+    assert preprocess(Image.fromarray(a), 1).shape == (3, 1, 1)                       # any positive side
     Image.fromarray(a).save(tmp_path / "a.png")
     assert torch.equal(load_image(str(tmp_path / "a.png"), 40), x)
     batches = list(image_batches([str(tmp_path / "a.png")] * 3, 40, batch_size=2))
@@ -302,3 +303,73 @@ def test_index_and_read_close_their_files(tmp_path):
             assert PairDataset(src, 8).get(0)[1] == "a red image"
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_each_epoch_visits_every_pair_once_in_a_new_order(tmp_path):
+    """An epoch is one pass over the pairs: every pair once, then a new epoch (counted) starts a new order."""
+    write_tar(str(tmp_path / "p.tar"), [(str(i), png((i * 20, 0, 0)), f"c{i}") for i in range(7)])
+    stream = PairStream(PairDataset(str(tmp_path / "p.tar"), 8), batch=7, seed=0)
+    first, second = stream.next()[1], stream.next()[1]
+    assert sorted(first) == sorted(second) == [f"c{i}" for i in range(7)] and first != second
+    assert (stream.state_dict()["epoch"], stream.state_dict()["pos"]) == (1, 7)
+    stream.next()
+    assert (stream.state_dict()["epoch"], stream.state_dict()["pos"]) == (2, 7)
+    a = PairStream(stream.ds, batch=3, seed=0)
+    for _ in range(3):
+        a.next()                                                        # 9 draws: epoch 1, position 2
+    b = PairStream(stream.ds, batch=3, seed=0)
+    b.load_state_dict(a.state_dict())                                   # resumed mid-way through epoch 1
+    assert [b.next()[1] for _ in range(3)] == [a.next()[1] for _ in range(3)]
+
+
+def test_bad_samples_are_logged_once_and_stay_skipped_after_a_resume(tmp_path, capsys):
+    """A bad sample is reported once, not at every epoch; a resumed stream skips the samples the run had skipped
+    without reading them again."""
+    tar = str(tmp_path / "p.tar")
+    write_tar(tar, [("a", png("red"), "red"), ("b", b"garbage", "broken"), ("c", png("blue"), " ")])
+    stream = PairStream(PairDataset(tar, 8), batch=6, seed=0)
+    stream.next()
+    err = capsys.readouterr().err
+    assert err.count("skipping b: unreadable image") == 1 and err.count("skipping c: empty caption") == 1
+    resumed = PairDataset(tar, 8)
+    resumed.pairs[1].load_bytes = lambda: pytest.fail("a sample known to be bad was read again")
+    PairStream(resumed, batch=6, seed=0).load_state_dict(stream.state_dict())
+    assert resumed.get(1) is None and resumed.skipped == {"bad_image": 1, "empty_caption": 1}
+
+
+def test_sources_with_nothing_to_train_on_are_refused_up_front(tmp_path):
+    """An empty (0-byte) .jsonl or .tar fails the cheap --data check; a jsonl of blank lines holds no pairs; an
+    image side below 1 is refused before indexing (every image would be 'bad')."""
+    for name in ("e.jsonl", "e.tar"):
+        (tmp_path / name).write_bytes(b"")
+        bad = check_source(str(tmp_path / name))
+        assert len(bad) == 1 and "empty (0 bytes" in bad[0]
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    with pytest.raises(ValueError, match="holds no .image, caption. pairs"):
+        PairDataset(str(tmp_path / "blank.jsonl"), 8)
+    write_tar(str(tmp_path / "p.tar"), [("a", png("red"), "red")])
+    for size in (0, -1, 8.0):
+        with pytest.raises(ValueError, match="--image_size must be a positive int"):
+            PairDataset(str(tmp_path / "p.tar"), size)
+    assert PairDataset(str(tmp_path / "p.tar"), 1).get(0)[0].shape == (3, 1, 1)
+
+
+def test_blank_jsonl_lines_and_tar_folders_are_not_samples(tmp_path):
+    """Blank lines of a jsonl and folder entries of a tar are layout, not samples: nothing is indexed or skipped
+    for them."""
+    import tarfile
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "p.jsonl").write_text("\n" + json.dumps({"image": "a.png", "caption": "a red image"}) + "\n\n")
+    assert len(PairDataset(str(tmp_path / "p.jsonl"), 8)) == 1
+    with tarfile.open(tmp_path / "d.tar", "w") as tf:
+        for name, payload in (("sub", None), ("sub/k.png", png("red")), ("sub/k.txt", b"a red image")):
+            info = tarfile.TarInfo(name)
+            if payload is None:
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            else:
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    stream = PairStream(PairDataset(str(tmp_path / "d.tar"), 8), batch=2, seed=0)
+    assert len(stream.ds) == 1 and stream.next()[1] == ["a red image"] * 2
+    assert stream.stats() == {"skipped_bad_image": 0, "skipped_empty_caption": 0}

@@ -251,6 +251,9 @@ def test_read_captions_is_llamagens_one_caption_per_line(tmp_path):
     p.write_text('Prompt\nfine\n"a caption\nover two lines"\n')
     with pytest.raises(ValueError, match=":4: caption .*line break"):
         sample.read_captions(str(p))
+    p.write_text("Prompt\nfine\na red circle\ta blue square\n")           # a tab: pandas would cut the caption
+    with pytest.raises(ValueError, match=":3: 2 tab-separated fields"):
+        sample.read_captions(str(p))
 
 
 # ------------------------------------------------------------------------------------------- folder writers
@@ -573,3 +576,108 @@ def test_autocast_plan_samples_decodes_and_converts_under_bf16_autocast():
     plain = sample.make_generate(_Cfg(), encode, None, dec, sample_fn, seed=3)(["a", "b"], 0)
     with torch.no_grad():
         assert seen[-1] is False and torch.equal(plain, to_uint8(dec.decode_indices(tokens)))
+
+
+# ------------------------------------------------------------------------------------------- seeds, files, folders
+def test_batch_seed_is_a_fixed_63_bit_function_of_seed_and_key():
+    """A batch's seed never changes between versions (a folder begun by one sample.py and resumed by another holds
+    one run's images) and spans 63 bits (torch seeds are int64)."""
+    assert [sample.batch_seed(42, "0"), sample.batch_seed(0, "anime/3"), sample.batch_seed(42, "96")] == \
+        [7501086104722257524, 5159813112686896354, 7133421689893590427]
+    seeds = [sample.batch_seed(s, k) for s in range(3) for k in range(200)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= x < 2 ** 63 for x in seeds) and max(seeds) >= 2 ** 62
+
+
+def test_images_are_lossless_png_and_quality_100_jpeg(tmp_path):
+    """COCO / GenEval images are PNG, byte for byte the generated pixels; HPSv2 images are JPEG at quality 100 (every
+    quantization step 1), as the released samplers write them."""
+    caps = [f"caption {i}" for i in range(3)]
+    gen = random_generate(5)
+    sample.sample_to_folder(gen, caps, str(tmp_path / "c"), batch_size=3, progress=False)
+    want = gen(caps, "0").permute(0, 2, 3, 1).numpy()
+    for i in range(3):
+        with Image.open(tmp_path / "c" / "images" / f"{i:06d}.png") as img:
+            assert img.format == "PNG" and np.array_equal(np.asarray(img), want[i])
+    hps = tmp_path / "hps_prompts"
+    hps.mkdir()
+    for style in eval_fid.HPS_STYLES:
+        (hps / f"{style}.json").write_text(json.dumps([f"{style} 0"]))
+    sample.sample_hps_benchmark(gen, str(hps), str(tmp_path / "h"))
+    for style in eval_fid.HPS_STYLES:
+        with Image.open(tmp_path / "h" / style / "00000.jpg") as img:
+            assert img.format == "JPEG" and all(max(t) == 1 for t in img.quantization.values())
+
+
+def test_runs_remove_their_temporary_files_and_nothing_else(tmp_path):
+    """Temporary files (.NAME.tmp) that a killed run left in the folders a run writes are removed; other files a
+    user keeps there (hidden or not, as long as no evaluator counts them) stay."""
+    def plant(*dirs):
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            for name in (".0099.png.tmp", ".keep", "notes.tmp"):
+                (d / name).write_text("x")
+
+    def left(folder):
+        return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs
+                      if f in (".0099.png.tmp", ".keep", "notes.tmp"))
+    coco = tmp_path / "coco"
+    plant(coco / "images")
+    sample.sample_to_folder(make_generate([]), ["a", "b"], str(coco), progress=False)
+    assert left(coco) == ["images/.keep", "images/notes.tmp"]
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text(json.dumps({"tag": "t", "prompt": "a cat"}))
+    g = tmp_path / "g"
+    plant(g / "00000", g / "00000" / "samples")
+    sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=2)
+    assert left(g) == ["00000/.keep", "00000/notes.tmp", "00000/samples/.keep", "00000/samples/notes.tmp"]
+    hps = tmp_path / "hps_prompts"
+    hps.mkdir()
+    for style in eval_fid.HPS_STYLES:
+        (hps / f"{style}.json").write_text(json.dumps([f"{style} 0"]))
+    h = tmp_path / "h"
+    plant(*(h / style for style in eval_fid.HPS_STYLES))
+    sample.sample_hps_benchmark(make_generate([]), str(hps), str(h))
+    assert left(h) == sorted(f"{style}/{n}" for style in eval_fid.HPS_STYLES for n in (".keep", "notes.tmp"))
+
+
+def test_geneval_refuses_no_prompts_and_a_folder_of_other_prompts(tmp_path):
+    """A finished GenEval folder has no MARKER and keeps its record; an empty metadata file is refused; a folder
+    whose metadata.jsonl holds other prompts (no record: an older sample.py's) is refused, not relabelled."""
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        sample.sample_geneval(make_generate([]), str(meta), str(tmp_path / "g"))
+    meta.write_text("\n".join(json.dumps({"tag": "t", "prompt": p}) for p in ["a cat", "a dog"]))
+    g = tmp_path / "g"
+    sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=1)
+    assert not (g / eval_fid.MARKER).exists() and json.loads((g / ".sampled_with.json").read_text())["bench"] == \
+        "geneval"
+    os.remove(g / ".sampled_with.json")
+    meta.write_text("\n".join(json.dumps({"tag": "t", "prompt": p}) for p in ["a cat", "a cow"]))
+    with pytest.raises(ValueError, match="00001.metadata.jsonl holds another prompt than prompt 1"):
+        sample.sample_geneval(make_generate([]), str(meta), str(g), n_per_prompt=1)
+    assert json.loads((g / "00001" / "metadata.jsonl").read_text())["prompt"] == "a dog"
+
+
+def test_begin_run_compares_identities_as_they_read_back(tmp_path):
+    """The identity is compared as JSON reads it back (a tuple is a list there): the same run resumes."""
+    sample.begin_run(str(tmp_path), {"bench": "coco", "shape": (2, 3)})
+    sample.begin_run(str(tmp_path), {"bench": "coco", "shape": (2, 3)})
+    with pytest.raises(ValueError, match="another shape"):
+        sample.begin_run(str(tmp_path), {"bench": "coco", "shape": (3, 2)})
+
+
+def test_geneval_writer_counts_what_geneval_reads(tmp_path):
+    """The GenEval writer refuses leftovers by GenEval's own reading rule (eval_fid.geneval_counted): digit-named
+    folders only, and in samples/ only files named like 0000.png; what GenEval skips (a notes folder, a digit-named
+    file, other names) is no leftover."""
+    g = tmp_path / "g"
+    (g / "00000" / "samples" / "0001.png").mkdir(parents=True)                # a folder, not a sample
+    (g / "00000" / "samples" / "0000.png").write_bytes(b"x")
+    (g / "00000" / "samples" / "notes.txt").write_text("x")
+    (g / "00000" / "metadata.jsonl").write_text(json.dumps({"prompt": "a cat"}))
+    (g / "logs" / "samples").mkdir(parents=True)
+    (g / "logs" / "samples" / "0000.png").write_bytes(b"x")
+    (g / "00009").write_text("a file")
+    read = {sub: names for sub, (_, names) in geneval_reads(str(g)).items()}
+    assert eval_fid.geneval_counted(str(g)) == read == {"00000": ["0000.png"]}

@@ -235,6 +235,14 @@ def test_config_flags_and_presets():
             train.parse_config([flag, "nonsense"])
     with pytest.raises(SystemExit):
         train.parse_config(["--rank_k", "9"])
+    with pytest.raises(SystemExit, match="--preset 'nonsense': choose one of .*'tiny'"):
+        train.parse_config(["--preset", "nonsense"])
+    assert train.parse_config(["--grad_ckpt"]).grad_ckpt is True                # a bare boolean flag: true
+    for flags, name in ((["--rank_k", "0"], "--rank_k 0"), (["--report_n", "-1"], "--report_n -1"),
+                        (["--report_n", "1"], "--report_n 1"), (["--report_n", "2"], "--report_n 2")):
+        with pytest.raises(SystemExit, match=name):
+            train.parse_config(flags)
+    assert [train.parse_config(["--report_n", n]).report_n for n in ("0", "3")] == [0, 3]   # off, or KID's minimum
 
 
 @pytest.mark.parametrize("backbone,preset,lambda_reward,beta,total_steps,steps", [
@@ -563,3 +571,225 @@ def test_help_shows_whole_comments_and_defaults(capsys):
 def test_device_cuda_without_cuda_is_a_message():
     with pytest.raises(SystemExit, match="--device cuda: this machine has no usable CUDA device"):
         runtime.setup_distributed(train.parse_config(["--device", "cuda"]))
+
+
+# ------------------------------------------------------------------------------------------- checkpoints (quick)
+class _Stream:
+    """The data stream's resumable state, as train.py's streams provide it."""
+    def __init__(self, i=0):
+        self.i = i
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, d):
+        self.i = d["i"]
+
+
+class _Reward:
+    """The reward's text-feature cache, as rewards.ClipReward provides it."""
+    def __init__(self, cache=None):
+        self.cache = cache
+
+    def cache_state(self):
+        return self.cache
+
+    def load_cache_state(self, state):
+        self.cache = state
+
+
+def _small_models(seed):
+    from types import SimpleNamespace
+    torch.manual_seed(seed)
+    nets = {k: torch.nn.Linear(3, 2) for k in ("gpt", "ref_gpt", "ema_gpt", "vq", "ema_vq", "disc")}
+    nets["disc"].register_buffer("running_mean", torch.randn(2))          # a buffer (BatchNorm's, say) travels too
+    opts = {}
+    for name, net in (("opt_gpt", "gpt"), ("opt_dec", "vq"), ("opt_disc", "disc")):
+        opts[name] = torch.optim.AdamW(nets[net].parameters(), lr=0.1)
+        nets[net](torch.randn(4, 3)).sum().backward()
+        opts[name].step()                                               # optimizer moments to save
+    return SimpleNamespace(**nets, **opts)
+
+
+def _state(m):
+    return {k: getattr(m, k).state_dict() for k in runtime.STATE}
+
+
+def test_save_checkpoint_and_resume_restore_everything_bit_exactly(tmp_path, capsys):
+    """save_checkpoint writes ckpt_{step:07d}.pt atomically, keeps the newest --keep_ckpts; resume loads the newest
+    into every model and optimizer, the generator, the data stream and the reward cache, and returns its step."""
+    cfg = runtime.RunConfig(out_dir=str(tmp_path), keep_ckpts=2)
+    assert runtime.resume(cfg, None, None, None, None, 1, 0) == 0                     # nothing to resume
+    m, gen = _small_models(0), torch.Generator().manual_seed(1)
+    for step in (1, 2, 3):
+        torch.randn(3, generator=gen)
+        runtime.save_checkpoint(cfg, m, step, gen, _Stream(10 * step), _Reward({"prompts": [f"p{step}"]}), 1, 0)
+    assert [os.path.basename(p) for p in ckpt.list_ckpts(str(tmp_path))] == ["ckpt_0000002.pt", "ckpt_0000003.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_0000002.pt", "ckpt_0000003.pt"]      # no temp file left
+    want, want_draw = _state(m), torch.randn(3, generator=gen)
+    m2, gen2, stream, reward = _small_models(1), torch.Generator().manual_seed(99), _Stream(), _Reward()
+    assert runtime.resume(cfg, m2, gen2, stream, reward, 1, 0) == 3
+    out = capsys.readouterr().out
+    assert "[resume]" in out and "torch threads" not in out and stream.i == 30 and reward.cache == {"prompts": ["p3"]}
+    assert torch.equal(torch.randn(3, generator=gen2), want_draw)                      # the generator continues
+    got = _state(m2)
+    for k in runtime.STATE:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    assert runtime.fingerprint([m2.gpt, m2.vq, m2.disc]) == runtime.fingerprint([m.gpt, m.vq, m.disc])
+    ck = torch.load(ckpt.list_ckpts(str(tmp_path))[-1], weights_only=True)
+    assert (ck["step"], ck["world_size"], ck["config"]) == (3, 1, vars(cfg))
+    assert ck["threads"] == torch.get_num_threads()
+
+
+def test_resume_refuses_another_run_and_notes_other_threads(tmp_path, capsys):
+    """resume refuses a checkpoint of another process count, --synthetic scale or flag outside RESUME_MAY_CHANGE,
+    before anything is loaded; the length / paths may change; a checkpoint written before the reward cache was saved
+    resumes with the reward as it is; another thread count is only noted."""
+    import dataclasses
+    cfg = train.Config(out_dir=str(tmp_path), init_policy=str(tmp_path / "p.pt"))
+    m = _small_models(0)
+    runtime.save_checkpoint(cfg, m, 5, torch.Generator(), _Stream(5), object(), 1, 0)    # a reward without a cache
+    untouched = _small_models(1)
+    before = runtime.fingerprint([untouched.gpt])
+    for kw, world, words in (({}, 2, "written by 1 processes"), ({"synthetic": "tiny"}, 1, "--synthetic"),
+                             ({"ckpt_every": 7, "sample_every": 3, "bf16": False}, 1, "--bf16 True -> False"),
+                             ({"init_policy": str(tmp_path / "q.pt")}, 1, "--init_policy")):
+        with pytest.raises(SystemExit, match=words) as e:
+            runtime.resume(dataclasses.replace(cfg, **kw), untouched, torch.Generator(), _Stream(), _Reward(), world, 0)
+        assert "--ckpt_every" not in str(e.value)                                        # may change
+    assert runtime.fingerprint([untouched.gpt]) == before
+    same = dataclasses.replace(cfg, steps=9, keep_ckpts=1, init_policy=str(tmp_path / "." / "p.pt"))
+    reward = _Reward("as built")
+    ck = torch.load(ckpt.list_ckpts(str(tmp_path))[-1], weights_only=True)
+    ck["threads"] = torch.get_num_threads() + 1
+    del ck["config"]["synthetic"]                              # a checkpoint written before --synthetic existed
+    torch.save(ck, ckpt.list_ckpts(str(tmp_path))[-1])
+    with pytest.raises(SystemExit, match="never share checkpoints"):      # real weights, never random ones
+        runtime.resume(dataclasses.replace(same, synthetic="tiny"), untouched, torch.Generator(), _Stream(),
+                       reward, 1, 0)
+    capsys.readouterr()
+    assert runtime.resume(same, untouched, torch.Generator(), _Stream(), reward, 1, 0) == 5
+    assert reward.cache == "as built" and "torch threads" in capsys.readouterr().out
+
+
+def test_save_checkpoint_gathers_every_rank_and_refuses_diverged_weights(tmp_path, monkeypatch, capsys):
+    """With several processes every rank's RNG / data state is gathered into the checkpoint that rank 0 alone
+    writes, and ranks whose weight fingerprints differ stop the run instead of saving one rank's weights."""
+    cfg = runtime.RunConfig(out_dir=str(tmp_path))
+    m, gathered = _small_models(0), []
+
+    def all_gather_object(out, state):          # rank 1 holds the same weights, its own stream position
+        assert len(out) == 2                    # torch.distributed fills a list of world_size entries
+        gathered.append(state)
+        out[:] = [state, {**state, "data": {"i": 11}}]
+    monkeypatch.setattr(runtime.dist, "all_gather_object", all_gather_object)
+    runtime.save_checkpoint(cfg, m, 1, torch.Generator(), _Stream(10), _Reward(), 2, 1)
+    assert gathered and ckpt.list_ckpts(str(tmp_path)) == []                            # rank 1 writes nothing
+    runtime.save_checkpoint(cfg, m, 1, torch.Generator(), _Stream(10), _Reward(), 2, 0)
+    ck = torch.load(ckpt.list_ckpts(str(tmp_path))[-1], weights_only=True)
+    assert ck["world_size"] == 2 and [s["data"]["i"] for s in ck["rank_state"]] == [10, 11]
+    stream = _Stream()
+    capsys.readouterr()
+    assert runtime.resume(cfg, _small_models(1), torch.Generator(), stream, _Reward(), 2, 1) == 1
+    assert stream.i == 11 and capsys.readouterr().out == ""               # each rank its own state; rank 0 speaks
+
+    def diverged(out, state):
+        assert len(out) == 2
+        out[:] = [state, {**state, "fingerprint": "0" * 40}]
+    monkeypatch.setattr(runtime.dist, "all_gather_object", diverged)
+    with pytest.raises(RuntimeError, match="ranks diverged at step 2"):
+        runtime.save_checkpoint(cfg, m, 2, torch.Generator(), _Stream(), _Reward(), 2, 0)
+    assert len(ckpt.list_ckpts(str(tmp_path))) == 1
+
+
+def test_allreduce_grads_and_average_buffers_average_over_ranks(monkeypatch):
+    """One process: grads and buffers stay as they are (no collective is called). Several: each gradient becomes
+    the mean over ranks (a missing grad counts as zeros) and each float buffer the mean; integer buffers
+    (BatchNorm's num_batches_tracked) are left alone."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+    net(torch.randn(4, 3)).sum().backward()
+    net[2].bias.grad = None
+    params = list(net.parameters())
+    grads = [p.grad for p in params]
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    monkeypatch.setattr(runtime.dist, "all_reduce", lambda t: pytest.fail("a collective in a one-process run"))
+    runtime.allreduce_grads(params, 1)
+    runtime.average_buffers(net, 1)
+    assert all(p.grad is g for p, g in zip(params, grads))
+    other = [torch.full_like(p, 3.0) for p in params]                 # the other rank's gradients: all 3
+    flat_other = torch.cat([o.reshape(-1) for o in other])
+
+    def all_reduce(t):                                                 # the sum over 2 ranks
+        t += flat_other if t.dim() == 1 and t.numel() == flat_other.numel() else torch.ones_like(t)
+    monkeypatch.setattr(runtime.dist, "all_reduce", all_reduce)
+    runtime.allreduce_grads(params, 2)
+    for p, g in zip(params, grads):
+        want = ((g if g is not None else torch.zeros_like(p)) + 3.0) / 2
+        torch.testing.assert_close(p.grad, want, rtol=0, atol=1e-7)
+        assert p.grad.shape == p.shape
+    runtime.average_buffers(net, 2)
+    for k, v in net.named_buffers():
+        want = (buffers[k] + 1) / 2 if v.is_floating_point() else buffers[k]
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-7, msg=k)
+
+
+def test_fingerprint_tells_any_differing_bit_apart():
+    """The cross-rank check's fingerprint is equal for bit-identical weights and buffers (non-contiguous ones too)
+    and differs when one value moves by one ulp or one buffer changes."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    net.register_buffer("table", torch.randn(3, 2).t())                   # a transposed (non-contiguous) buffer
+    copy = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    copy.register_buffer("table", torch.zeros(2, 3))
+    copy.load_state_dict(net.state_dict())
+    assert runtime.fingerprint([net]) == runtime.fingerprint([copy])
+    with torch.no_grad():
+        copy[0].weight[1, 2] = torch.nextafter(copy[0].weight[1, 2], torch.tensor(1.0))
+    assert runtime.fingerprint([net]) != runtime.fingerprint([copy])
+    copy.load_state_dict(net.state_dict())
+    copy[1].running_var += 1e-3
+    assert runtime.fingerprint([net]) != runtime.fingerprint([copy])
+
+
+def test_logger_starts_a_clean_log_on_rank_0_only_and_feeds_the_chosen_backend(tmp_path, monkeypatch):
+    """A new run (start_step 0) in a used --out_dir starts an empty metrics.jsonl (creating the folder); other ranks
+    write nothing; --logger tensorboard / wandb receive every stat at its step; nothing is written outside out_dir."""
+    import sys
+    from types import SimpleNamespace
+    from runtime import Logger
+    out, bar, sent = tmp_path / "run" / "a", SimpleNamespace(set_postfix=lambda d: None), []
+    monkeypatch.chdir(tmp_path)
+    cfg = SimpleNamespace(out_dir=str(out), synthetic="", logger="none")
+    other_rank = Logger(cfg, False)                                             # rank 1: nothing
+    other_rank.write({"step": 1}, 1, bar)
+    other_rank.close()
+    assert out.is_dir() and os.listdir(out) == []
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 1.0}) + "\n")
+    log = Logger(cfg, True)
+    log.close()
+    assert (out / "metrics.jsonl").read_text() == "" and sorted(os.listdir(tmp_path)) == ["run"]
+
+    class Writer:                                                               # torch.utils.tensorboard's
+        def __init__(self, log_dir):
+            sent.append(("tb", log_dir))
+
+        def add_scalar(self, k, v, step):
+            sent.append((k, v, step))
+    run = SimpleNamespace(log=lambda stats, step: sent.append(("wandb", stats, step)))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=lambda **k: sent.append(k["project"]) or run))
+    for backend in ("tensorboard", "wandb"):
+        log = Logger(SimpleNamespace(out_dir=str(out), synthetic="", logger=backend), True)
+        log.write({"step": 2, "reward/mean": 0.5}, 2, bar)
+        assert (out / "metrics.jsonl").read_text().endswith('"reward/mean": 0.5}\n')    # on disk at once
+        log.close()
+    assert sent == [("tb", str(out)), ("step", 2, 2), ("reward/mean", 0.5, 2), "ranke",
+                    ("wandb", {"step": 2, "reward/mean": 0.5}, 2)]
+
+
+def test_synthetic_values_are_full_tiny_or_a_layer_count():
+    """--synthetic takes '' (off), full, tiny or a layer count >= 1; anything else is a message naming the choices."""
+    assert [runtime.check_synthetic(v) for v in ("", "full", "tiny", "1", "2", "24")] == [None] * 6
+    for v in ("0", "-1", "L", "2.5", "Full"):
+        assert "use full (real sizes), tiny (CPU tests) or a layer count >= 1" in runtime.check_synthetic(v)
