@@ -475,6 +475,218 @@ def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
     assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)
 
 
+def _rolled_out(toy_cache, moved_apart, G=4):
+    """Steps 1-2 (rollout, reward) on one micro-batch of the tiny toy (B 2, G 4, rank_k 2, GAN on from step 0), fp32,
+    the models built as train.main builds them. moved_apart: the online policy, the policy EMA, the online decoder
+    and the decoder EMA first get each their own seeded perturbation, so that a step reading the wrong copy of a
+    network shows (at step 0 all copies are equal)."""
+    cfg = train.parse_config(["--toy_preset", "tiny", "--toy_cache", toy_cache, "--batch_prompts", "2", "--group_size",
+                              str(G), "--rank_k", "2", "--disc_start", "0", "--device", "cpu"])
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    torch.manual_seed(cfg.seed)
+    bb = train.seam(cfg).build_backbone(cfg, torch.device("cpu"), 0)
+    m = train.build_models(cfg, bb, torch.device("cpu"))
+    if moved_apart:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for params in (m.gpt.parameters(), m.ema_gpt.parameters(), m.vq.decoder_parameters(),
+                           m.ema_vq.decoder_parameters()):
+                for p in params:
+                    p.add_(0.1 * (p.abs().mean() + 1e-3) * torch.randn(p.shape, generator=g))
+    x_gt, captions = bb.stream.next()
+    cond, mask = bb.text_encoder(captions)
+    b = train.Batch(x_gt, cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                    [c for c in captions for _ in range(G)])
+    train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
+    train.score_rollouts(cfg, bb, m, b)
+    with torch.no_grad():
+        b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
+    return cfg, bb, m, b, autocast
+
+
+@pytest.mark.slow
+def test_each_step_reads_the_copy_of_a_network_it_should(toy_cache, monkeypatch):
+    """With the online and EMA copies apart (as after the first updates): rollouts come from the online policy, the
+    KL anchor is the frozen reference (or the policy EMA with --kl_ref ema), the "old" log-probs of --ppo_epochs > 1
+    the online policy's, the rollout reward is computed on the EMA decoder's images, and the decoder's consistency
+    term pulls towards the EMA decoder's images (docs/method.md §4.2, §4.6, §5.2, D1, D3)."""
+    import ranke
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=True)
+    G = cfg.group_size
+    with torch.no_grad():
+        draw = {k: bb.sample(getattr(m, k), b.cond_g, b.mask_g, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                             top_k=cfg.top_k, top_p=cfg.top_p, generator=torch.Generator().manual_seed(0))
+                for k in ("gpt", "ref_gpt")}
+        lp = {k: bb.logprobs(getattr(m, k), b.cond_g, b.mask_g, b.tokens, cfg_scale=1.0).float()
+              for k in ("gpt", "ref_gpt", "ema_gpt")}
+        r = {k: bb.reward_fn((getattr(m, k).decode_indices(b.tokens).float().clamp(-1, 1) + 1) / 2, b.prompts_g)[0]
+             for k in ("vq", "ema_vq")}
+    assert torch.equal(b.tokens, draw["gpt"]) and not torch.equal(draw["gpt"], draw["ref_gpt"])
+    assert not torch.equal(lp["ref_gpt"], lp["gpt"]) and not torch.equal(lp["ref_gpt"], lp["ema_gpt"])
+    assert torch.equal(b.logp_ref, lp["ref_gpt"]) and b.logp_old is None
+    assert torch.equal(b.r, r["ema_vq"]) and not torch.equal(r["vq"], r["ema_vq"])
+    cfg.kl_ref, cfg.ppo_epochs = "ema", 2
+    train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
+    assert torch.equal(b.logp_ref, lp["ema_gpt"]) and torch.equal(b.logp_old, lp["gpt"])
+    # the consistency anchor of the decoder step: the EMA decoder's images of the selected rollouts
+    tau, _ = ranke.tau_schedule(0, cfg.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_frac)
+    idx = ranke.rank_weights(b.r.float(), G, cfg.rank_k, tau)[0]
+    with torch.no_grad():
+        x_ema, x_online = (v.decode_indices(b.tokens[idx]).float() for v in (m.ema_vq, m.vq))
+    seen, consistency = [], ranke.consistency_loss
+    monkeypatch.setattr(ranke, "consistency_loss",
+                        lambda x, xe, dist: seen.append(xe.detach()) or consistency(x, xe, dist))
+    train.decoder_step(cfg, bb, m, [b], 0, 1, autocast)
+    assert len(seen) == 1 and torch.equal(seen[0], x_ema) and not torch.allclose(x_ema, x_online)
+
+
+@pytest.mark.slow
+def test_each_step_moves_only_its_own_network_and_leaves_no_gradients(toy_cache):
+    """Policy, discriminator and decoder steps (in train.main's order, GAN on): each changes the parameters of its own
+    network only, and leaves no .grad on any of the three (a gradient left over, e.g. the decoder's from the
+    discriminator's fakes or D's from the decoder's GAN term, would be added into the next step); D trains again
+    after the decoder step froze it."""
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=False)
+    nets = {"gpt": m.gpt, "vq": m.vq, "disc": m.disc}
+
+    def moved(before):
+        return {k for k, n in nets.items() if any(not torch.equal(p, q) for p, q in zip(n.parameters(), before[k]))}
+    for own, step_fn in (("gpt", lambda: train.policy_step(cfg, bb, m, [b], 0, 1, autocast)),
+                         ("disc", lambda: train.disc_step(cfg, m, [b], 1, autocast)),
+                         ("vq", lambda: train.decoder_step(cfg, bb, m, [b], 0, 1, autocast))):
+        before = {k: [p.detach().clone() for p in n.parameters()] for k, n in nets.items()}
+        step_fn()
+        assert moved(before) == {own}, f"the {own} step moved {moved(before)}"
+        left = [k for k, n in nets.items() if any(p.grad is not None for p in n.parameters())]
+        assert not left, f"the {own} step left gradients on {left}"
+    assert all(p.requires_grad for p in m.disc.parameters())
+
+
+@pytest.mark.slow
+def test_first_policy_step_is_the_plain_policy_gradient_and_the_ema_follows_every_kth(toy_cache, monkeypatch):
+    """At step 0 the online policy is the reference and the old policy: the step's own log-probs (same CFG scale as
+    the rollout's reference ones) give KL 0 and ratio 1, so the gradient handed to the optimizer is that of
+    -mean(A * logp) alone (docs/method.md §4.3-4.4). The policy EMA pulls itself towards the online policy after
+    AdamW steps k, 2k, ... of --ema_gpt_every k, counted over PPO epochs too (§4.7)."""
+    import ranke
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=False)
+    logp = bb.logprobs(m.gpt, b.cond_g, b.mask_g, b.tokens, cfg_scale=1.0).float()
+    params = [p for p in m.gpt.parameters() if p.requires_grad]
+    want = torch.autograd.grad(-(b.adv[:, None] * logp).mean(), params)
+    step_fn, grads, pulls, ema = train.optimizer_step, [], [], ranke.ema_update
+
+    def recording_step(opt, world, clip):
+        grads.append([p.grad.clone() for p in params])
+        return step_fn(opt, world, clip)
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    monkeypatch.setattr(ranke, "ema_update", lambda target, src, decay: pulls.append(
+        (len(grads), target is m.ema_gpt, src is m.gpt, decay)) or ema(target, src, decay))
+    stats = train.policy_step(cfg, bb, m, [b], 0, 1, autocast)
+    assert stats["policy/kl"] == 0.0 and stats["policy/ratio_mean"] == 1.0
+    assert sum(float(g.norm()) for g in want) > 0
+    for got, w in zip(grads[0], want):
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-8)
+    # steps 1-3 with 2 PPO epochs each: AdamW steps 3-8 of the run; every 3rd pulls the EMA: steps 3 and 6
+    cfg.ppo_epochs, cfg.ema_gpt_every = 2, 3
+    for step in range(1, 4):
+        train.policy_step(cfg, bb, m, [b], step, 1, autocast)
+    assert len(grads) == 7 and pulls == [(2, True, True, cfg.ema_gpt_decay), (5, True, True, cfg.ema_gpt_decay)]
+
+
+def test_optimizer_step_clips_only_with_a_positive_clip_and_clears_gradients():
+    """optimizer_step: with clip > 0 the update uses the gradient scaled to norm <= clip and returns the norm before
+    clipping; with clip 0 (the discriminator) the gradient is used as is; afterwards every .grad is None."""
+    for clip in (1.0, 100.0, 0.0):
+        lin = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+        g = torch.Generator().manual_seed(0)
+        grads = [torch.randn(p.shape, generator=g) for p in lin.parameters()]
+        for p, gr in zip(lin.parameters(), grads):
+            p.grad = gr.clone()
+        before = [p.detach().clone() for p in lin.parameters()]
+        norm = torch.cat([gr.flatten() for gr in grads]).norm()
+        out = train.optimizer_step(opt, 1, clip)
+        scale = min(1.0, clip / float(norm)) if clip > 0 else 1.0
+        assert out == pytest.approx(float(norm) if clip > 0 else 0.0, rel=1e-6)
+        for p, q, gr in zip(lin.parameters(), before, grads):
+            torch.testing.assert_close(q - p.detach(), gr * scale, rtol=1e-5, atol=1e-6)
+            assert p.grad is None
+    assert 1.0 / float(norm) < 1.0                               # the clip of 1.0 did bind
+
+
+@pytest.mark.slow
+def test_decoder_gradient_is_the_weighted_sum_of_its_four_terms(toy_cache, monkeypatch):
+    """The decoder step's gradient (GAN on, D a fixed critic) is lambda_r * grad L_gt + lambda_g * grad L_rank-gan
+    + lambda_c * grad L_consist + lambda_d * grad L_reward (docs/method.md §5.2), each term on its own images: L_gt on
+    the online decoder's reconstruction of the frozen encoder's z_gt; the other three on the online decoder's clamped
+    images of the top-K rollouts (selected by the rollout rewards) with their rank weights, the consistency against
+    the EMA decoder's images, the reward on the images mapped to [0, 1] with their own prompts."""
+    import ranke
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=True)
+    cfg.lambda_recon, cfg.lambda_gan, cfg.lambda_consist, cfg.lambda_reward = 1.5, 0.7, 2.0, 0.3   # tell them apart
+    params = m.vq.decoder_parameters()
+    tau, _ = ranke.tau_schedule(0, cfg.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_frac)
+    idx, w, _ = ranke.rank_weights(b.r.float(), cfg.group_size, cfg.rank_k, tau)
+    assert len(set(w.tolist())) > 1                                  # rank weights that differ: a dropped w shows
+    m.disc.requires_grad_(False)
+    x_rec = m.vq.decode(b.z_gt).float()
+    x_sel = m.vq.decode_indices(b.tokens[idx]).float().clamp(-1, 1)
+    with torch.no_grad():
+        x_ema = m.ema_vq.decode_indices(b.tokens[idx]).float()
+    scores = bb.reward_fn((x_sel + 1) / 2, [b.prompts_g[j] for j in idx.tolist()])[0].float()
+    terms = [cfg.lambda_recon * ranke.gt_recon_loss(b.x_gt, x_rec, m.disc(x_rec).float(), m.vq.last_layer,
+                                                    bb.perceptual, use_gan=True, disc_weight=cfg.disc_weight)[0],
+             cfg.lambda_gan * ranke.rank_gan_loss(m.disc(x_sel).float(), w, cfg.disc_weight)[0],
+             cfg.lambda_consist * ranke.consistency_loss(x_sel, x_ema, bb.perceptual)[0],
+             cfg.lambda_reward * ranke.reward_loss(scores, w)[0]]
+    per_term = [torch.autograd.grad(t, params, retain_graph=True) for t in terms]
+    m.disc.requires_grad_(True)
+    assert all(sum(float(g.norm()) for g in gs) > 0 for gs in per_term)
+    got, step_fn = [], train.optimizer_step
+    monkeypatch.setattr(train, "optimizer_step", lambda opt, world, clip: got.extend(p.grad.clone() for p in params)
+                        or step_fn(opt, world, clip))
+    train.decoder_step(cfg, bb, m, [b], 0, 1, autocast)
+    want = [sum(gs[k] for gs in per_term) for k in range(len(params))]
+    scale = max(float(g.abs().max()) for g in want)              # float tolerance: of the largest gradient entry
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.slow
+def test_disc_step_over_micro_batches_is_the_mean_of_their_steps(toy_cache, monkeypatch):
+    """The discriminator step over two micro-batches hands the optimizer the mean of the two micro-batches' own
+    hinge gradients (D's BatchNorm sees one micro-batch at a time), its stats are the means of theirs, the fakes are
+    the current (online, not EMA) decoder's reconstructions of z_gt, no gradient reaches the decoder, and there is
+    no clipping."""
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=True)
+    halves = split_batch(b, 2, cfg.group_size)
+    params = list(m.disc.parameters())
+    seen = []
+
+    def recording_step(opt, world, clip):            # record the gradient, no update, so each call sees the same D
+        seen.append(([p.grad.clone() for p in params], clip))
+        opt.zero_grad(set_to_none=True)
+        return 0.0
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    stats = [train.disc_step(cfg, m, bs, 1, autocast) for bs in ([halves[0]], [halves[1]], halves)]
+    (g0, c0), (g1, _), (g01, _) = seen
+    assert c0 == 0.0 and stats[0].keys() == stats[2].keys()
+    for a, c, both in zip(g0, g1, g01):
+        torch.testing.assert_close(both, (a + c) / 2, rtol=1e-5, atol=1e-8)
+    for k in stats[2]:
+        assert stats[2][k] == pytest.approx((stats[0][k] + stats[1][k]) / 2, rel=1e-5, abs=1e-7), k
+    assert not torch.equal(g0[0], g1[0])
+    import ranke
+    with torch.no_grad():
+        x_rec = m.vq.decode(halves[0].z_gt).float()
+    want = torch.autograd.grad(ranke.disc_hinge_loss(m.disc(halves[0].x_gt).float(), m.disc(x_rec).float(),
+                                                     cfg.disc_weight)[0], params)
+    for a, w in zip(g0, want):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-8)
+    assert all(p.grad is None for p in m.vq.parameters())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,policy_moves,decoder_moves", [
     ("ranke", True, True), ("grpo", True, False), ("decoder", False, True), ("vapi", True, False)])
