@@ -653,6 +653,37 @@ def test_decoder_gradient_is_the_weighted_sum_of_its_four_terms(toy_cache, monke
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * scale)
 
 
+
+@pytest.mark.slow
+def test_uniform_gan_picks_k_rollouts_per_prompt_without_looking_at_rewards(toy_cache, monkeypatch):
+    """--rank_mode uniform (the uniform-GAN ablation, docs/method.md §5.1): the decoder step never ranks; each prompt
+    gets rank_k distinct rollouts of its own group, all with weight 1, drawn from the seed and step alone (other
+    rewards, same picks; another step, other picks), and the step still trains the decoder."""
+    import ranke
+    cfg, bb, m, b, autocast = _rolled_out(toy_cache, moved_apart=False)
+    cfg.rank_mode, G, K = "uniform", cfg.group_size, cfg.rank_k
+
+    def no_ranking(*a, **k):
+        raise AssertionError("--rank_mode uniform ranked the rollouts by reward")
+    picks, weights, select, rank_gan = [], [], ranke.uniform_selection, ranke.rank_gan_loss
+    monkeypatch.setattr(ranke, "rank_weights", no_ranking)
+    monkeypatch.setattr(ranke, "uniform_selection", lambda *a, **k: picks.append(select(*a, **k)[0]) or select(*a, **k))
+    monkeypatch.setattr(ranke, "rank_gan_loss", lambda d, w, dw: weights.append(w) or rank_gan(d, w, dw))
+    before = [p.detach().clone() for p in m.vq.decoder_parameters()]
+    train.decoder_step(cfg, bb, m, [b], 0, 1, autocast)
+    assert any(not torch.equal(p, q) for p, q in zip(m.vq.decoder_parameters(), before))
+    b.r = -b.r                                                              # the reverse order of every group
+    train.decoder_step(cfg, bb, m, [b], 0, 1, autocast)
+    train.decoder_step(cfg, bb, m, [b], 1, 1, autocast)
+    B = b.tokens.shape[0] // G
+    assert len(picks) == 3 and torch.equal(picks[0], picks[1]) and not torch.equal(picks[0], picks[2])
+    for idx in picks:
+        groups = idx.view(B, K) // G                                        # (B,K) the group of each pick
+        assert torch.equal(groups, torch.arange(B)[:, None].expand(B, K))
+        assert all(len(set(row.tolist())) == K for row in idx.view(B, K))
+    assert all(torch.equal(w, torch.ones(B * K)) for w in weights) and len(weights) == 3
+
+
 @pytest.mark.slow
 def test_disc_step_over_micro_batches_is_the_mean_of_their_steps(toy_cache, monkeypatch):
     """The discriminator step over two micro-batches hands the optimizer the mean of the two micro-batches' own
