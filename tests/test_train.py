@@ -411,6 +411,20 @@ def tiny_janus(tmp_path_factory):
     return write_tiny_janus(tmp_path_factory.mktemp("janus"))
 
 
+def _steps_1_2(cfg, bb, m, G, autocast):
+    """The next micro-batch of bb's stream as train.main prepares it: Batch, rollout (generator seed 0), rewards and
+    advantages, and the frozen encoder's z_gt."""
+    x_gt, captions = bb.stream.next()
+    cond, mask = bb.text_encoder(captions)
+    b = train.Batch(x_gt, cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
+                    [c for c in captions for _ in range(G)])
+    train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
+    train.score_rollouts(cfg, bb, m, b)
+    with torch.no_grad():
+        b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
+    return b
+
+
 def split_batch(b, parts, G):
     """A micro-batch of B prompts -> `parts` micro-batches of B / parts prompts (the same rollouts)."""
     B = b.x_gt.shape[0]
@@ -448,14 +462,7 @@ def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypat
         torch.manual_seed(cfg.seed)
         bb = train.seam(cfg).build_backbone(cfg, torch.device("cpu"), 0)
         m = train.build_models(cfg, bb, torch.device("cpu"))
-        x_gt, captions = bb.stream.next()
-        cond, mask = bb.text_encoder(captions)
-        b = train.Batch(x_gt, cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
-                        [c for c in captions for _ in range(G)])
-        train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
-        train.score_rollouts(cfg, bb, m, b)
-        with torch.no_grad():
-            b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
+        b = _steps_1_2(cfg, bb, m, G, autocast)
         batches = split_batch(b, parts, G) if parts > 1 else [b]
         train.policy_step(cfg, bb, m, batches, 0, 1, autocast)
         train.decoder_step(cfg, bb, m, batches, 0, 1, autocast)
@@ -493,15 +500,7 @@ def _rolled_out(toy_cache, moved_apart, G=4):
                            m.ema_vq.decoder_parameters()):
                 for p in params:
                     p.add_(0.1 * (p.abs().mean() + 1e-3) * torch.randn(p.shape, generator=g))
-    x_gt, captions = bb.stream.next()
-    cond, mask = bb.text_encoder(captions)
-    b = train.Batch(x_gt, cond, mask, cond.repeat_interleave(G, 0), mask.repeat_interleave(G, 0),
-                    [c for c in captions for _ in range(G)])
-    train.rollout(cfg, bb, m, b, torch.Generator().manual_seed(0), autocast)
-    train.score_rollouts(cfg, bb, m, b)
-    with torch.no_grad():
-        b.z_gt = m.vq.codebook_lookup(m.vq.encode_indices(b.x_gt))
-    return cfg, bb, m, b, autocast
+    return cfg, bb, m, _steps_1_2(cfg, bb, m, G, autocast), autocast
 
 
 @pytest.mark.slow
