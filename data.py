@@ -21,10 +21,11 @@ pixels even below 2S (e.g. a 151x100 image -> 97x64 there, 96x64 here); RankE tr
 
 Bad samples (image bytes PIL cannot decode, empty caption, image missing its caption) are skipped and counted,
 never turned into black images (DEVIATION from the released loader, which substitutes a zero tensor or an empty
-caption; a zero tensor is a grey "real" image the discriminator then learns from). A source with no usable
-sample is an error, and so is a failed READ of the bytes (a moved tar, a storage hiccup): that is no property of
-the sample, so it is raised, not remembered as bad for the rest of the run. `check_source` is the cheap check of a
-`--data` value (layout, existence, tar format; nothing indexed) that train.py runs before any model loads.
+caption; a zero tensor is a grey "real" image the discriminator then learns from; docs/method.md §14). A source
+with no usable sample is an error, and so is a failed READ of the bytes (a moved tar, a storage hiccup): that is no
+property of the sample, so it is raised, not remembered as bad for the rest of the run. `check_source` is the
+cheap check of a `--data` value (layout, existence, tar format; nothing indexed) that train.py runs before any model
+loads.
 
 Randomness is explicit: `PairStream` draws a per-epoch permutation from sha256(seed, rank, epoch) and remembers its
 position, so `state_dict()` / `load_state_dict()` resume the exact stream.

@@ -135,7 +135,7 @@ def make_generate(cfg, text_encoder, gpt, vq, sample_fn, *, seed, device="cpu", 
 # finished (then a hidden record of the run), metadata after the images, and files a reader would count that are not
 # this run's samples refused, as is a folder of a run with other prompts, checkpoint or seed.
 # DEVIATION(RankE@2798acc): the released samplers write in place, in any order, into any folder, so an interrupted or
-# re-used folder is scored silently; here those cases fail loudly.
+# re-used folder is scored silently; here those cases fail loudly (docs/method.md §14, "Evaluation folders").
 def _clear_tmp(folder):
     """Remove the temporary files an interrupted run left in folder."""
     for name in os.listdir(folder):

@@ -45,7 +45,7 @@ __all__ = ["noisy_context", "positionwise_sample", "positionwise_logprobs", "rec
 # clip at 5 (--adv-clip-max) is left out: it never binds, |A| <= (G - 1) / sqrt(G) = 2.47 for groups of G = 8
 # z-scored with the unbiased std (ranke.group_advantages).
 # DEVIATION: advantages via ranke.group_advantages, (r - mean) / std with groups of std <= 1e-4 set to 0;
-# VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise).
+# VA-pi divides by (std + 1e-8). Same result except for near-constant groups (VA-pi then amplifies noise; §14).
 # DEVIATION: train.py decays every policy parameter; VA-pi's trainers skip those whose name has "norm" (§12.2).
 
 

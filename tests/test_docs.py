@@ -4,13 +4,17 @@
 - Every `docs/method.md §N.M` / `docs/method.md Dk` and every bare `§N.M` in a .py file names a heading, numbered
   item or table row that exists in docs/method.md.
 - Every `file.py:name` that docs/method.md (or the README) names for a repository file is defined there.
+- Every DEVIATION marked in the code is listed in docs/method.md: its note cites a D-row or a section, or the
+  differences table (§14) names the definition it sits in.
 
 Run: pytest -q tests/test_docs.py
 """
 import ast
+import io
 import os
 import re
 import subprocess
+import tokenize
 
 import pytest
 
@@ -117,3 +121,81 @@ def test_functions_named_in_the_docs_exist(doc):
     assert not bad, "\n".join(bad)
     if doc == "docs/method.md":
         assert checked >= 20                           # every equation names its implementation
+
+
+# ------------------------------------------------------------------------------- DEVIATIONs listed in method.md
+def deviation_notes(src):
+    """(line, text) for each DEVIATION in src's comments and strings: the text after the word, to the next
+    DEVIATION, over the comment lines right below it, or to the end of its docstring paragraph."""
+    toks = list(tokenize.generate_tokens(io.StringIO(src).readline))
+    notes = []
+    for i, tok in enumerate(toks):
+        if tok.type not in (tokenize.COMMENT, tokenize.STRING) or "DEVIATION" not in tok.string:
+            continue
+        parts = tok.string.split("DEVIATION")
+        for k, part in enumerate(parts[1:], 1):
+            line = tok.start[0] + "DEVIATION".join(parts[:k]).count("\n")
+            if tok.type == tokenize.STRING:
+                part = part.split("\n\n")[0]
+            else:                                      # the comment lines right below, up to the next DEVIATION
+                row = tok.start[0]
+                for nxt in toks[i + 1:]:
+                    if nxt.type in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                        continue
+                    if nxt.type != tokenize.COMMENT or nxt.start[0] != row + 1 or "DEVIATION" in nxt.string:
+                        break
+                    part, row = part + " " + nxt.string, row + 1
+            notes.append((line, part))
+    return notes
+
+
+def enclosing_names(tree, line):
+    """Qualified names of the functions / classes around `line`, and the targets of a module-level assignment."""
+    names = []
+
+    def walk(node, prefix, top):
+        for ch in ast.iter_child_nodes(node):
+            if not getattr(ch, "lineno", 0) <= line <= getattr(ch, "end_lineno", 0):
+                continue
+            if isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(prefix + ch.name)
+                walk(ch, prefix + ch.name + ".", False)
+            elif top and isinstance(ch, (ast.Assign, ast.AnnAssign)):
+                targets = ch.targets if isinstance(ch, ast.Assign) else [ch.target]
+                names.extend(t.id for t in targets if isinstance(t, ast.Name))
+            else:
+                walk(ch, prefix, False)
+    walk(tree, "", True)
+    return names
+
+
+def unlisted_deviations(rel, src, table):
+    """DEVIATIONs of one file that neither cite a D-row / section nor sit in a definition the table names
+    (`file.py:Name`, or `file.py` (`NAME`) for a module-level constant)."""
+    tree, bad = ast.parse(src), []
+    for line, note in deviation_notes(src):
+        if re.search(r"\bD\d+\b|§\s?\d", note):
+            continue                                   # the cited row / section exists: the test above
+        names = enclosing_names(tree, line)
+        if not any(re.search(rf"{re.escape(rel)}:{re.escape(n)}(?![\w.])|`{re.escape(rel)}`\s*\(`{re.escape(n)}\b",
+                             table) for n in names):
+            bad.append(f"{rel}:{line}: DEVIATION in {names[-1] if names else 'module scope'} is not listed in "
+                       f"docs/method.md: add it to §14's table (naming {rel}:<function>) or cite its D-row / section")
+    return bad
+
+
+def test_every_deviation_in_the_code_is_listed_in_method_md():
+    table = re.search(r"^## 14\..*?(?=^## 15\.)", read("docs/method.md"), re.M | re.S).group(0)
+    # the checker itself: a listed method passes; an unlisted method (the reference is in the docstring's next
+    # paragraph, so it does not count) and a module-scope note fail; a cited D-row passes
+    demo = ("class VectorQuantizer:\n    def forward(self):\n        pass  # DEVIATION: listed\n"
+            "    def other(self):\n        '''DEVIATION: not listed\n\n        (docs/method.md §14)'''\n"
+            "# DEVIATION: at module scope\n# with no reference\nX = 1  # DEVIATION: see D8\n")
+    assert [b.split(":")[1] for b in unlisted_deviations("vq.py", demo, table)] == ["5", "8"]
+    bad, seen = [], 0
+    for rel in tracked_text_files():
+        if rel.endswith(".py") and not rel.startswith("tests/") and "DEVIATION" in read(rel):
+            seen += len(deviation_notes(read(rel)))
+            bad += unlisted_deviations(rel, read(rel), table)
+    assert seen >= 30, seen                            # the scan finds the code's notes
+    assert not bad, "\n".join(bad)
