@@ -100,12 +100,13 @@ def test_text_cache_hit_and_values():
     r.model.encode_text = counting
     x = rand_images()
     s1, _ = r(x, PROMPTS)
+    assert (r.cache_misses, r.cache_hits) == (3, 0)
     s2, _ = r(x, list(PROMPTS))  # same prompts again: all served from the cache
     assert calls == [3] and r.cache_misses == 3 and r.cache_hits == 3
     assert torch.allclose(s1, s2)
     # a new prompt mixed with cached ones: only the new one is encoded, and repeated prompts are encoded once
     r(rand_images(b=4), ["a red cube", "new prompt", "new prompt", "two cats"])
-    assert calls == [3, 1]
+    assert calls == [3, 1] and (r.cache_misses, r.cache_hits) == (4, 5)   # the 2nd "new prompt" is no hit: 1 encode
     # cached features equal a fresh computation
     with torch.no_grad():
         fresh = orig(tokenize(["a blue ball"]))
@@ -162,6 +163,41 @@ def test_bad_inputs_are_rejected():
         r((rand_images() * 255).to(torch.uint8), PROMPTS)
     with pytest.raises(ValueError, match="resize"):
         make("nearest")
+    for bad in (rand_images()[:, 0], rand_images()[:, :2], rand_images().tolist()):    # (B,H,W), 2 channels, a list
+        with pytest.raises(ValueError, match=r"\(B,3,H,W\) tensor"):
+            r(bad, PROMPTS)
+    with pytest.raises(ValueError, match="mean/std need 3 channel values"):
+        ClipReward(tiny_clip(), tokenize, image_size=32, mean=(0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match=r"tokenize must return a \(n, L\) LongTensor"):
+        ClipReward(tiny_clip(), lambda texts: tokenize(texts)[0], image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)(
+            rand_images(), PROMPTS)
+
+
+@pytest.mark.parametrize("resize", ["bicubic", "bicubic_crop"])
+def test_each_resize_mode_is_its_released_transform(resize):
+    """The two resize-then-normalise modes, value by value: "bicubic" squashes with a plain (not antialiased,
+    corners not aligned) bicubic and normalises with the given mean / std (the COCO eval CLIP score, docs/method.md
+    §11); "bicubic_crop" is HPS's resize of the short side + centre crop, then normalised (D6). Inputs are not
+    square and larger than S, so an antialiased filter, a crop or a skipped step each change the numbers."""
+    r = ClipReward(tiny_clip(), tokenize, image_size=32, mean=(0.2, 0.5, 0.7), std=(0.3, 0.2, 0.4), resize=resize)
+    x = rand_images(b=2, h=48, w=64)
+    mean, std = torch.tensor([0.2, 0.5, 0.7]).view(1, 3, 1, 1), torch.tensor([0.3, 0.2, 0.4]).view(1, 3, 1, 1)
+    if resize == "bicubic":
+        want = F.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False)
+    else:
+        want = torch.stack([_hps_reference((x[i] * 255).round().to(torch.uint8), 32) for i in range(2)])
+        x = (x * 255).round() / 255                    # the reference starts from uint8 pixels
+    torch.testing.assert_close(r.preprocess(x), (want - mean) / std, atol=2e-5 if resize == "bicubic" else 1e-4, rtol=0)
+
+
+def test_half_precision_models_report_float32_scores():
+    """A bf16 reward model scores in float32 (the loss math downstream stays fp32), close to the fp32 model's."""
+    r32 = make("bilinear")
+    r16 = make("bilinear")
+    r16.model.to(torch.bfloat16)
+    x = rand_images()
+    s32, s16 = r32(x, PROMPTS)[0], r16(x, PROMPTS)[0]
+    assert s16.dtype == torch.float32 and not torch.equal(s16, s32) and torch.allclose(s16, s32, atol=2.0)
 
 
 def test_weighted_reward_equals_manual_sum_and_skips_zero_weight():
@@ -178,8 +214,21 @@ def test_weighted_reward_equals_manual_sum_and_skips_zero_weight():
     assert abs(info["reward_total"] - manual.mean().item()) < 1e-4
     total.sum().backward()
     assert x.grad.abs().sum() > 0
+    assert info["a_mean"] == info["a"] and info["b_mean"] == info["b"]   # each component's own info kept
     with pytest.raises(ValueError, match="every weight is 0"):
         WeightedReward({"a": (a, 0.0)})
+    with pytest.raises(ValueError, match="at least one"):
+        WeightedReward({})
+
+
+def test_score_is_100_times_the_cosine_of_image_and_text_embeddings():
+    """docs/method.md §7 by hand (2 images: a batch-axis normalisation or a shape mix-up with 3 channels shows)."""
+    r = make("bilinear")
+    x = rand_images(b=2)
+    scores, _ = r(x, PROMPTS[:2])
+    with torch.no_grad():
+        img, txt = r.model.encode_image(r.preprocess(x)), r.model.encode_text(tokenize(PROMPTS[:2]))
+    torch.testing.assert_close(scores, 100 * F.cosine_similarity(img, txt, dim=-1), atol=1e-4, rtol=0)
 
 
 @pytest.fixture
@@ -224,10 +273,52 @@ def test_local_checkpoint_loads_through_open_clip(tmp_path, monkeypatch):
 
 
 def test_torchscript_detection(tmp_path):
-    """OpenAI's ViT-L-14.pt is TorchScript (needs torch.jit.load inside torch.load); state-dict pickles are not."""
+    """OpenAI's ViT-L-14.pt is TorchScript (needs torch.jit.load inside torch.load); state-dict pickles are not,
+    in the zip format or the legacy one."""
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "j.pt"))
     torch.save({"w": torch.zeros(2)}, tmp_path / "s.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert rewards._is_torchscript(str(tmp_path / "j.pt")) and not rewards._is_torchscript(str(tmp_path / "s.pt"))
+    assert not rewards._is_torchscript(str(tmp_path / "legacy.pt"))
+
+
+def test_transformers_layout_detection(tmp_path):
+    """The released reward's HF layout is found also inside a {"state_dict": ...} wrapper; a zip that is no torch
+    file, TorchScript and open_clip keys are not that layout (open_clip's own load reports on them)."""
+    import zipfile
+    keys = {"text_model.embeddings.token_embedding.weight": torch.zeros(4, 2)}
+    torch.save({"state_dict": keys}, tmp_path / "wrapped.bin")
+    torch.save({"visual.proj": torch.zeros(2)}, tmp_path / "open_clip.bin")
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "j.pt"))
+    with zipfile.ZipFile(tmp_path / "notes.zip", "w") as z:
+        z.writestr("readme.txt", "not a checkpoint")
+    assert rewards._transformers_layout(str(tmp_path / "wrapped.bin"))
+    assert not any(rewards._transformers_layout(str(tmp_path / f)) for f in ("open_clip.bin", "j.pt", "notes.zip"))
+
+
+def test_lazy_reward_builds_once_and_a_saved_cache_builds_it(tmp_path, monkeypatch):
+    """make_reward("clip", path) resolves once (train.py's start-up check) and builds on the first call only; a
+    checkpoint's non-empty text cache builds a fresh lazy reward and is used as saved (a resumed run scores with the
+    saved features)."""
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_clip(224, 32, seed=3).state_dict(), path)
+    monkeypatch.setattr(rewards.open_clip, "create_model",
+                        lambda arch, pretrained=None, force_quick_gelu=False: tiny_clip(224, 32, seed=4))
+    monkeypatch.setattr(rewards, "released_clip_tokenizer", lambda: tokenize)
+    resolved = []
+    monkeypatch.setitem(rewards._RESOLVERS, "clip", lambda p: resolved.append(p) or p)
+    lazy = make_reward("clip", path=str(path))
+    assert lazy._reward is None and resolved == []                      # nothing read yet
+    assert lazy.resolve() == str(path)                                   # train.py's start-up check
+    x = rand_images(b=2)
+    s1 = lazy(x, PROMPTS[:2])[0]
+    built = lazy.load()
+    assert torch.equal(lazy(x, PROMPTS[:2])[0], s1) and lazy.load() is built and resolved == [str(path)]
+    state = lazy.cache_state()
+    state["features"] = state["features"] + 1e-3
+    fresh = make_reward("clip", path=str(path))
+    fresh.load_cache_state(state)
+    assert fresh._reward is not None and torch.equal(fresh.cache_state()["features"], state["features"])
 
 
 def _hps_reference(u8, size):
