@@ -4,6 +4,7 @@ a tiny local model, and the offline hub failing fast. CPU, offline.
 Run: pytest -q tests/test_text_encoders.py
 """
 import ast
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,30 @@ def test_word_text_encoder():
         enc(["a purple circle"])
     with pytest.raises(ValueError, match="max_len"):
         enc(["a red circle on the left a big blue square"])
+    with pytest.raises(ValueError, match="max_len"):
+        enc([" .. "])                                                    # no word left
+    single, _ = enc("a red circle")                                      # one caption as a str, like T5's tokenizer
+    assert torch.equal(single, cond[:1])
+    _, m = enc(["circle", "a big red circle on the left a"])             # 1 and max_len = 8 words: both fit
+    assert m.sum(1).tolist() == [1, 8]
+    for vocab, dim in ((WORDS + ["red"], 32), (WORDS + ["two words"], 32), (WORDS, 31)):
+        with pytest.raises(ValueError, match="distinct single words"):
+            WordTextEncoder(vocab, dim, 8)
+
+
+def test_word_text_encoder_vectors_by_hand():
+    """Word vectors: N(0, 1/D) from the seed; positions: the sinusoid sin / cos(p / 10000^(2i/D)) interleaved, each
+    row scaled to unit norm (both the toy GPT's shipped weights were trained on, so they must not drift)."""
+    D, L = 8, 4
+    enc = WordTextEncoder(WORDS, D, L, seed=3)
+    want = torch.randn(len(WORDS), D, generator=torch.Generator().manual_seed(3)) / D ** 0.5
+    torch.testing.assert_close(enc.table, want)
+    for p in range(L):
+        for i in range(D // 2):
+            angle = p / 10000 ** (2 * i / D)
+            assert abs(enc.pos[p, 2 * i].item() - math.sin(angle) / math.sqrt(D / 2)) < 1e-6
+            assert abs(enc.pos[p, 2 * i + 1].item() - math.cos(angle) / math.sqrt(D / 2)) < 1e-6
+    assert torch.allclose(enc.pos.norm(dim=1), torch.ones(L))
 
 
 # (raw caption, what LlamaGen's T5Embedder.text_preprocessing returns): outputs of upstream's own code
@@ -85,6 +110,17 @@ LLAMAGEN_CLEANED = [
     ("&lt;b&gt;bold&lt;/b&gt;", "bold< b>"),
     ("a .b", "a b"),
     ("&#x41;BC", "abc"),
+    # the third pass would change this one (to "person"): exactly two passes
+    ("%2526lt%253Bperson%2526gt%253B", "<person>"),
+    # one rule each that the cases above leave untested (outputs of the same upstream code at ce98ec4)
+    ("www:abc cat", "bc cat"),                                          # the "www:" URL rule
+    ("a cat &quot;x&quot", 'a cat "x'),                                 # &quot without its ';'
+    ("a clock at 1:23 @bob", "a clock at"),                             # trailing "d:dd " once @bob is gone
+    ("don\u00e2\u0080\u0099t stop", "don't stop"),                        # ftfy repairs the mojibake
+    ("size 10\u00d720 rug", "size rug"),                                # 10x20 with a multiplication sign
+    (",a cat,", "a cat"),                                               # leading / trailing punctuation
+    (";a cat:", "a cat"),
+    ("well-to-do-ish", "well-to-do-ish"),                               # exactly 3 '-': kept
 ]
 
 
