@@ -98,6 +98,20 @@ def test_checker_counts_objects():
     assert not any(d["count"] for d in det)
 
 
+def test_checker_rules_on_a_hand_drawn_bar():
+    """One red bar, 4 rows x 12 columns: its extent is the LONGER side (12 > 11.5: large); a two-object caption
+    whose second object is missing still reports every attribute, the missing object's and the relation failing."""
+    from toy.world import BACKGROUND, COLOURS
+    img = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1).repeat(1, 32, 32)
+    img[:, 10:14, 4:16] = (torch.tensor(COLOURS["red"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    one, = WORLD.check_detail(img[None], ["a large red square on the left"])
+    assert one["colour"] and one["size"] and one["count"]
+    two, = WORLD.check_detail(img[None], ["a red square above a blue circle"])
+    assert set(two) == set(ATTRS_TWO) | {"count"}
+    assert two["colour"] and not (two["colour2"] or two["shape2"] or two["relation"] or two["count"])
+    assert WORLD.check(img[None], ["a red square above a blue circle"]).item() <= 2 / 6
+
+
 def test_checker_refuses_non_finite_images():
     x, caps, _ = scenes_of("train", 4, 3)
     x[1, 0, 5, 5] = float("nan")                  # one broken pixel: an error, not a silent score of 0
@@ -128,7 +142,8 @@ def test_checker_tolerates_mild_blur_and_noise():
 def test_parse_format_roundtrip_and_bad_captions():
     _, caps, parsed = scenes_of("all", 500, 12)
     assert [WORLD.format(p) for p in parsed] == caps
-    for bad in ["a purple circle on the left", "two red circles", "a small red circle", ""]:
+    for bad in ["a purple circle on the left", "two red circles", "a small red circle", "",
+                "one red circle above two blue square"]:
         with pytest.raises(ValueError, match="not a toy-world caption"):
             WORLD.parse(bad)
     with pytest.raises(ValueError, match="split"):
