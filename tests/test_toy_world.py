@@ -110,6 +110,38 @@ def test_checker_rules_on_a_hand_drawn_bar():
     assert set(two) == set(ATTRS_TWO) | {"count"}
     assert two["colour"] and not (two["colour2"] or two["shape2"] or two["relation"] or two["count"])
     assert WORLD.check(img[None], ["a red square above a blue circle"]).item() <= 2 / 6
+    img[:, 25:27, 25:27] = (torch.tensor(COLOURS["blue"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    speck, = WORLD.check_detail(img[None], ["a large red square on the left"])
+    assert speck["count"]                                        # a 4-px speck (< MIN_AREA) is no object
+    img[:, 25:28, 25:29] = (torch.tensor(COLOURS["blue"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    block, = WORLD.check_detail(img[None], ["a red square above a blue circle"])
+    assert block["colour2"] and block["count"]                   # 3 x 4 = MIN_AREA px: an object
+
+
+def test_segment_labels_non_convex_components_as_one():
+    """A component's label (its largest pixel index) must spread in all four directions: in a Γ with a 1-px top bar
+    it goes up, then right; in an L with a 1-px bottom bar, left, then up; in a ∩ up, across and down again. The
+    world's own shapes are convex, so only decoded images need this."""
+    from toy.world import BACKGROUND, COLOURS
+    img = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1).repeat(3, 1, 32, 32)
+    green = (torch.tensor(COLOURS["green"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img[:, :, 4:28, 4:8] = green                                 # a left bar in all three
+    img[0, :, 4:5, 4:28] = green                                 # Γ: a 1-px top bar
+    img[1, :, 27:28, 4:28] = green                               # L: a 1-px bottom bar
+    img[2, :, 4:28, 20:24] = green                               # ∩: a second leg joined at the top
+    img[2, :, 4:8, 4:24] = green
+    cls, lab = WORLD.segment(img)
+    for i in range(3):
+        assert (cls[i] >= 0).sum() > 0 and lab[i][cls[i] >= 0].unique().numel() == 1, i
+    # 4-connected: two squares that touch only at a corner are two components, on either diagonal
+    img = img[:2].clone()
+    img[:] = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img[0, :, 4:10, 4:10] = green                                # upper-left and lower-right
+    img[0, :, 10:16, 10:16] = green
+    img[1, :, 4:10, 10:16] = green                               # upper-right and lower-left
+    img[1, :, 10:16, 4:10] = green
+    cls, lab = WORLD.segment(img)
+    assert [lab[i][cls[i] >= 0].unique().numel() for i in range(2)] == [2, 2]
 
 
 def test_checker_refuses_non_finite_images():
@@ -125,8 +157,9 @@ def test_checker_refuses_wrong_size_or_01_range():
     x, caps, _ = scenes_of("train", 4, 3)
     with pytest.raises(ValueError, match=r"need images \(n,3,32,32\).*\(4, 3, 64, 64\)"):
         WORLD.check(x.repeat_interleave(2, -1).repeat_interleave(2, -2), caps)
-    with pytest.raises(ValueError, match=r"\[-1, 1\] images.*2 \* x01 - 1"):
-        WORLD.check((x + 1) / 2, caps)
+    for x01 in ((x + 1) / 2, ((x + 1) / 2).index_put_((torch.tensor(0),) * 4, torch.tensor(0.0))):   # min 0 too
+        with pytest.raises(ValueError, match=r"\[-1, 1\] images.*2 \* x01 - 1"):
+            WORLD.check(x01, caps)
     assert torch.equal(WORLD.check(x, caps), torch.ones(4))                  # the same scenes in [-1, 1] pass
 
 
