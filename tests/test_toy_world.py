@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from toy import models as toy_models
-from toy.world import HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
+from toy.world import BACKGROUND, COLOURS, HELDOUT, ToyConfig, ToyWorld, config_key, load_toy
 from toy.models import ToyFeatureNet, ToyTokenizer
 
 WORLD = ToyWorld()
@@ -98,22 +98,26 @@ def test_checker_counts_objects():
     assert not any(d["count"] for d in det)
 
 
+def pixel(rgb):
+    """A 0-255 colour of the world as a (3, 1, 1) pixel in [-1, 1], for hand-drawn test images."""
+    return (torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+
+
 def test_checker_rules_on_a_hand_drawn_bar():
     """One red bar, 4 rows x 12 columns: its extent is the LONGER side (12 > 11.5: large); a two-object caption
     whose second object is missing still reports every attribute, the missing object's and the relation failing."""
-    from toy.world import BACKGROUND, COLOURS
-    img = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1).repeat(1, 32, 32)
-    img[:, 10:14, 4:16] = (torch.tensor(COLOURS["red"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img = pixel(BACKGROUND).repeat(1, 32, 32)
+    img[:, 10:14, 4:16] = pixel(COLOURS["red"])
     one, = WORLD.check_detail(img[None], ["a large red square on the left"])
     assert one["colour"] and one["size"] and one["count"]
     two, = WORLD.check_detail(img[None], ["a red square above a blue circle"])
     assert set(two) == set(ATTRS_TWO) | {"count"}
     assert two["colour"] and not (two["colour2"] or two["shape2"] or two["relation"] or two["count"])
     assert WORLD.check(img[None], ["a red square above a blue circle"]).item() <= 2 / 6
-    img[:, 25:27, 25:27] = (torch.tensor(COLOURS["blue"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img[:, 25:27, 25:27] = pixel(COLOURS["blue"])
     speck, = WORLD.check_detail(img[None], ["a large red square on the left"])
     assert speck["count"]                                        # a 4-px speck (< MIN_AREA) is no object
-    img[:, 25:28, 25:29] = (torch.tensor(COLOURS["blue"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img[:, 25:28, 25:29] = pixel(COLOURS["blue"])
     block, = WORLD.check_detail(img[None], ["a red square above a blue circle"])
     assert block["colour2"] and block["count"]                   # 3 x 4 = MIN_AREA px: an object
 
@@ -122,9 +126,8 @@ def test_segment_labels_non_convex_components_as_one():
     """A component's label (its largest pixel index) must spread in all four directions: in a Γ with a 1-px top bar
     it goes up, then right; in an L with a 1-px bottom bar, left, then up; in a ∩ up, across and down again. The
     world's own shapes are convex, so only decoded images need this."""
-    from toy.world import BACKGROUND, COLOURS
-    img = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1).repeat(3, 1, 32, 32)
-    green = (torch.tensor(COLOURS["green"], dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img = pixel(BACKGROUND).repeat(3, 1, 32, 32)
+    green = pixel(COLOURS["green"])
     img[:, :, 4:28, 4:8] = green                                 # a left bar in all three
     img[0, :, 4:5, 4:28] = green                                 # Γ: a 1-px top bar
     img[1, :, 27:28, 4:28] = green                               # L: a 1-px bottom bar
@@ -135,7 +138,7 @@ def test_segment_labels_non_convex_components_as_one():
         assert (cls[i] >= 0).sum() > 0 and lab[i][cls[i] >= 0].unique().numel() == 1, i
     # 4-connected: two squares that touch only at a corner are two components, on either diagonal
     img = img[:2].clone()
-    img[:] = (torch.tensor(BACKGROUND, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+    img[:] = pixel(BACKGROUND)
     img[0, :, 4:10, 4:10] = green                                # upper-left and lower-right
     img[0, :, 10:16, 10:16] = green
     img[1, :, 4:10, 10:16] = green                               # upper-right and lower-left
