@@ -83,7 +83,10 @@ def parse_dataclass_flags(cls, presets, argv, default_preset, preset_keys=("back
     if preset not in presets:
         raise SystemExit(f"--preset {preset!r}: choose one of {sorted(presets)}")
     defaults = {**asdict(cls()), **presets[preset], "preset": preset}
-    src = [l for c in cls.__mro__ if "__dataclass_fields__" in vars(c) for l in inspect.getsource(c).splitlines()]
+    try:
+        src = [l for c in cls.__mro__ if "__dataclass_fields__" in vars(c) for l in inspect.getsource(c).splitlines()]
+    except OSError:   # `python -m cProfile train.py` runs train.py with cProfile as __main__: no source to read.
+        src = []      # The help texts are then the defaults alone; the flags parse the same.
     types = typing.get_type_hints(cls)
 
     def parser(default):                     # default(name) -> the flag's default value

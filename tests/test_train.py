@@ -809,6 +809,20 @@ def test_help_shows_whole_comments_and_defaults(capsys):
     assert "--top_p TOP_P (default: 1.0)" in out                                     # not the next section's title
 
 
+def test_flags_parse_when_the_config_source_is_unreadable(monkeypatch, capsys):
+    """`python -m cProfile train.py` runs train.py with cProfile as __main__, where inspect finds no class Config:
+    the flags parse the same (help texts shrink to the defaults) instead of an OSError before the run starts."""
+    ref = train.parse_config(["--steps", "7", "--top_p", "0.9"])
+
+    def no_source(obj):
+        raise OSError("could not find class definition")
+    monkeypatch.setattr(runtime.inspect, "getsource", no_source)
+    assert train.parse_config(["--steps", "7", "--top_p", "0.9"]) == ref
+    with pytest.raises(SystemExit):
+        train.parse_config(["--help"])
+    assert "--top_p TOP_P (default: 1.0)" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_message():
     with pytest.raises(SystemExit, match="--device cuda: this machine has no usable CUDA device"):
