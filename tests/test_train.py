@@ -809,6 +809,28 @@ def test_help_shows_whole_comments_and_defaults(capsys):
     assert "--top_p TOP_P (default: 1.0)" in out                                     # not the next section's title
 
 
+def test_rollouts_are_scored_on_the_ema_decoders_clamped_images_in_0_1():
+    """score_rollouts hands the reward (clamp(D_ema(z), -1, 1) + 1) / 2, by value: a decoder overshooting on both
+    sides (the tiny toy's decoded images are all below -0.38, so no end-to-end test saw the upper clamp), and the
+    advantages normalised within each group of G (docs/method.md §3 step 2, §4.1)."""
+    from types import SimpleNamespace
+    import ranke
+    raw = torch.tensor([-3.0, -1.0, -0.25, 0.0, 0.5, 1.0, 1.5, 4.0]).view(8, 1, 1, 1).expand(8, 3, 2, 2)
+    seen = {}
+
+    def reward_fn(images01, prompts):
+        seen["x"], seen["p"] = images01.clone(), list(prompts)
+        return images01.mean((1, 2, 3)) * 100, {"clip": 1.0}
+    b = train.Batch(None, None, None, None, None, ["a"] * 4 + ["b"] * 4, tokens=torch.arange(8).view(8, 1))
+    m = SimpleNamespace(ema_vq=SimpleNamespace(decode_indices=lambda z: raw[z.view(-1)].double()))
+    stats = train.score_rollouts(SimpleNamespace(group_size=4), SimpleNamespace(reward_fn=reward_fn), m, b)
+    want = torch.tensor([0.0, 0.0, 0.375, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert seen["x"].dtype == torch.float32 and torch.equal(seen["x"][:, 0, 0, 0], want)
+    assert seen["p"] == ["a"] * 4 + ["b"] * 4 and torch.equal(b.r, want * 100)
+    assert torch.equal(b.adv, ranke.group_advantages(want * 100, 4)[0])
+    assert stats["reward/mean"] == pytest.approx(float(want.mean() * 100)) and stats["reward/clip"] == 1.0
+
+
 def test_flags_parse_when_the_config_source_is_unreadable(monkeypatch, capsys):
     """`python -m cProfile train.py` runs train.py with cProfile as __main__, where inspect finds no class Config:
     the flags parse the same (help texts shrink to the defaults) instead of an OSError before the run starts."""
