@@ -123,6 +123,64 @@ def test_token_logprobs_are_differentiable_and_grad_ckpt_is_exact():
     assert grads[0].abs().sum() > 0
 
 
+def test_grad_ckpt_checkpoints_each_layer_only_where_grad_flows(monkeypatch):
+    """--grad_ckpt wraps each of the n_layer blocks in a non-reentrant checkpoint when grad is on (D10), and never in
+    no-grad passes or the KV-cache sampler's steps (equal gradients alone cannot show that it checkpoints at all)."""
+    m = random_tiny(1)[0]
+    ids, mask = prompts([3])
+    tokens = torch.zeros(1, CFG.image_tokens, dtype=torch.long)
+    calls, real = [], janus.checkpoint
+    monkeypatch.setattr(janus, "checkpoint", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    for ck, grad, want in ((True, True, CFG.n_layer), (True, False, 0), (False, True, 0)):
+        m.cfg.grad_ckpt, calls[:] = ck, []
+        with torch.set_grad_enabled(grad):
+            janus.token_logprobs(m, ids, mask, tokens)
+        assert len(calls) == want and all(kw == {"use_reentrant": False} for kw in calls), (ck, grad)
+    m.cfg.grad_ckpt, calls[:] = True, []
+    with torch.enable_grad():
+        janus.sample(m, ids, mask, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert calls == []
+
+
+def test_positions_and_attention_mask_by_hand():
+    """layout: positions cumsum(valid) - 1 with pads at 1 (docs/method.md §17.2); keys masked at pads, causal, the
+    diagonal always on. Positions enter only through RoPE, which sees differences: a shift of a whole row would pass
+    every logit test, so they are checked by value."""
+    pos, am = janus.layout(torch.tensor([[False, True, True], [True, True, True]]), 2)
+    assert pos.tolist() == [[1, 0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    assert am.shape == (2, 1, 5, 5)
+    assert am[0, 0].int().tolist() == [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 1, 0],
+                                       [0, 1, 1, 1, 1]]
+    assert torch.equal(am[1, 0], torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+def test_fresh_weights_are_seeded_normal_002_with_zero_biases():
+    """JanusGen(cfg, seed=s) (--synthetic janus, the tests' models): every Linear / Embedding weight drawn from
+    N(0, 0.02) with its own generator, biases 0, RMSNorm weights 1; the same seed gives the same weights."""
+    a, b, c = janus.JanusGen(CFG, seed=3), janus.JanusGen(CFG, seed=3), janus.JanusGen(CFG, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.gen_embed.weight, c.gen_embed.weight)
+    w = torch.cat([m.weight.detach().flatten() for m in a.modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))])
+    assert abs(float(w.mean())) < 1e-3 and abs(float(w.std()) - 0.02) < 5e-4            # ~100k draws
+    biases = [m.bias for m in a.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+    assert len(biases) == 4 and all(not bb.any() for bb in biases)                       # aligner 2, gen_head 2
+    assert all(bool((m.weight == 1).all()) for m in a.modules() if isinstance(m, janus.RMSNorm))
+
+
+def test_head_runs_in_fp32_under_autocast_and_for_a_bf16_model(model):
+    """logits leaves autocast: under bf16 autocast they equal the fp32 head on the same hidden state, and a bf16
+    model's logits come back as fp32 (the DEVIATION note at JanusGen.logits)."""
+    h = torch.randn(2, 3, CFG.dim, generator=torch.Generator().manual_seed(0)).bfloat16()
+    ref = model.gen_head(h.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.logits(h)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+    m16 = random_tiny(0)[0].to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m16.logits(h).dtype == torch.float32
+
+
 def test_extra_left_padding_changes_nothing(model):
     ids, mask = prompts([2, 6])
     ids2, mask2 = prompts([2, 6], extra_pad=5)
@@ -150,10 +208,24 @@ def test_input_checks(model):
               torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], 1))
     with pytest.raises(ValueError, match="int64"):
         model(torch.zeros(1, 2, dtype=torch.long), ids.int(), mask)
+    right = torch.cat([ids, torch.full((1, 1), PAD)], 1), torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], 1)
+    for fn in (janus.sample, sample_janus):                             # the samplers check before the KV-cache pass
+        with pytest.raises(ValueError, match="left-padded"):
+            fn(model, *right, cfg_scale=5.0)
     with pytest.raises(ValueError, match=rf"codebook ids in \[0, {CFG.image_vocab}\)"):
         janus.token_logprobs(model, ids, mask, torch.full((1, 2), CFG.image_vocab), cfg_scale=5.0)
     with pytest.raises(ValueError, match=r"\(B=1, n\).*\(2, 2\)"):                  # the caller's B, not 2B
         janus.token_logprobs(model, ids, mask, torch.zeros(2, 2, dtype=torch.long), cfg_scale=5.0)
+    for bad in (torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, 0, dtype=torch.long),
+                torch.zeros(1, CFG.image_tokens + 1, dtype=torch.long)):          # dtype; n = 0; n = N + 1
+        with pytest.raises(ValueError, match=rf"1 <= n <= N={CFG.image_tokens}"):
+            model(bad, ids, mask)
+    model(torch.zeros(1, CFG.image_tokens, dtype=torch.long), ids, mask)                # n = N is allowed
+    long_ids = torch.cat([torch.full((1, CFG.max_positions - CFG.image_tokens - ids.shape[1] + 1), PAD), ids], 1)
+    long_mask = torch.cat([torch.zeros(1, long_ids.shape[1] - ids.shape[1], dtype=torch.bool), mask], 1)
+    with pytest.raises(ValueError, match=f"prompt length {long_ids.shape[1]} \\+ N={CFG.image_tokens} exceeds"):
+        model(torch.zeros(1, 2, dtype=torch.long), long_ids, long_mask)
+    model(torch.zeros(1, 2, dtype=torch.long), long_ids[:, 1:], long_mask[:, 1:])      # exactly max_positions
 
 
 def test_sample_under_bf16_autocast(model):
@@ -243,6 +315,23 @@ def test_parity_with_transformers():
         torch.testing.assert_close(vqm.decode_indices(tokens), hf.model.vqmodel.decode(tokens), atol=1e-4, rtol=0)
 
 
+def test_rope_and_rms_norm_round_as_transformers_llama_in_bf16():
+    """Under bf16 autocast q / k / the residual stream are bf16 while the weights and RoPE tables are fp32: HF Llama's
+    apply_rotary_pos_emb then computes in fp32 (promotion; attention rounds to bf16) and LlamaRMSNorm takes the variance
+    in fp32 and rounds before the weight. janus.apply_rope / rms_norm give the same bits (the parity test is fp32)."""
+    ml = pytest.importorskip("transformers.models.llama.modeling_llama")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, CFG.n_head, 7, CFG.head_dim, generator=g).bfloat16()                  # (R,H,S,hd)
+    cos, sin = janus.rope_cos_sin(CFG, torch.arange(7).repeat(2, 1) + torch.tensor([[0], [3]]))
+    ref = ml.apply_rotary_pos_emb(x, x, cos, sin)[0]
+    assert ref.dtype == torch.float32 and torch.equal(janus.apply_rope(x, cos, sin), ref.bfloat16())
+    norm = ml.LlamaRMSNorm(CFG.dim, eps=CFG.norm_eps)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(CFG.dim, generator=g) + 0.5)
+    h = (torch.randn(2, 5, CFG.dim, generator=g) * 3).bfloat16()
+    assert torch.equal(janus.rms_norm(h, norm.weight, CFG.norm_eps), norm(h))
+
+
 # ---- loading --------------------------------------------------------------------------------------------------------
 def test_load_original_layout_reports_dropped_keys(files):
     path, _ = files["original"]
@@ -300,6 +389,30 @@ def test_corrupt_hf_file_names_the_file(tmp_path, files):
     with pytest.raises(RuntimeError, match="corrupt") as e:
         janus.load_janus(str(dst), CFG)
     assert str(dst) in str(e.value)
+    missing = str(tmp_path / "absent" / "model.safetensors")          # not "corrupt": it is not there at all
+    with pytest.raises(FileNotFoundError, match="checkpoint not found") as e:
+        janus.load_janus(missing, CFG)
+    assert missing in str(e.value)
+
+
+def test_load_prints_what_it_loaded_dropped_and_filled(files, capsys):
+    janus.load_janus(files["hf"][0], CFG)
+    out = capsys.readouterr().out
+    assert out.startswith(f"[load_janus] {files['hf'][0]}: hf layout, ") and "entries loaded" in out
+    assert f"dropped (unused for images) {DROPPED_COUNTS}" in out and "filled ['quantize.codebook_used']" in out
+
+
+def test_configs_that_cannot_build_are_named():
+    """A non-square image grid, a width the heads do not divide, an odd head width (rotate_half pairs channels), or a
+    tokenizer whose codebook is not the image vocabulary: a ValueError naming the field, before any weight exists."""
+    for kw in (dict(image_tokens=15), dict(dim=66), dict(dim=12)):           # 15 not square; 66 % 4; 12 / 4 = 3 odd
+        with pytest.raises(ValueError, match=r"square image_tokens \(got .*\) and an even dim / n_head"):
+            dataclasses.replace(CFG, **kw)
+    assert janus.janus_vq_config(CFG) is janus.JANUS_VQ_CONFIGS["janus_tiny"]
+    assert janus.janus_vq_config(janus.JANUS_CONFIGS["janus_pro_1b"]) is vq.VQ_CONFIGS["vq16"]
+    for kw in (dict(vq="vq32"), dict(image_vocab=32)):                       # unknown key; 64-code book for V = 32
+        with pytest.raises(ValueError, match="codebook_size equals image_vocab"):
+            janus.janus_vq_config(dataclasses.replace(CFG, **kw))
 
 
 def test_full_size_parameter_counts():

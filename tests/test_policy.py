@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from perf import fast_sample
+import janus
 import policy
 from perf.fast_sample import sample_gpt
 from policy import (GPT, GPT_CONFIGS, GPTConfig, attention_mask, load_gpt, rope_table, sample, sample_naive,
@@ -237,6 +238,18 @@ def test_fast_sampler_draws_the_readable_samplers_tokens(name, kw):
     tok = sample(model, cond, mask, generator=g1, **kw)
     assert torch.equal(sample_gpt(model, cond, mask, generator=g2, **kw), tok)
     assert torch.equal(g1.get_state(), g2.get_state()) and len(set(tok.flatten().tolist())) > 3
+
+
+def test_fast_samplers_take_the_readable_samplers_arguments_and_defaults():
+    """A caller can swap policy.sample / janus.sample for fast_sample's (train.py, sample.py, the toy wing do): the
+    same names, order and defaults (the defaults of CFG and the sampling settings are never exercised by a call that
+    passes them all); sample_janus adds only `compile`."""
+    import inspect
+    for fast, readable, extra in ((sample_gpt, policy.sample, []), (fast_sample.sample_janus, janus.sample,
+                                                                     ["compile"])):
+        f, r = inspect.signature(fast).parameters, inspect.signature(readable).parameters
+        assert list(f) == list(r) + extra
+        assert [(p.kind, p.default) for p in r.values()] == [(f[k].kind, f[k].default) for k in r]
 
 
 @pytest.mark.parametrize("fn", [sample, sample_gpt])
