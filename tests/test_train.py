@@ -592,6 +592,64 @@ def test_first_policy_step_is_the_plain_policy_gradient_and_the_ema_follows_ever
     assert len(grads) == 7 and pulls == [(2, True, True, cfg.ema_gpt_decay), (5, True, True, cfg.ema_gpt_decay)]
 
 
+@pytest.mark.slow
+def test_vapi_step_gradient_is_the_hand_composed_loss(toy_cache, monkeypatch):
+    """VA-pi's update (docs/method.md §12.2) composed by hand on the same generator state: the frozen encoder's GT
+    tokens, the noisy context, position-wise samples from the detached logits, the reconstruction reward of the
+    frozen decoder's unclamped fp32 images against the GT image repeated G times, group advantages, and
+    -mean(A log p) + beta_KL mean k3(policy vs reference on the same noisy context) + beta_CE CE(logits, z_gt),
+    averaged over the micro-batches: the gradient of one optimizer step; the decoder gets none."""
+    import ranke
+    import vapi
+    G = 4
+    cfg = train.parse_config(["--toy_preset", "tiny", "--toy_cache", toy_cache, "--method", "vapi", "--batch_prompts",
+                              "2", "--group_size", str(G), "--vapi_kl", "0.3", "--device", "cpu"])
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    torch.manual_seed(cfg.seed)
+    bb = train.seam(cfg).build_backbone(cfg, torch.device("cpu"), 0)
+    m = train.build_models(cfg, bb, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                     # the reference apart from the policy: the KL term has a gradient
+        for p in m.ref_gpt.parameters():
+            p.add_(0.1 * (p.abs().mean() + 1e-3) * torch.randn(p.shape, generator=g))
+    batches = []
+    for _ in range(2):
+        x_gt, captions = bb.stream.next()
+        batches.append(train.Batch(x_gt, *bb.text_encoder(captions), None, None, None))
+    params = [p for p in m.gpt.parameters() if p.requires_grad]
+    gen, gen_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    loss = 0.0
+    for b in batches:
+        with torch.no_grad():
+            z_gt = m.vq.encode_indices(b.x_gt)                                             # (B,N)
+        z_in = vapi.noisy_context(z_gt, cfg.vapi_xi, m.vq.cfg.codebook_size, gen_ref)[0]
+        logits = bb.logits(m.gpt, z_in, b.cond, b.mask).float()                            # (B,N,V)
+        samples = vapi.positionwise_sample(logits.detach(), G, gen_ref)[0]                 # (B*G,N)
+        with torch.no_grad():
+            x_hat, x_rep = m.vq.decode_indices(samples).float(), b.x_gt.repeat_interleave(G, 0)
+            r = -((x_hat - x_rep).pow(2).flatten(1).mean(1) + bb.perceptual(x_hat, x_rep).float())
+            lp_ref = vapi.positionwise_logprobs(bb.logits(m.ref_gpt, z_in, b.cond, b.mask).float(), samples)
+        logp = vapi.positionwise_logprobs(logits, samples)
+        d = logp - lp_ref
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), z_gt.flatten())
+        adv = ranke.group_advantages(r, G)[0]
+        loss = loss + (-(adv[:, None] * logp).mean() + cfg.vapi_kl * (torch.exp(-d) + d - 1).mean()
+                       + cfg.vapi_ce * ce) / len(batches)
+    want = torch.autograd.grad(loss, params)
+    step_fn, grads = train.optimizer_step, []
+
+    def recording_step(opt, world, clip):
+        grads.append([p.grad.clone() for p in params])
+        return step_fn(opt, world, clip)
+    monkeypatch.setattr(train, "optimizer_step", recording_step)
+    stats = train.vapi_step(cfg, bb, m, batches, gen, 1, autocast)
+    assert len(grads) == 1 and torch.equal(gen.get_state(), gen_ref.get_state())     # the same draws, one step
+    assert sum(float(w.norm()) for w in want) > 0 and stats["vapi/kl"] > 0
+    for got, w in zip(grads[0], want):
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-8)
+    assert all(p.grad is None for p in m.vq.parameters())
+
+
 def test_optimizer_step_clips_only_with_a_positive_clip_and_clears_gradients():
     """optimizer_step: with clip > 0 the update uses the gradient scaled to norm <= clip and returns the norm before
     clipping; with clip 0 (the discriminator) the gradient is used as is; afterwards every .grad is None."""
