@@ -56,10 +56,26 @@ def test_spread_shown_only_for_the_same_recipe(tmp_path):
     assert spread is None and "step 200 of the run's 250" in line
     assert toy_report.load_spread(conf, path, n=512, step=250)[0] is not None
     spread, line = toy_report.load_spread(conf, path, n=512, step=250, world_size=2)   # torchrun: 2x the prompts
-    assert spread is None and "2 processes" in line
+    assert spread is None and "2 processes" in line and line.endswith("the spread was measured on 1.")
     spread, line = toy_report.load_spread(conf, str(tmp_path / "missing.json"))
     assert spread is None and "missing" in line
     assert "change over seeds" not in "\n".join(toy_report.answer_table(ROW, ROW, n, None))
+
+
+def test_answer_table_rows_by_value():
+    """Each row of the answer a user reads: label (headline rows bold), base, final, change = final - base, which way
+    is better, then the recipe's mean change [95 % interval] and the seeds whose change is > 0, all formatted."""
+    base = {k: 1.0 + i for i, k in enumerate(toy_report.ROWS)}
+    final = {k: v + (0.25 if toy_report.HIGHER_IS_BETTER[k] else -0.5) for k, v in base.items()}
+    spread = {"summary": {k: {"mean": -0.125, "lo": -0.5, "hi": 0.25, "pos": 1} for k in toy_report.ROWS},
+              "changes": {k: [0.5, -0.25, -0.125] for k in toy_report.ROWS}}
+    lines = toy_report.answer_table(base, final, 64, spread)
+    assert lines[0].startswith("| metric (n = 64 captions per split) | base | final | change | better |")
+    assert len(lines) == 2 + len(toy_report.ROWS)
+    assert lines[2 + toy_report.ROWS.index("reward")] == (f"| **{toy_eval.LABELS['reward']}** | 1.0000 | 1.2500 | "
+                                                         "+0.2500 | higher | -0.1250 [-0.5000, +0.2500] | 1/3 (+--) |")
+    assert lines[2 + toy_report.ROWS.index("fid")] == (f"| {toy_eval.LABELS['fid']} | 5.0000 | 4.5000 | -0.5000 | "
+                                                      "lower | -0.1250 [-0.5000, +0.2500] | 1/3 (+--) |")
 
 
 def test_compare_machines_known_answers():
