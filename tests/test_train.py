@@ -4,6 +4,7 @@ resume is bit-exact, two gloo processes stay bit-identical, bad data is skipped 
 Run: pytest -q tests/test_train.py
 """
 import io
+import dataclasses
 import inspect
 import json
 import os
@@ -394,6 +395,36 @@ def test_the_hub_is_probed_only_when_a_path_names_it(tmp_path, monkeypatch):
     assert probes == []
     hps = train.parse_config(base + ["--reward", "hpsv2"])
     assert backbones.hub_values(hps)[-1] == "--hps_path"
+
+
+def test_check_paths_names_exactly_the_paths_each_run_reads(tmp_path, monkeypatch):
+    """backbones.check_paths by kind of run (quick; only the slow end-to-end runs reached most branches): the toy reads
+    no path flag (its defaults name uncached hub files, so a check would fail); --synthetic reads none and says what
+    it cannot combine with; a 384 / 256-px backbone without --data is told it needs pairs; Janus's files, not
+    LlamaGen's; VA-pi (reconstruction reward) no reward file; standard RL (no decoder step) no LPIPS."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))             # no LPIPS weights cached here
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    t, out = str(tmp_path), ["--out_dir", str(tmp_path / "run")]
+
+    def flags(argv, **edit):
+        cfg = train.parse_config(argv + out)
+        return [b.split(" ")[0].rstrip(":") for b in backbones.check_paths(dataclasses.replace(cfg, **edit))]
+    janus_files = ["--janus_ckpt", f"{t}/j.bin", "--janus_tokenizer", f"{t}/tok"]
+    llamagen_files = ["--data", f"{t}/d", "--gpt_ckpt", f"{t}/g.pt", "--vq_ckpt", f"{t}/v.pt", "--t5_path", f"{t}/t5"]
+    assert flags(["--toy_preset", "tiny"]) == []
+    assert flags(["--toy_preset", "tiny", "--toy_cache", f"{t}/f"]) == ["--toy_cache"]
+    assert flags(["--backbone", "llamagen_xl", "--synthetic", "tiny"]) == []
+    assert flags(["--backbone", "llamagen_xl", "--synthetic", "tiny"], backbone="tiny", data=t) == ["--synthetic",
+                                                                                                    "--data"]
+    assert flags(["--backbone", "janus_pro_1b", *janus_files]) == ["--data", "--janus_ckpt", "--janus_tokenizer"]
+    assert flags(["--backbone", "janus_pro_1b", "--janus_config", "tiny", *janus_files]) == ["--janus_ckpt",
+                                                                                            "--janus_tokenizer"]
+    assert flags(["--backbone", "llamagen_xl"])[0] == "--data"                    # 256 px, no pairs given
+    assert flags(["--backbone", "llamagen_xl", "--method", "vapi", *llamagen_files]) == [
+        "--data", "--lpips_vgg", "--lpips_lin", "--gpt_ckpt", "--vq_ckpt", "--t5_path"]
+    assert flags(["--backbone", "llamagen_xl", "--method", "grpo", *llamagen_files, "--clip_path", f"{t}/c.pt"]) == [
+        "--data", "--clip_path", "--gpt_ckpt", "--vq_ckpt", "--t5_path"]
 
 
 def test_data_value_is_checked_before_anything_loads(tmp_path):
