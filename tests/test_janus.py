@@ -168,6 +168,21 @@ def test_fresh_weights_are_seeded_normal_002_with_zero_biases():
     assert all(bool((m.weight == 1).all()) for m in a.modules() if isinstance(m, janus.RMSNorm))
 
 
+
+def test_a_model_built_on_meta_draws_no_weights(monkeypatch):
+    """load_janus builds JanusGen on the meta device and fills every entry from the checkpoint: no random draw (for
+    Janus-Pro-1B, 1.5 B normals thrown away) and no generator."""
+    class NoDraws:                                  # janus.py's `torch`, without torch.Generator
+        def __getattr__(self, name):
+            if name == "Generator":
+                raise AssertionError("a meta model drew random weights")
+            return getattr(torch, name)
+    monkeypatch.setattr(janus, "torch", NoDraws())
+    with torch.device("meta"):
+        m = janus.JanusGen(janus.JANUS_CONFIGS["janus_pro_1b"])
+    assert m.gen_embed.weight.is_meta
+
+
 def test_head_runs_in_fp32_under_autocast_and_for_a_bf16_model(model):
     """logits leaves autocast: under bf16 autocast they equal the fp32 head on the same hidden state, and a bf16
     model's logits come back as fp32 (the DEVIATION note at JanusGen.logits)."""
