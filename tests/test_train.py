@@ -427,6 +427,25 @@ def test_check_paths_names_exactly_the_paths_each_run_reads(tmp_path, monkeypatc
         "--data", "--clip_path", "--gpt_ckpt", "--vq_ckpt", "--t5_path"]
 
 
+def test_hub_folder_flags_take_a_local_folder_or_a_cached_hub_id(tmp_path, monkeypatch):
+    """--t5_path / --janus_tokenizer (backbones.check_hub_folder): a local folder; an owner/name id whose probe file is
+    in the Hugging Face cache; offline and not cached, the `hf download` line; anything else, "no such folder"."""
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--google--flan-t5-xl"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    check = lambda value: backbones.check_hub_folder("--t5_path", value, "config.json", "google/flan-t5-xl")  # noqa
+    assert check(str(tmp_path)) is None and check("google/flan-t5-xl") is None
+    assert "hf download google/flan-t5-large --local-dir DIR" in check("google/flan-t5-large")
+    assert check(f"{tmp_path}/t5").endswith("no such folder; pass the folder with the Hugging Face files of "
+                                            "google/flan-t5-xl")
+    assert "no such folder" in check("./flan-t5-xl")                 # a relative path is not a hub id
+
+
 def test_data_value_is_checked_before_anything_loads(tmp_path):
     """A --data value PairDataset would refuse (not a tar, an empty comma part) is named by check_paths, before any
     model loads (it accepted any existing path and skipped empty parts: the error came after T5 / GPT-XL loaded)."""
