@@ -404,6 +404,7 @@ def test_check_paths_names_exactly_the_paths_each_run_reads(tmp_path, monkeypatc
     LlamaGen's; VA-pi (reconstruction reward) no reward file; standard RL (no decoder step) no LPIPS."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))             # no LPIPS weights cached here
     (tmp_path / "d").mkdir()
+    (tmp_path / "run").mkdir()                                              # an existing --out_dir is fine
     (tmp_path / "f").write_text("x")
     t, out = str(tmp_path), ["--out_dir", str(tmp_path / "run")]
 
