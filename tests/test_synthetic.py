@@ -172,6 +172,8 @@ def test_one_table_of_models_and_the_seam_picks_the_builders():
     assert train.seam(syn) is synthetic and syn.image_size == synthetic.image_side(syn) == 64
     with pytest.raises(ValueError, match="perf/synthetic.py"):
         backbones.build_policy(syn, "cpu")
+    with pytest.raises(ValueError, match="perf/synthetic.py"):
+        backbones.image_side(syn)
 
 
 def test_dry_run_counts_what_the_iteration_holds_and_refuses_what_it_cannot_estimate(capsys):

@@ -426,6 +426,13 @@ def test_check_paths_names_exactly_the_paths_each_run_reads(tmp_path, monkeypatc
         "--data", "--lpips_vgg", "--lpips_lin", "--gpt_ckpt", "--vq_ckpt", "--t5_path"]
     assert flags(["--backbone", "llamagen_xl", "--method", "grpo", *llamagen_files, "--clip_path", f"{t}/c.pt"]) == [
         "--data", "--clip_path", "--gpt_ckpt", "--vq_ckpt", "--t5_path"]
+    # which runs read real (image, caption) pairs; a VA-pi run on local files names no hub path (it has no reward)
+    kinds = {"toy": ["--toy_preset", "tiny"], "synthetic": ["--backbone", "llamagen_xl", "--synthetic", "tiny"],
+             "data": ["--backbone", "llamagen_xl", *llamagen_files]}
+    assert {k: backbones.real_data(train.parse_config(v + out)) for k, v in kinds.items()} == {
+        "toy": False, "synthetic": False, "data": True}
+    vapi_local = train.parse_config(["--backbone", "llamagen_xl", "--method", "vapi", *llamagen_files] + out)
+    assert backbones.hub_values(vapi_local) == []
 
 
 def test_hub_folder_flags_take_a_local_folder_or_a_cached_hub_id(tmp_path, monkeypatch):
