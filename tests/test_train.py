@@ -3,8 +3,8 @@ resume is bit-exact, two gloo processes stay bit-identical, bad data is skipped 
 
 Run: pytest -q tests/test_train.py
 """
-import io
 import dataclasses
+import io
 import inspect
 import json
 import os
@@ -676,7 +676,7 @@ def test_vapi_step_gradient_is_the_hand_composed_loss(toy_cache, monkeypatch):
         batches.append(train.Batch(x_gt, *bb.text_encoder(captions), None, None, None))
     params = [p for p in m.gpt.parameters() if p.requires_grad]
     gen, gen_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    loss = 0.0
+    loss, rewards = 0.0, []
     for b in batches:
         with torch.no_grad():
             z_gt = m.vq.encode_indices(b.x_gt)                                             # (B,N)
@@ -690,7 +690,8 @@ def test_vapi_step_gradient_is_the_hand_composed_loss(toy_cache, monkeypatch):
         logp = vapi.positionwise_logprobs(logits, samples)
         d = logp - lp_ref
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), z_gt.flatten())
-        adv = ranke.group_advantages(r, G)[0]
+        adv, _ = ranke.group_advantages(r, G)
+        rewards.append(float(r.mean()))
         loss = loss + (-(adv[:, None] * logp).mean() + cfg.vapi_kl * (torch.exp(-d) + d - 1).mean()
                        + cfg.vapi_ce * ce) / len(batches)
     want = torch.autograd.grad(loss, params)
@@ -703,6 +704,7 @@ def test_vapi_step_gradient_is_the_hand_composed_loss(toy_cache, monkeypatch):
     stats = train.vapi_step(cfg, bb, m, batches, gen, 1, autocast)
     assert len(grads) == 1 and torch.equal(gen.get_state(), gen_ref.get_state())     # the same draws, one step
     assert sum(float(w.norm()) for w in want) > 0 and stats["vapi/kl"] > 0
+    assert stats["reward/mean"] == pytest.approx(sum(rewards) / len(rewards), rel=1e-6)   # logged: micro-batch mean
     for got, w in zip(grads[0], want):
         torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-8)
     assert all(p.grad is None for p in m.vq.parameters())
