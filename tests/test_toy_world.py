@@ -64,6 +64,103 @@ def test_scenes_fit_in_image_and_objects_do_not_touch():
     assert not (m[two, 0] & m[two, 1]).any()
 
 
+def test_scene_attributes_cover_exactly_their_stated_ranges():
+    """Each drawn quantity takes every value of its stated range and no other (ToyWorld.scenes' comments): the
+    shipped base models learnt this distribution, so a shifted range is a different world."""
+    sc = WORLD.scenes(6000, gen(6), "all")
+    vals = lambda t: set(t.tolist())
+    half = 0.5 * (sc["ext"] % 2)                                         # odd extents sit on pixel centres
+    cx, cy = sc["cx"] - half, sc["cy"] - half                          # (n, 2) integer positions
+    assert vals(sc["n_obj"]) == {1, 2} and (sc["colour"][:, 0] != sc["colour"][:, 1]).all()
+    one, two = sc["n_obj"] == 1, sc["n_obj"] == 2
+    for size, (lo, hi) in enumerate(((7, 10), (13, 16))):             # SIZES: small 7..10, large 13..16 px
+        sel = one & (sc["size"] == size)
+        assert vals(sc["ext"][sel, 0]) == set(range(lo, hi + 1)) and torch.equal(sc["ext"][sel, 0], sc["ext"][sel, 1])
+        jit = 2 - size                                                 # +-2 px small, +-1 px large around the anchor
+        for axis, c in enumerate((cx, cy)):
+            off = c[sel, 0] - WORLD.anchors[sc["pos"][sel], axis]
+            assert vals(off) == set(range(-jit, jit + 1)), (size, axis)
+    assert vals(sc["pos"][one]) == set(range(5))
+    assert vals(sc["ext"][two].flatten()) == set(range(7, 11))         # two objects: 7..10 px each
+    assert vals(sc["rel"][two]) == set(range(4))
+    horiz = sc["rel"] < 2                                              # "to the left / right of": x is the axis
+    along = torch.where(horiz[:, None], cx, cy)[two]                  # (n2, 2) A, B on the relation's axis
+    across = torch.where(horiz[:, None], cy, cx)[two]
+    a_near = (sc["rel"][two] % 2 == 0)                                 # "left of" / "above": A is the near one
+    near, far = set(range(7, 11)), set(range(22, 26))
+    assert vals(along[a_near, 0]) == near and vals(along[a_near, 1]) == far
+    assert vals(along[~a_near, 0]) == far and vals(along[~a_near, 1]) == near
+    assert vals(across[:, 0]) == set(range(9, 24))                     # A off the axis: 9..23
+    d = across[:, 1] - across[:, 0]                                    # B within +-5 of A, clamped to 7..25
+    inner = (across[:, 0] >= 12) & (across[:, 0] <= 20)                # no clamp can act there
+    assert vals(d[inner]) == set(range(-5, 6)) and vals(across[:, 1]) == set(range(7, 26))
+
+
+def test_render_draws_the_stated_colours_and_pixel_areas():
+    """Two objects by hand: a 7-px square centred on pixel (9, 16) and an 8-px cross centred on the pixel corner
+    (24, 16). The square covers its 7 x 7 pixels in COLOURS' exact value (0-255 / 127.5 - 1), the cross two bars
+    of 8 x 2 px (arm half-width 0.35 x 4 = 1.4 px: 2 pixel centres), everything else is BACKGROUND."""
+    t = torch.tensor
+    sc = dict(n_obj=t([2]), colour=t([[0, 2]]), shape=t([[1, 3]]), ext=t([[7, 8]]), cx=t([[9.5, 24.0]]),
+              cy=t([[16.5, 16.0]]), size=t([0]), pos=t([0]), rel=t([0]))
+    img = (WORLD.render(sc)[0] + 1) * 127.5                                       # (3, S, S) back to 0-255
+    want = torch.tensor(BACKGROUND, dtype=torch.float32).view(3, 1, 1).repeat(1, 32, 32)
+    want[:, 13:20, 6:13] = torch.tensor(COLOURS["red"], dtype=torch.float32).view(3, 1, 1)      # rows 13..19
+    blue = torch.tensor(COLOURS["blue"], dtype=torch.float32).view(3, 1, 1)
+    want[:, 15:17, 20:28] = blue                                                   # horizontal bar
+    want[:, 12:20, 23:25] = blue                                                   # vertical bar
+    assert torch.allclose(img, want, atol=1e-4)
+    one = dict(sc, n_obj=t([1]))                                                  # slot 1 is not drawn
+    assert torch.allclose((WORLD.render(one)[0, :, 12:20, 20:28] + 1) * 127.5,
+                          torch.tensor(BACKGROUND, dtype=torch.float32).view(3, 1, 1).expand(3, 8, 8), atol=1e-4)
+
+
+def test_the_world_is_the_one_the_shipped_models_learnt():
+    """A digest of scenes, images and captions drawn from fixed seeds (integer draws and exact float arithmetic: the
+    same on every CPU). It changes only when the world changes; the shipped toy/assets/ were trained on this one, so
+    a deliberate change bumps TOY_VERSION, rebuilds them (`python -m toy.world --rebuild`) and updates the digest."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, split in enumerate(("train", "heldout", "all")):
+        sc = WORLD.scenes(256, gen(100 + k), split)
+        for key in sorted(sc):
+            h.update(key.encode() + sc[key].double().numpy().tobytes())
+        h.update(WORLD.render(sc).numpy().tobytes() + "|".join(WORLD.caption(sc)).encode())
+        h.update("|".join(WORLD.alter(c, gen(200 + k))[0] for c in WORLD.caption(sc)).encode())
+    assert h.hexdigest()[:16] == "82abc0d80ca91a48", (
+        "the toy world's scenes changed: if on purpose, bump TOY_VERSION and rebuild toy/assets/; if only torch "
+        "changed (its CPU random draws), the world is the same but its draws are not: say so and update the digest")
+
+
+def test_alter_changes_exactly_the_named_attribute():
+    """alter's contract, by parsing both captions: one stated attribute changed (a new colour differs from BOTH
+    objects' colours: "a red X above a red Y" is no world caption), every other field kept; a random attribute is
+    drawn among those the caption states, each of them in turn."""
+    _, caps, parsed = scenes_of("all", 300, 9)
+    field = {"colour": lambda p: p["objs"][0][0], "shape": lambda p: p["objs"][0][1], "size": lambda p: p["size"],
+             "position": lambda p: p["pos"], "colour2": lambda p: p["objs"][1][0],
+             "shape2": lambda p: p["objs"][1][1], "relation": lambda p: p["rel"]}
+    drawn = {1: set(), 2: set()}
+    g = gen(10)
+    for cap, p in zip(caps, parsed):
+        names = ATTRS_ONE if p["n"] == 1 else ATTRS_TWO
+        for attr in (None, *names):
+            new, got = WORLD.alter(cap, g, attr)
+            q = WORLD.parse(new)
+            assert got in names and (attr is None or got == attr) and q["n"] == p["n"]
+            changed = {a for a in names if field[a](q) != field[a](p)}
+            assert changed == {got}, (cap, new, got)
+            if got.startswith("colour"):
+                assert field[got](q) not in {o[0] for o in p["objs"]}
+            if attr is None:
+                drawn[p["n"]].add(got)
+    assert drawn == {1: set(ATTRS_ONE), 2: set(ATTRS_TWO)}
+    with pytest.raises(ValueError, match="'relation' not in"):
+        WORLD.alter("a small red circle on the left", g, "relation")
+    with pytest.raises(ValueError, match="not a toy-world caption"):
+        WORLD.alter("a red circle", g)
+
+
 # --- the exact checker ----------------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), split=st.sampled_from(["train", "heldout"]))

@@ -11,7 +11,7 @@ Recipes follow: LlamaGen tokenizer/train_vq.py (L1/L2 + perceptual + codebook/co
 train_vq), LlamaGen train_t2i.py (next-token CE, caption dropout 0.1), CLIP (symmetric InfoNCE) + hard negatives.
 
 Run: python -m toy.models (the pieces on random weights, seconds); `python -m toy.world` builds and reports.
-Tests: pytest tests/test_toy_world.py.
+Tests: pytest tests/test_toy_models.py (each recipe's step against its loss by hand) tests/test_toy_world.py.
 Depends on: torch, tqdm, open_clip; siblings perf/fast_sample.py (sample_gpt), eval_fid.py (Frechet distance). Copy with
 toy/world.py. Part of the toy wing (toy/): no concept file imports it; it never imports toy/world.py back.
 Symbols: B batch, N = 64 image tokens, K = 256 codes, E CLIP embedding width, F = 256 feature width.
