@@ -77,8 +77,14 @@ def test_shipped_bundle_scores_and_features_equal_the_models_by_hand(tmp_path):
     assert b.reward_fn(x01.clone().requires_grad_(True), caps)[0].requires_grad        # the reward: differentiable
     feat = toy_models.ToyFeatureNet()
     feat.load_state_dict(shipped("feat"))
-    assert torch.equal(b.feature_fn(x01), feat.eval().feature_fn(x01))
-    assert torch.equal(b.perceptual(x, x.flip(0)), feat.perceptual(x, x.flip(0)))
+    with torch.no_grad():
+        acts, f, _ = feat.eval()(x)                                  # the net's input: [-1, 1] images
+        acts_y = feat(x.flip(0))[0]
+    assert torch.equal(b.feature_fn(x01), f)                          # toy-FID features: the penultimate layer
+    # LPIPS-style, blocks 1-3: |a/|a| - b/|b||^2 over channels = 2 - 2 cos, averaged over space, summed over blocks
+    want = sum((2 - 2 * torch.nn.functional.cosine_similarity(a, a_y, dim=1)).mean((1, 2))
+               for a, a_y in zip(acts[:3], acts_y[:3]))
+    assert torch.allclose(b.perceptual(x, x.flip(0)), want, atol=1e-5)
     assert not any(p.requires_grad for p in b.perceptual.__self__.parameters())
 
 
@@ -103,6 +109,11 @@ def test_shipped_vq_and_gpt_still_fit_their_weights(tmp_path):
     assert psnr == pytest.approx(30.443, abs=0.1)
     assert nll == pytest.approx(1.552, abs=0.01)
     assert nll_blind > nll + 0.1                      # the caption informs the prediction
+
+
+def test_a_config_never_built_is_named_when_building_is_off(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"toy models: no \S+feat\.pt; restore the shipped files"):
+        toy_world.load_toy(toy_world.ToyConfig.tiny(seed=7), cache_dir=str(tmp_path), build=False, progress=False)
 
 
 def test_mismatched_gpt_and_vq_configs_are_refused_before_building(tmp_path, monkeypatch):
