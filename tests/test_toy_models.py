@@ -249,3 +249,24 @@ def test_seeded_fixes_and_restores_the_global_rng():
         assert torch.equal(torch.rand(3), a)
     with toy_models._seeded(6):
         assert not torch.equal(torch.rand(3), a)
+
+
+def test_cached_rebuilds_an_artifact_built_from_other_upstream_artifacts(tmp_path, caplog):
+    """An artifact records the checksums of the artifacts it was built from (the GPT: the VQ whose tokens it learnt);
+    when they differ it is stale: rebuilt with a logged warning, never loaded. With build=False it is an error."""
+    calls = []
+
+    def train(m):
+        calls.append(1)
+        with torch.no_grad():
+            m.weight.fill_(float(len(calls)))
+    make = lambda: torch.nn.Linear(2, 2, bias=False)
+    m1, sha1 = toy_models._cached(str(tmp_path), "a", make(), train, {"vq": "aaa"}, True)
+    m2, sha2 = toy_models._cached(str(tmp_path), "a", make(), train, {"vq": "aaa"}, True)      # loaded
+    assert len(calls) == 1 and sha2 == sha1 and torch.equal(m2.weight, m1.weight)
+    with pytest.raises(FileNotFoundError, match=r"built from other upstream artifacts"):
+        toy_models._cached(str(tmp_path), "a", make(), train, {"vq": "bbb"}, False)
+    with caplog.at_level("WARNING", logger="toy"):
+        m3, sha3 = toy_models._cached(str(tmp_path), "a", make(), train, {"vq": "bbb"}, True)
+    assert len(calls) == 2 and sha3 != sha1 and (m3.weight == 2).all()
+    assert "built from other upstream artifacts" in caplog.text
