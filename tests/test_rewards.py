@@ -1,4 +1,5 @@
 """Tests for rewards.py (CPU, offline, tiny random open_clip CLIPs).  Run: pytest -q tests/test_rewards.py"""
+import os
 import time
 
 import numpy as np
@@ -251,6 +252,25 @@ def test_offline_fails_fast_with_instructions(empty_hub_cache, name, needle):
     assert needle in msg and "path=" in msg and name in msg
 
 
+def test_hub_path_resolves_a_cached_file_offline_subfolders_included(empty_hub_cache, tmp_path):
+    """hf://owner/repo/path/in/repo: everything after the repo is the file's path (HF repos hold files in folders);
+    a cached file resolves offline through huggingface_hub to its snapshot copy; an uncached one names the hub's
+    own error."""
+    import huggingface_hub.constants as c
+    snap = tmp_path / "models--owner--repo" / "snapshots" / ("0" * 40)
+    (snap / "sub").mkdir(parents=True)
+    (snap / "sub" / "HPS.pt").write_bytes(b"weights")
+    (tmp_path / "models--owner--repo" / "refs").mkdir()
+    (tmp_path / "models--owner--repo" / "refs" / "main").write_text("0" * 40)
+    assert c.HF_HUB_CACHE == str(tmp_path)
+    for name in ("hpsv2", "clip"):
+        got = make_reward(name, path="hf://owner/repo/sub/HPS.pt").resolve()
+        assert os.path.samefile(got, snap / "sub" / "HPS.pt"), name
+    with pytest.raises(FileNotFoundError, match=r"could not fetch hf://owner/repo/sub/other\.pt \((LocalEntry|"
+                                                r"OfflineMode)\w*"):
+        make_reward("hpsv2", path="hf://owner/repo/sub/other.pt").resolve()
+
+
 def test_missing_local_path_and_unknown_name():
     with pytest.raises(FileNotFoundError, match="not found"):
         make_reward("hpsv2", path="/nonexistent/HPS_v2.1_compressed.pt").load()
@@ -270,6 +290,50 @@ def test_local_checkpoint_loads_through_open_clip(tmp_path, monkeypatch):
     model = rewards.load_open_clip("tiny", str(path), quick_gelu=False)
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_local_file_resolves_to_itself(tmp_path):
+    f = tmp_path / "weights.bin"
+    torch.save({"visual.proj": torch.zeros(2)}, f)
+    for name in ("hpsv2", "clip"):
+        assert make_reward(name, path=str(f)).resolve() == str(f), name
+
+
+def test_released_loaders_build_the_released_reward_configurations(monkeypatch):
+    """Which open_clip model each reward loads and how its images are prepared (docs/method.md §7, D6): the CLIP
+    reward is ViT-L-14 with QuickGELU (OpenAI's weights) at 224 px, bilinear after the released mean / std, x100,
+    with the released tokenizer; HPS v2.1 is ViT-H-14 with plain GELU at 224 px, short side + centre crop, OpenAI's
+    full-precision mean / std, x100. The file itself is the tiny model here (the real weights are gigabytes)."""
+    calls = []
+    monkeypatch.setattr(rewards, "load_open_clip", lambda arch, ckpt, quick_gelu: calls.append((arch, ckpt, quick_gelu))
+                        or tiny_clip())
+    r = rewards._load_clip("clip.bin")
+    assert calls[-1] == ("ViT-L-14", "clip.bin", True)
+    assert (r.name, r.image_size, r.scale, r.resize) == ("clip", 224, 100.0, "bilinear")
+    assert r.mean.flatten().tolist() == list(rewards.RELEASED_CLIP_MEAN)
+    assert r.std.flatten().tolist() == list(rewards.RELEASED_CLIP_STD) and r.tokenize.clean_fn is rewards._hf_clip_clean
+    h = rewards._load_hpsv2("hps.pt")
+    assert calls[-1] == ("ViT-H-14", "hps.pt", False)
+    assert (h.name, h.image_size, h.scale, h.resize) == ("hpsv2", 224, 100.0, "bicubic_crop")
+    assert h.mean.flatten().tolist() == list(rewards.OPENAI_MEAN)
+    assert h.std.flatten().tolist() == list(rewards.OPENAI_STD)
+    assert torch.equal(h.tokenize(["a cat"]), open_clip.get_tokenizer("ViT-H-14")(["a cat"]))
+
+
+class _NotATensor:                                  # module level: picklable, but no weights-only loader accepts it
+    pass
+
+
+def test_a_pickled_checkpoint_is_loaded_weights_only(tmp_path, monkeypatch):
+    """A user's checkpoint is never unpickled as code: only TorchScript archives (which torch.load cannot open
+    otherwise) are loaded with weights_only=False."""
+    import pickle
+    path = tmp_path / "evil.pt"
+    torch.save({**tiny_clip(seed=3).state_dict(), "extra": _NotATensor()}, path)
+    monkeypatch.setattr(rewards.open_clip, "create_model",
+                        lambda arch, pretrained=None, force_quick_gelu=False: tiny_clip(seed=4))
+    with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only load failed"):
+        rewards.load_open_clip("tiny", str(path), quick_gelu=False)
 
 
 def test_torchscript_detection(tmp_path):
