@@ -3,6 +3,7 @@ decoders, and the --ckpt errors (missing file, folder, empty, corrupt, foreign d
 
 Run: pytest -q tests/test_toy_eval.py   (CPU; uses the session's tiny toy cache)
 """
+import copy
 import json
 import math
 import os
@@ -142,6 +143,47 @@ def test_checkpoint_row_and_decoders(fake_run, toy_cache):
     assert te.evaluate_toy_checkpoint_decoders(fake_run, ("online", "base", "ema"), n=8) == rows
     with pytest.raises(ValueError, match="decoders="):
         te.evaluate_toy_checkpoint_decoders(fake_run, ("online", "frozen"), n=8)
+
+
+@pytest.mark.slow
+def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream(fake_run, toy_cache):
+    """evaluate_toy_checkpoint_decoders written out by hand: the checkpoint's GPT, sampled at its config's CFG, draws
+    every split from ONE stream seeded `seed` (train, then held-out); the train captions and real images come from
+    seed + 1 (then the LCS floor's real set from the same generator), the held-out captions from seed + 2; 'online'
+    decodes with the checkpoint's vq, 'ema' with its ema_vq, 'base' with the bundle's decoder."""
+    from perf import fast_sample
+    from toy import world as toy_world
+    n, seed = 8, 5
+    ck = te.read_train_ckpt(fake_run)
+    b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
+    b.gpt.load_state_dict(ck["gpt"])
+    b.gpt.eval()
+    vqs = {d: copy.deepcopy(b.vq).eval() for d in te.DECODERS}
+    vqs["online"].load_state_dict(ck["vq"])
+    vqs["ema"].load_state_dict(ck["ema_vq"])
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample(caps):
+        return fast_sample.sample_gpt(b.gpt, *b.text_encoder(list(caps)), cfg_scale=ck["config"]["cfg_scale"],
+                                      generator=gen)
+    g = torch.Generator().manual_seed(seed + 1)
+    real, caps = b.world.sample(n, g, "train")
+    real_b, _ = b.world.sample(n, g, "train")
+    by_hand = te.evaluate_toy_decoders(sample, caps, real, decoders={d: (v.decode_indices, v.encode_indices)
+                                                                     for d, v in vqs.items()},
+                                       eval_clip_fn=b.eval_clip_fn, feature_fn=b.feature_fn, check=b.world.check,
+                                       K=b.vq.cfg.codebook_size, real_images_b=real_b, reward_fn=b.reward_fn)
+    _, caps_ho = b.world.sample(n, torch.Generator().manual_seed(seed + 2), "heldout")
+    z_ho = sample(caps_ho)                                                       # after the train split's tokens
+    rows = te.evaluate_toy_checkpoint_decoders(fake_run, te.DECODERS, n=n, seed=seed)
+    pairs = {"reward": "reward", "clip": "clip", "check_train": "check", "fid": "fid", "kid": "kid",
+             "kid_se": "kid_se", "lcs_kl": "lcs_kl_nats", "lcs_floor": "real_floor_nats",
+             "reencode_agree": "reencode_agree", "real_reencode_agree": "real_reencode_agree"}
+    for d, vq in vqs.items():
+        assert {k: rows[d][k] for k in pairs} == {k: by_hand[d][v] for k, v in pairs.items()}, d
+        held_out = torch.as_tensor(b.world.check(vq.decode_indices(z_ho).clamp(-1, 1), list(caps_ho)))
+        assert rows[d]["check_heldout"] == float(held_out.double().mean()) and rows[d]["step"] == 3
+    assert rows["online"]["fid"] != rows["base"]["fid"]                         # the decoders do differ
 
 
 @pytest.mark.slow

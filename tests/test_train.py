@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,9 +51,18 @@ FROZEN_VQ_KEYS = ("encoder.", "quant_conv.", "quantize.embedding")
 
 
 @pytest.mark.slow
-def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
-    run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2")
+def test_short_ranke_run_trains_what_it_should(toy_cache, tmp_path):
+    run(toy_cache, tmp_path, "--steps", "4", "--ckpt_every", "3", "--sample_every", "3")
+    # checkpoints at every 3rd step and at the last; a grid of the step's first min(B, 4) = 2 prompts x G = 4
+    # rollouts at every 3rd step, with their 2 captions beside it
+    assert [os.path.basename(p) for p in ckpt.list_ckpts(str(tmp_path))] == ["ckpt_0000003.pt", "ckpt_0000004.pt"]
     ck = last_ckpt(tmp_path)
+    from PIL import Image
+    assert sorted(p.name for p in tmp_path.glob("samples_*")) == ["samples_0000003.png", "samples_0000003.txt"]
+    S = ck["config"]["image_size"]
+    grid = np.asarray(Image.open(tmp_path / "samples_0000003.png"))
+    assert grid.shape == (2 * S, 4 * S, 3) and grid.std() > 0
+    assert len([c for c in (tmp_path / "samples_0000003.txt").read_text().splitlines() if c.strip()]) == 2
     gpt0, vq0 = initial_models(toy_cache)
     for k, v in gpt0.items():
         if k.endswith("uncond_embedding"):     # a buffer: the CFG null caption never trains
@@ -66,12 +76,12 @@ def test_two_step_ranke_trains_what_it_should(toy_cache, tmp_path):
         if k.startswith(FROZEN_VQ_KEYS):
             assert torch.equal(ck["vq"][k], v), f"frozen tokenizer part {k} changed"
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-    assert len(lines) == 2
+    assert len(lines) == 4
     # the toy evaluation reads the run's checkpoint and config back (toy/eval.py --ckpt)
     import math
     from toy import eval as toy_eval
     row = toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8)
-    assert row["step"] == 2 and all(math.isfinite(row[k]) for k in toy_eval.TOY_COLUMNS)
+    assert row["step"] == 4 and all(math.isfinite(row[k]) for k in toy_eval.TOY_COLUMNS)
     assert 0.0 <= row["check_train"] <= 1.0 and row["fid"] >= 0.0
     # same policy, same seed, base decoder: identical tokens (same LCS KL), different pixels (the decoder trained)
     row_base = toy_eval.evaluate_toy_checkpoint(ckpt.list_ckpts(str(tmp_path))[-1], n=8, decoder="base")
@@ -205,16 +215,23 @@ def test_policy_ema_counts_adamw_steps_and_decoder_runs_skip_log_probs(toy_cache
     pulls, ema = [], ranke.ema_update
     monkeypatch.setattr(ranke, "ema_update", lambda target, *a: pulls.append(type(target).__name__) or
                         ema(target, *a))
+    graphs, rollout = [], train.rollout      # the rollout's log-probs (old and reference) carry no autograd graph
+    monkeypatch.setattr(train, "rollout", lambda cfg, bb, m, b, *a: [rollout(cfg, bb, m, b, *a), graphs.append(
+        (b.logp_old.requires_grad, b.logp_ref.requires_grad))][0])
     run(toy_cache, tmp_path / "g", "--method", "grpo", "--steps", "3", "--ppo_epochs", "2", "--clip_eps", "0.2",
         "--ema_gpt_every", "2")
-    assert pulls == ["GPT"] * 3
+    assert pulls == ["GPT"] * 3 and graphs == [(False, False)] * 3
+    monkeypatch.setattr(train, "rollout", rollout)
     # --method decoder trains no policy: its rollouts need no reference (or old) log-probs
     calls, logprobs = [], policy.token_logprobs
     monkeypatch.setattr(policy, "token_logprobs", lambda *a, **k: calls.append(1) or logprobs(*a, **k))
     run(toy_cache, tmp_path / "d", "--method", "decoder", "--steps", "1")
     assert calls == []
-    run(toy_cache, tmp_path / "r", "--method", "ranke", "--steps", "1")
-    assert len(calls) == 2                                    # the reference forward and the policy step's own
+    seeds, rollout = [], train.rollout                        # and the rollout stream of rank 0 is seeded --seed + 1
+    monkeypatch.setattr(train, "rollout", lambda cfg, bb, m, b, gen, ac: seeds.append(gen.initial_seed()) or
+                        rollout(cfg, bb, m, b, gen, ac))
+    run(toy_cache, tmp_path / "r", "--method", "ranke", "--steps", "1", "--seed", "5")
+    assert len(calls) == 2 and seeds == [6]                   # the reference forward and the policy step's own
 
 
 def test_out_of_range_schedule_and_clip_values_exit_at_parse_time():
@@ -359,6 +376,32 @@ def test_bad_paths_are_all_reported_before_anything_loads(tmp_path):
     for flag in ("--data", "--gpt_ckpt", "--vq_ckpt", "--t5_path", "--clip_path", "--lpips_vgg"):
         assert flag in msg, f"{flag} not named in:\n{msg}"
     assert time.time() - t0 < 30
+
+
+def test_main_logs_the_whole_config_and_builds_the_models_under_the_run_seed(tmp_path, monkeypatch, capsys):
+    """Before any model is built, main prints the whole config (the JSON of asdict(cfg)) and the torch thread count,
+    and seeds the global generator with --seed, so a random-init backbone (--synthetic, the tiny Janus) starts from
+    the same weights on every rank and differs between seeds. Checked at the moment build_backbone is called."""
+    class Built(Exception):
+        pass
+    seen = {}
+
+    def build_backbone(cfg, device, rank):
+        seen.update(seed=torch.initial_seed(), draw=torch.rand(3), rank=rank)
+        raise Built
+    monkeypatch.setattr(backbones, "build_backbone", build_backbone)
+    draws = []
+    for seed in (123, 123, 7):
+        cfg = train.parse_config(["--toy_preset", "tiny", "--seed", str(seed), "--out_dir", str(tmp_path / "r")])
+        with torch.random.fork_rng(), pytest.raises(Built):
+            train.main(cfg)
+        out = capsys.readouterr().out
+        printed, end = json.JSONDecoder().raw_decode(out)
+        assert printed == json.loads(json.dumps(dataclasses.asdict(cfg)))
+        assert out[end:].strip().startswith(f"{torch.get_num_threads()} torch threads")
+        assert seen["seed"] == seed and seen["rank"] == 0
+        draws.append(seen["draw"])
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
 
 def test_a_transformers_layout_clip_file_is_a_bad_path_at_start_up(tmp_path):
@@ -534,10 +577,20 @@ def test_grad_accum_gives_the_full_batch_update(toy_cache, tiny_janus, monkeypat
 
 
 @pytest.mark.slow
-def test_grad_accum_runs_end_to_end(toy_cache, tmp_path):
+def test_grad_accum_runs_end_to_end(toy_cache, tmp_path, monkeypatch):
+    per_call = []                                   # the stats steps 1-2 return, one dict per micro-batch
+    for name in ("rollout", "score_rollouts"):
+        monkeypatch.setattr(train, name, lambda *a, f=getattr(train, name): per_call.append(f(*a)) or per_call[-1])
     run(toy_cache, tmp_path, "--steps", "2", "--ckpt_every", "2", "--grad_accum", "2", "--batch_prompts", "1")
     lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert len(lines) == 2 and all("decoder/total" in l and "disc/loss" in l for l in lines)
+    # a logged rollout / reward stat is the mean over the update's micro-batches (the reward curve of curves.png)
+    assert len(per_call) == 2 * 2 * 2                                   # steps x micro-batches x (rollout, reward)
+    for step, line in enumerate(lines):
+        r1, s1, r2, s2 = per_call[4 * step: 4 * step + 4]               # rollout, reward; rollout, reward
+        for k, (a, b) in {"rollout_img_per_s": (r1, r2), "reward/mean": (s1, s2), "reward/std": (s1, s2),
+                          "adv/std": (s1, s2)}.items():
+            assert line[k] == pytest.approx((a[k] + b[k]) / 2, rel=1e-12, abs=1e-12), k
 
 
 def _rolled_out(toy_cache, moved_apart, G=4):
