@@ -146,15 +146,21 @@ def test_checkpoint_row_and_decoders(fake_run, toy_cache):
 
 
 @pytest.mark.slow
-def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream(fake_run, toy_cache):
-    """evaluate_toy_checkpoint_decoders written out by hand: the checkpoint's GPT, sampled at its config's CFG, draws
-    every split from ONE stream seeded `seed` (train, then held-out); the train captions and real images come from
-    seed + 1 (then the LCS floor's real set from the same generator), the held-out captions from seed + 2; 'online'
-    decodes with the checkpoint's vq, 'ema' with its ema_vq, 'base' with the bundle's decoder."""
+def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream(fake_run, toy_cache, tmp_path):
+    """evaluate_toy_checkpoint_decoders written out by hand: the checkpoint's GPT (here moved off the base GPT),
+    sampled at its config's CFG, draws every split from ONE stream seeded `seed` (train, then held-out); the train
+    captions and real images come from seed + 1 (then the LCS floor's real set from the same generator), the
+    held-out captions from seed + 2; 'online' decodes with the checkpoint's vq, 'ema' with its ema_vq, 'base' with
+    the bundle's decoder."""
     from perf import fast_sample
     from toy import world as toy_world
     n, seed = 8, 5
     ck = te.read_train_ckpt(fake_run)
+    g = torch.Generator().manual_seed(1)
+    ck["gpt"] = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.numel() > 1
+                 else v for k, v in ck["gpt"].items()}
+    path = str(tmp_path / "ckpt_0000003.pt")
+    ckpt.atomic_save(ck, path)
     b = toy_world.load_toy(toy_world.ToyConfig.tiny(), cache_dir=toy_cache, progress=False)
     b.gpt.load_state_dict(ck["gpt"])
     b.gpt.eval()
@@ -175,7 +181,7 @@ def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream
                                        K=b.vq.cfg.codebook_size, real_images_b=real_b, reward_fn=b.reward_fn)
     _, caps_ho = b.world.sample(n, torch.Generator().manual_seed(seed + 2), "heldout")
     z_ho = sample(caps_ho)                                                       # after the train split's tokens
-    rows = te.evaluate_toy_checkpoint_decoders(fake_run, te.DECODERS, n=n, seed=seed)
+    rows = te.evaluate_toy_checkpoint_decoders(path, te.DECODERS, n=n, seed=seed)
     pairs = {"reward": "reward", "clip": "clip", "check_train": "check", "fid": "fid", "kid": "kid",
              "kid_se": "kid_se", "lcs_kl": "lcs_kl_nats", "lcs_floor": "real_floor_nats",
              "reencode_agree": "reencode_agree", "real_reencode_agree": "real_reencode_agree"}
@@ -184,15 +190,38 @@ def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream
         held_out = torch.as_tensor(b.world.check(vq.decode_indices(z_ho).clamp(-1, 1), list(caps_ho)))
         assert rows[d]["check_heldout"] == float(held_out.double().mean()) and rows[d]["step"] == 3
     assert rows["online"]["fid"] != rows["base"]["fid"]                         # the decoders do differ
+    base_gpt = te.evaluate_toy_checkpoint(fake_run, n=n, seed=seed, decoder="base")
+    assert base_gpt["lcs_kl"] != rows["base"]["lcs_kl"]                         # and so do the two policies
+
+
+def test_checkpoint_that_is_not_a_toy_run_or_lacks_the_ema_decoder_is_named(tmp_path, capsys):
+    """Refused before the toy world loads: a train.py checkpoint of another backbone (its config has no toy_preset /
+    toy_cache), and --decoder ema on a checkpoint without ema_vq (a run saved before EMA decoders existed)."""
+    other, no_ema = str(tmp_path / "ckpt_0000001.pt"), str(tmp_path / "ckpt_0000002.pt")
+    ckpt.atomic_save({"config": {"backbone": "llamagen_xl"}, "gpt": {}, "vq": {}, "step": 1}, other)
+    ckpt.atomic_save({"config": {"toy_cache": str(tmp_path / "none"), "toy_preset": "tiny"}, "gpt": {}, "vq": {},
+                      "step": 2}, no_ema)
+    with pytest.raises(ckpt.CkptError, match=r"^--ckpt .*not a toy-world run"):
+        te.read_train_ckpt(other)
+    with pytest.raises(ckpt.CkptError, match=r"holds no EMA decoder \(ema_vq\); use --decoder online or base"):
+        te.evaluate_toy_checkpoint_decoders(no_ema, ("online", "ema"))
+    assert not os.path.exists(tmp_path / "none")                                 # nothing was built
+    with pytest.raises(SystemExit) as e:                                         # KID needs 3 captions per split
+        te.main(["--ckpt", no_ema, "--n", "2"])
+    assert e.value.code == 2 and "--n 2: need at least 3" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_cli_json_several_decoders(fake_run, tmp_path):
+def test_cli_json_several_decoders(fake_run, tmp_path, capsys):
     out = tmp_path / "rows.json"
     printed = te.main(["--ckpt", fake_run, "--n", "8", "--decoder", "online", "base", "--json", str(out)])
     assert json.loads(out.read_text()) == printed and set(printed) == {"online", "base"}
+    line = lambda row: " | ".join(f"{k} {row[k]:.4f}" for k in te.TOY_COLUMNS)  # noqa: E731
+    assert capsys.readouterr().out.splitlines() == [f"{d}: {line(printed[d])}" for d in ("online", "base")]
     assert printed["base"] == te.evaluate_toy_checkpoint(fake_run, n=8, decoder="base")
     assert not os.path.exists(str(out) + ".tmp")
+    one = te.main(["--ckpt", fake_run, "--n", "8", "--decoder", "base"])       # one decoder: its row, no prefix
+    assert one == printed["base"] and capsys.readouterr().out.splitlines() == [line(one)]
 
 
 # ------------------------------------------------------------------------------------------- --ckpt errors
