@@ -196,7 +196,7 @@ def test_checkpoint_rows_are_the_decoders_rows_of_its_models_captions_and_stream
 
 def test_checkpoint_that_is_not_a_toy_run_or_lacks_the_ema_decoder_is_named(tmp_path, capsys):
     """Refused before the toy world loads: a train.py checkpoint of another backbone (its config has no toy_preset /
-    toy_cache), and --decoder ema on a checkpoint without ema_vq (a run saved before EMA decoders existed)."""
+    toy_cache), and --decoder ema on a checkpoint without ema_vq; and --n below 3."""
     other, no_ema = str(tmp_path / "ckpt_0000001.pt"), str(tmp_path / "ckpt_0000002.pt")
     ckpt.atomic_save({"config": {"backbone": "llamagen_xl"}, "gpt": {}, "vq": {}, "step": 1}, other)
     ckpt.atomic_save({"config": {"toy_cache": str(tmp_path / "none"), "toy_preset": "tiny"}, "gpt": {}, "vq": {},
